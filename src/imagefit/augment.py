@@ -1,0 +1,101 @@
+"""Augmentation of whole batches, with per-image randomness and no Python loop per image.
+
+Written by hand because it is the hot path: torchvision's v2 transforms draw one set of random parameters per
+call, so per-image randomness needs a Python loop over the batch, which costs more than a small model's step on
+a CPU. Here each op is one or two tensor operations over the batch:
+
+- crop with reflect padding and horizontal flip are fused into one uint8 gather: every output pixel's source
+  row and column are computed (shifted, reflected at the border, mirrored for flipped images) and read once;
+  no padded copy is made, and uint8 moves a quarter of the bytes float32 would;
+- normalization is one fused multiply-add to float32 in the loader's memory format;
+- rotation is `affine_grid` + `grid_sample` with one angle per image (only when enabled);
+- cutout is one broadcast comparison per axis and a masked fill with 0, the dataset mean after normalizing.
+
+All randomness comes from the `torch.Generator` passed in, which the loader seeds from (seed, epoch, step):
+a batch's augmentation depends on its position alone, so a resumed run sees exactly the batches it would have.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .config import AugmentConfig
+
+
+def _reflect(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Reflect out-of-range indices back inside [0, n) without repeating the edge (numpy's 'reflect')."""
+    idx = idx.abs()
+    return torch.where(idx >= n, 2 * (n - 1) - idx, idx)
+
+
+def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random crop (reflect-padded by `padding`) and random horizontal flip of a uint8 N×C×H×W batch."""
+    n, _, h, w = x.shape
+    if padding == 0 and not flip:
+        return x
+    dy = torch.randint(-padding, padding + 1, (n, 1), generator=gen)
+    dx = torch.randint(-padding, padding + 1, (n, 1), generator=gen)
+    rows = _reflect(torch.arange(h) + dy, h)
+    cols = _reflect(torch.arange(w) + dx, w)
+    if flip:
+        flipped = torch.rand(n, 1, generator=gen) < 0.5
+        cols = torch.where(flipped, w - 1 - cols, cols)
+    rows, cols = rows.to(x.device), cols.to(x.device)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    # Advanced indices around a slice put the batch dims first: the result is N×H×W×C, i.e. channels_last.
+    return x[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def rotate(x: torch.Tensor, degrees: float, gen: torch.Generator) -> torch.Tensor:
+    """Rotate each image of a float batch by its own angle in [-degrees, degrees]; corners filled with 0."""
+    n = x.shape[0]
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(degrees)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], 1), torch.stack([sin, cos, torch.zeros(n)], 1)], 1)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero one size×size square per image, centred anywhere (so it may hang over the border)."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n, 1), generator=gen).to(x.device)
+    cx = torch.randint(0, w, (n, 1), generator=gen).to(x.device)
+    top, left = cy - size // 2, cx - size // 2
+    ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    in_rows = (ys >= top) & (ys < top + size)  # N×H
+    in_cols = (xs >= left) & (xs < left + size)  # N×W
+    mask = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+    return x.masked_fill(mask, 0.0)
+
+
+class Normalize:
+    """uint8 → float32 (x/255 - mean)/std in one fused op, in the requested memory format."""
+
+    def __init__(self, mean: list[float], std: list[float], device: torch.device, channels_last: bool):
+        self.scale = (1.0 / (255.0 * torch.tensor(std))).view(1, -1, 1, 1).to(device)
+        self.shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1).to(device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(memory_format=self.memory_format)
+        return torch.addcmul(self.shift, x.float(), self.scale).contiguous(memory_format=self.memory_format)
+
+
+class BatchAugment:
+    """The training-time pipeline for one batch: crop+flip on uint8, normalize, then rotation and cutout."""
+
+    def __init__(self, cfg: AugmentConfig, normalize: Normalize):
+        self.cfg, self.normalize = cfg, normalize
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = crop_flip(x, self.cfg.crop_padding, self.cfg.flip, gen)
+        x = self.normalize(x)
+        if self.cfg.rotation > 0:
+            x = rotate(x, self.cfg.rotation, gen)
+        if self.cfg.cutout > 0:
+            x = cutout(x, self.cfg.cutout, gen)
+        return x

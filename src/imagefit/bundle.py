@@ -1,0 +1,121 @@
+"""The bundle: everything downstream needs, in one file that loads without executing code.
+
+`bundle.safetensors` holds the weights as safetensors and, in the same file's JSON header, the class order, the
+preprocessing (size, resize rule, mean, std), the model and full training config, and the final metrics.
+Evaluate, predict and serve read only this, so they can never see other preprocessing or class order than
+training used. safetensors parses a header and raw arrays: a bundle someone sent you cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .augment import Normalize
+from .config import Config, ModelConfig
+from .data import load_image
+from .errors import ImagefitError
+from .files import atomic_path
+from .models import create_model
+
+FORMAT = "imagefit-bundle/1"
+FILENAME = "bundle.safetensors"
+
+
+@dataclass
+class Bundle:
+    model: nn.Module
+    classes: list[str]
+    preprocessing: dict  # size, resize, mean, std
+    config: Config
+    metrics: dict
+    path: Path
+
+    def normalizer(self, device: torch.device = torch.device("cpu")) -> Normalize:
+        p = self.preprocessing
+        return Normalize(p["mean"], p["std"], device, channels_last=False)
+
+    def load_images(self, sources) -> torch.Tensor:
+        """Files (paths or bytes) → uint8 N×C×H×W, prepared exactly as in training."""
+        p = self.preprocessing
+        arrays = [load_image(s, p["size"], p["resize"]) for s in sources]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        return self.model(self.normalizer(device)(images.to(device))).float().softmax(1).cpu()
+
+
+def save_bundle(path: str | Path, model: nn.Module, classes: list[str], preprocessing: dict, config: Config,
+                metrics: dict) -> Path:
+    path = Path(path)
+    meta = {"format": FORMAT, "imagefit_version": __version__, "classes": classes,
+            "preprocessing": preprocessing, "config": config.to_dict(), "metrics": metrics}
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(weights, str(tmp), metadata={"imagefit": json.dumps(meta)})
+    return path
+
+
+def resolve(path: str | Path) -> Path:
+    """A run folder or a bundle file → the bundle file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILENAME
+    if not path.is_file():
+        raise ImagefitError(f"no bundle at {path}; pass the run folder that 'imagefit train --out' wrote, "
+                            f"or its {FILENAME}")
+    return path
+
+
+def read_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["imagefit"])
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise ImagefitError(f"{path} is damaged or not an imagefit bundle ({type(e).__name__}); "
+                            f"copy it again or re-run 'imagefit train'") from None
+    if meta.get("format") != FORMAT:
+        raise ImagefitError(f"{path} is a bundle of format {meta.get('format')!r}, not {FORMAT}; "
+                            f"re-export it with this imagefit version")
+    return meta
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    path = resolve(path)
+    meta = read_metadata(path)
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ImagefitError(f"{path} is damaged ({type(e).__name__}: {str(e)[:80]}); "
+                            f"copy it again or re-run 'imagefit train'") from None
+    config = Config.from_dict(meta["config"], where=str(path))
+    model = create_model(len(meta["classes"]), ModelConfig(**meta["config"]["model"]))
+    load_weights(model, weights, str(path))
+    model.to(device).eval()
+    return Bundle(model, meta["classes"], meta["preprocessing"], config, meta.get("metrics", {}), path)
+
+
+def load_weights(model: nn.Module, weights: dict, where: str) -> None:
+    """Strict load with a one-line error naming the layers that differ."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [k for k in own if k in weights and own[k].shape != weights[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", shapes))
+                 if keys]
+        raise ImagefitError(f"weights in {where} do not fit the model ({'; '.join(parts)}); "
+                            f"use the model config they were trained with")
+    model.load_state_dict(weights)

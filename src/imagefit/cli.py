@@ -1,0 +1,224 @@
+"""`imagefit COMMAND`: thin shells over library functions.
+
+Every command takes `--json` and then prints one JSON object as the last line of standard output; messages go
+to standard error. An `ImagefitError` prints as one line without a traceback and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import Config, all_fields, coerce, field_types, flag, load_recipe, recipe_names
+from .errors import ImagefitError
+
+RUN_OPTIONS = ("out", "resume", "tracking_uri", "experiment", "stop_after_steps", "progress", "json", "recipe")
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+
+
+def _train_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train, evaluate and bundle a model",
+                       description="Train a model, evaluate it on the test split, and save a bundle.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run = p.add_argument_group("run")
+    run.add_argument("--recipe", help=f"recipe name ({', '.join(recipe_names())}) or path to a YAML file")
+    run.add_argument("--out", help="run folder (default: runs/MODEL-TIMESTAMP)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly where it stopped")
+    run.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///mlflow.db here; 'none': off)")
+    run.add_argument("--experiment", default="imagefit", help="MLflow experiment name")
+    run.add_argument("--stop-after-steps", type=int, default=0,
+                     help="stop as if interrupted after this many optimizer steps (resume later)")
+    run.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
+                     help="live bar (terminal) or one line per epoch")
+    _add_json(run)
+    defaults = Config()
+    groups = {}
+    for section, f in all_fields():
+        group = groups.setdefault(section, p.add_argument_group(section))
+        default = getattr(getattr(defaults, section), f.name)
+        kind = field_types(getattr(defaults, section))[f.name]
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        extra = f" [{'|'.join(f.metadata['choices'])}]" if f.metadata["choices"] else ""
+        help_text = f"{f.metadata['help']}{extra} (default: {shown})"
+        if kind is bool:
+            group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(flag(f.name), dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(),
+                               help=help_text)
+    p.formatter_class = argparse.HelpFormatter  # defaults are in the help texts already
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    parser = argparse.ArgumentParser(prog="imagefit", description="From a folder of images to a tuned, "
+                                     "reproducible, served ResNet classifier.")
+    parser.add_argument("--version", action="version", version=f"imagefit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _train_parser(sub)
+
+    p = sub.add_parser("evaluate", help="evaluate a bundle on a data folder's test split")
+    p.add_argument("--bundle", required=True, help="run folder or bundle.safetensors")
+    p.add_argument("--data", help="data folder (default: the one the bundle was trained on)")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="which split to evaluate")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    _add_json(p)
+
+    p = sub.add_parser("predict", help="top-k classes for image files or folders")
+    p.add_argument("--bundle", required=True, help="run folder or bundle.safetensors")
+    p.add_argument("paths", nargs="+", help="image files or folders of images")
+    p.add_argument("--top-k", type=int, default=3, help="classes to show per image")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable files instead of stopping")
+    _add_json(p)
+
+    p = sub.add_parser("models", help="list the model registry with parameter counts (10 classes)")
+    _add_json(p)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults, then the recipe, then the flags given on the command line."""
+    cfg = Config()
+    if args.recipe:
+        cfg.update(load_recipe(args.recipe), where=f"recipe {args.recipe}")
+    for section, f in all_fields():
+        if f.name in vars(args):
+            target = getattr(cfg, section)
+            setattr(target, f.name, coerce(target, f.name, getattr(args, f.name), "command line"))
+    return cfg.validate()
+
+
+def cmd_train(args) -> dict:
+    from datetime import datetime
+
+    from .train import RunOptions, train
+    given = [flag(f.name) for _, f in all_fields() if f.name in vars(args)]
+    if args.resume:
+        if given or args.recipe:
+            raise ImagefitError(f"--resume continues a run with its saved config; drop {', '.join(given or ['--recipe'])} "
+                                f"(or start a new run with another --out)")
+        out, cfg = Path(args.resume), Config()
+    else:
+        cfg = config_from_args(args)
+        out = Path(args.out or f"runs/{cfg.model.model}-{datetime.now():%Y%m%d-%H%M%S}")
+    opts = RunOptions(out=out, resume=bool(args.resume), tracking_uri=args.tracking_uri,
+                      experiment=args.experiment, stop_after_steps=args.stop_after_steps, progress=args.progress)
+    result = train(cfg, opts)
+    if not args.json and "accuracy" in result:
+        print(f"test accuracy {result['accuracy']:.4f} (top-5 {result['top5']:.4f}) on {result['n']} images; "
+              f"bundle {result['bundle']}")
+    return result
+
+
+def cmd_evaluate(args) -> dict:
+    import torch
+
+    from . import plots
+    from .augment import Normalize
+    from .bundle import load_bundle
+    from .data import align_classes, load_splits, load_test_split
+    from .evaluate import format_report, gather_logits, summarize
+    from .loader import Loader
+    from .train import resolve_device
+    device = resolve_device(args.device)
+    bundle = load_bundle(args.bundle, device)
+    cfg = bundle.config.data
+    if args.data:
+        cfg.data = args.data
+    if args.split == "test":
+        data = load_test_split(cfg)
+    else:
+        data = load_splits(cfg, bundle.config.train.seed).val
+        if data is None:
+            raise ImagefitError("this bundle was trained without a validation split (--val-fraction 0); use --split test")
+    data = align_classes(data, bundle.classes)
+    p = bundle.preprocessing
+    loader = Loader(data, args.batch_size, Normalize(p["mean"], p["std"], device, False), device=device)
+    with torch.inference_mode():
+        m = summarize(*gather_logits(bundle.model, loader), bundle.classes)
+    run_dir = bundle.path.parent
+    try:
+        m["confusion_png"] = str(plots.confusion_matrix(m["confusion"], bundle.classes,
+                                                        run_dir / f"confusion-{args.split}.png"))
+    except OSError:
+        pass  # a read-only bundle folder: the numbers still print
+    if not args.json:
+        print(format_report(m, bundle.classes))
+    return {**m, "split": args.split, "bundle": str(bundle.path)}
+
+
+def _image_files(paths: list[str]) -> list[str]:
+    from .data import IMAGE_EXTENSIONS
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ImagefitError(f"folder {p} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            files += found
+        elif p.is_file():
+            files.append(str(p))
+        else:
+            raise ImagefitError(f"{p} does not exist; give image files or folders of images")
+    return files
+
+
+def cmd_predict(args) -> dict:
+    from .bundle import load_bundle
+    from .data import decode_files
+    if args.top_k < 1:
+        raise ImagefitError(f"--top-k must be at least 1 (got {args.top_k})")
+    bundle = load_bundle(args.bundle)
+    files = _image_files(args.paths)
+    p = bundle.preprocessing
+    images, keep = decode_files(files, p["size"], p["resize"], args.skip_bad_images)
+    k = min(args.top_k, len(bundle.classes))
+    results = []
+    for start in range(0, len(keep), 256):
+        probs = bundle.probabilities(images[start:start + 256])
+        top = probs.topk(k, dim=1)
+        for i, (values, indices) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+            results.append({"file": files[keep[start + i]],
+                            "top": [{"class": bundle.classes[c], "probability": round(v, 6)}
+                                    for v, c in zip(values, indices)]})
+    if not args.json:
+        for r in results:
+            print(f"{r['file']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"]))
+    return {"predictions": results, "n": len(results), "bundle": str(bundle.path)}
+
+
+def cmd_models(args) -> dict:
+    from .config import ModelConfig
+    from .models import REGISTRY, count_params, create_model
+    rows = {name: count_params(create_model(10, ModelConfig(model=name))) for name in sorted(REGISTRY)}
+    if not args.json:
+        for name, n in rows.items():
+            print(f"{name:>10} {n:>12,} parameters")
+    return {"models": rows}
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = COMMANDS[args.command](args)
+    except ImagefitError as e:
+        print(f"imagefit {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"imagefit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, default=str))
+    return 0

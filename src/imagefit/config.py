@@ -1,0 +1,265 @@
+"""One typed config tree: recipe YAML + command-line overrides, validated up front.
+
+The dataclass defaults *are* the default recipe, so `imagefit train --help` shows the values a run really uses.
+A recipe file holds only what differs, as `section: {field: value}`. Every field becomes one command-line flag
+(`--weight-decay`), so field names are unique across sections. The whole tree is saved verbatim with every run
+and bundle; a run is reproduced from it and its seed alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ImagefitError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def opt(default: Any, help: str, *, choices: tuple | None = None, low: float | None = None,
+        high: float | None = None, low_open: bool = False):
+    """A config field with its help text and the range the validator enforces."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    data: str | None = opt(None, "data folder: CIFAR-10 batches or an ImageFolder tree "
+                                 "(else $IMAGEFIT_DATA, else the download cache)")
+    download: bool = opt(False, "download CIFAR-10 through torchvision when the folder has no data")
+    size: int = opt(32, "image side in pixels after resizing", low=8, high=1024)
+    resize: str = opt("crop", "how other sizes are resized: crop (shorter side, centre crop) or squish",
+                      choices=("crop", "squish"))
+    val_fraction: float = opt(0.1, "share of train held out (stratified, seeded) for validation", low=0.0, high=0.9)
+    in_memory: str = opt("auto", "keep decoded images in memory (fast path) or stream from disk",
+                         choices=("auto", "yes", "no"))
+    workers: int = opt(2, "decoding workers for the streaming path", low=0, high=64)
+    skip_bad_images: bool = opt(False, "skip unreadable image files (with a warning) instead of stopping")
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = opt(4, "random crop after reflect-padding this many pixels (0: off)", low=0, high=64)
+    flip: bool = opt(True, "random horizontal flip")
+    rotation: float = opt(0.0, "random rotation up to this many degrees (0: off)", low=0.0, high=180.0)
+    cutout: int = opt(0, "cutout square side in pixels (0: off)", low=0, high=1024)
+
+
+@dataclass
+class ModelConfig:
+    model: str = opt("resnet20", "architecture from the model registry (imagefit models lists them)")
+    stem: str = opt("cifar", "first layers: cifar (3x3 stride 1, no max-pool) or imagenet (torchvision's)",
+                    choices=("cifar", "imagenet"))
+    dropout: float = opt(0.0, "dropout before the classifier head", low=0.0, high=0.95)
+    blocks: list[int] = opt([2, 2, 2, 2], "configurable resnet: residual blocks per stage")
+    widths: list[int] = opt([64, 128, 256, 512], "configurable resnet: channels per stage")
+    max_params: int = opt(0, "refuse a model with more parameters than this (0: no limit)", low=0)
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = opt("sgd", "optimizer", choices=("sgd", "adam", "adamw"))
+    lr: float = opt(0.1, "learning rate (the peak rate for one-cycle)", low=0.0, high=10.0, low_open=True)
+    momentum: float = opt(0.9, "SGD momentum (Adam's beta1)", low=0.0, high=0.999)
+    nesterov: bool = opt(True, "Nesterov momentum for SGD")
+    weight_decay: float = opt(5e-4, "weight decay", low=0.0, high=1.0)
+    loss: str = opt("cross-entropy", "loss: cross-entropy, or nll (log-softmax + NLLLoss)",
+                    choices=("cross-entropy", "nll"))
+    label_smoothing: float = opt(0.0, "label smoothing for cross-entropy", low=0.0, high=0.5)
+    grad_clip: float = opt(0.0, "clip the gradient norm to this (0: off)", low=0.0)
+
+
+@dataclass
+class ScheduleConfig:
+    schedule: str = opt("onecycle", "learning-rate schedule",
+                        choices=("onecycle", "cosine", "step", "plateau", "constant"))
+    warmup: float = opt(0.25, "one-cycle: share of steps spent warming up to the peak rate", low=0.0, high=0.99)
+    div_factor: float = opt(25.0, "one-cycle: peak rate / starting rate", low=1.0)
+    final_div_factor: float = opt(1e4, "one-cycle: starting rate / final rate", low=1.0)
+    milestones: list[int] = opt([], "step: epochs at which the rate is multiplied by --gamma")
+    gamma: float = opt(0.1, "step/plateau: rate multiplier", low=0.0, high=1.0, low_open=True)
+    plateau_patience: int = opt(3, "plateau: epochs without improvement before lowering the rate", low=0)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(10, "epochs", low=1, high=100000)
+    batch_size: int = opt(128, "training batch size", low=1, high=65536)
+    seed: int = opt(0, "seed for weights, data order and augmentation", low=0, high=2**31 - 1)
+    deterministic: bool = opt(False, "use deterministic algorithms only (slower on some GPUs)")
+    early_stopping: int = opt(0, "stop after this many epochs without validation improvement (0: off)", low=0)
+    monitor: str = opt("val_accuracy", "validation metric for early stopping and the best checkpoint",
+                       choices=("val_accuracy", "val_loss"))
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    channels_last: str = opt("auto", "channels_last memory layout (auto: on CUDA)", choices=("auto", "yes", "no"))
+    amp: str = opt("auto", "mixed precision (auto: bfloat16 on CUDA)", choices=("auto", "bf16", "fp16", "no"))
+    threads: int = opt(0, "CPU threads for torch (0: torch's default)", low=0, high=1024)
+
+
+SECTIONS = {"data": DataConfig, "augment": AugmentConfig, "model": ModelConfig, "optim": OptimConfig,
+            "schedule": ScheduleConfig, "train": TrainConfig}
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, tree: dict, where: str = "config") -> Config:
+        cfg = cls()
+        cfg.update(tree, where)
+        return cfg
+
+    def update(self, tree: dict, where: str) -> None:
+        """Set `section: {field: value}` entries, refusing unknown names with the closest valid ones."""
+        if not isinstance(tree, dict):
+            raise ImagefitError(f"{where} must map sections to fields, e.g. 'optim: {{lr: 0.1}}'")
+        for section, values in tree.items():
+            if section not in SECTIONS:
+                raise ImagefitError(f"{where}: unknown section '{section}'{_closest(section, SECTIONS)}")
+            if not isinstance(values, dict):
+                raise ImagefitError(f"{where}: section '{section}' must map fields to values")
+            target = getattr(self, section)
+            names = {f.name for f in dataclasses.fields(target)}
+            for name, value in values.items():
+                if name not in names:
+                    raise ImagefitError(f"{where}: unknown field '{section}.{name}'{_closest(name, names)}")
+                setattr(target, name, coerce(target, name, value, where))
+
+    def validate(self) -> Config:
+        """Check every value against its field's type, choices and range; raise on the first bad one."""
+        for section in SECTIONS:
+            obj = getattr(self, section)
+            for f in dataclasses.fields(obj):
+                _check(f, getattr(obj, f.name))
+        if self.schedule.schedule == "step" and not self.schedule.milestones:
+            raise ImagefitError("--schedule step needs --milestones, e.g. --milestones 15,25")
+        if any(m < 1 for m in self.schedule.milestones):
+            raise ImagefitError(f"--milestones must be epochs >= 1 (got {self.schedule.milestones})")
+        if self.model.model == "resnet" and len(self.model.blocks) != len(self.model.widths):
+            raise ImagefitError(f"--blocks ({len(self.model.blocks)} stages) and --widths "
+                                f"({len(self.model.widths)} stages) must name the same number of stages")
+        return self
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_types(obj) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def coerce(obj, name: str, value: Any, where: str) -> Any:
+    """Turn a YAML or command-line value into the field's type, with a one-line error otherwise."""
+    kind = field_types(obj)[name]
+    origin = typing.get_origin(kind)
+    try:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in typing.get_args(kind):
+                return None
+            raise ValueError
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if origin is list:
+            items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
+            return [int(v) for v in items]
+        if kind is int or kind == (int | None):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ImagefitError(f"{where}: {flag(name)} got {value!r}, which is not {_describe(kind)}") from None
+
+
+def _describe(kind) -> str:
+    if typing.get_origin(kind) is list:
+        return "a comma-separated list of integers"
+    return {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+
+
+def _check(f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if value is None:
+        return
+    if meta["choices"] and value not in meta["choices"]:
+        raise ImagefitError(f"{flag(f.name)} must be one of {', '.join(meta['choices'])} (got {value!r})")
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        low, high = meta["low"], meta["high"]
+        too_low = low is not None and (v <= low if meta["low_open"] else v < low)
+        if too_low or (high is not None and v > high):
+            lo = "" if low is None else f"{'>' if meta['low_open'] else '>='} {low:g}"
+            hi = "" if high is None else f"<= {high:g}"
+            raise ImagefitError(f"{flag(f.name)} must be {' and '.join(p for p in (lo, hi) if p)} (got {v})")
+
+
+def _closest(name: str, options) -> str:
+    near = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(near)}?" if near else f"; valid: {', '.join(sorted(options))}"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str) -> dict:
+    """A recipe by name (shipped with imagefit) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise ImagefitError(f"unknown recipe '{name_or_path}'; available: {', '.join(recipe_names())} "
+                                f"(or a path to a .yaml file)")
+    if not path.is_file():
+        raise ImagefitError(f"recipe file {path} does not exist; give a recipe name "
+                            f"({', '.join(recipe_names())}) or a path to a .yaml file")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ImagefitError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+    tree.pop("description", None)
+    return tree
+
+
+def all_fields():
+    """(section, field) for every field, in order: the source of the command-line flags."""
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            yield section, f
+
+
+_names = [f.name for _, f in all_fields()]
+assert len(_names) == len(set(_names)), "config field names must be unique: each is one command-line flag"

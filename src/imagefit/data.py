@@ -1,0 +1,426 @@
+"""Where images come from: CIFAR-10 batches, ImageFolder trees, the download, and the splits.
+
+`ImageSet` is the in-memory currency: a uint8 N×C×H×W tensor (CIFAR-10 is 150 MB this way, a quarter of
+float32), int64 labels and the ordered class names. `FileSet` is its streaming twin for trees too big for
+memory: the same labels and classes, images decoded from disk by loader workers. Both go through the same
+loader and augmentation, so both yield the same batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .config import DataConfig
+from .errors import ImagefitError
+from .files import atomic_torch_save
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+CIFAR_DIR = "cifar-10-batches-py"
+# Decompression bombs: refuse anything over 64 megapixels rather than let PIL allocate gigabytes.
+Image.MAX_IMAGE_PIXELS = 64_000_000
+
+
+def cache_dir() -> Path:
+    """imagefit's cache: $IMAGEFIT_CACHE, else $XDG_CACHE_HOME/imagefit, else ~/.cache/imagefit."""
+    root = os.environ.get("IMAGEFIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imagefit"
+    return Path(root)
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # uint8, N×C×H×W
+    labels: torch.Tensor  # int64, N
+    classes: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> ImageSet:
+        return ImageSet(self.images[index], self.labels[index], self.classes, self.source)
+
+
+@dataclass
+class FileSet:
+    """Image files decoded on demand (streaming path); `size`/`resize` say how each file is prepared."""
+    paths: list[str]
+    labels: torch.Tensor
+    classes: list[str]
+    source: str
+    size: int
+    resize: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> FileSet:
+        return FileSet([self.paths[i] for i in index.tolist()], self.labels[index], self.classes, self.source,
+                       self.size, self.resize)
+
+    def read(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(load_image(self.paths[i], self.size, self.resize)).permute(2, 0, 1)
+
+
+@dataclass
+class Splits:
+    train: ImageSet | FileSet
+    val: ImageSet | FileSet | None
+    test: ImageSet | FileSet | None
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    source: str
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+def load_image(source, size: int, resize: str = "crop") -> np.ndarray:
+    """Decode one image file (path or bytes) to uint8 H×W×3 RGB at `size`×`size`.
+
+    The one preprocessing function: ImageFolder loading, predict and serve all call it, so a served model sees
+    exactly what it was trained on. `crop` scales the shorter side to `size` and takes the centre; `squish`
+    scales both sides. Grayscale, palette and alpha images become RGB.
+    """
+    fh = io.BytesIO(source) if isinstance(source, bytes) else source
+    with Image.open(fh) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        if (w, h) != (size, size):
+            if resize == "squish":
+                im = im.resize((size, size), Image.BILINEAR)
+            else:
+                scale = size / min(w, h)
+                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+                im = im.resize((nw, nh), Image.BILINEAR)
+                left, top = (nw - size) // 2, (nh - size) // 2
+                im = im.crop((left, top, left + size, top + size))
+        return np.asarray(im, dtype=np.uint8).copy()
+
+
+def _try_load(path: str, size: int, resize: str):
+    try:
+        return load_image(path, size, resize)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return e
+
+
+def decode_files(paths: list[str], size: int, resize: str, skip_bad: bool) -> tuple[torch.Tensor, list[int]]:
+    """Decode every file in parallel (PIL releases the GIL); returns N×C×H×W uint8 and the kept indices.
+
+    All files are read before training starts, so a corrupt file is found now, never halfway through an epoch.
+    """
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    bad, keep = [], []
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        for i, result in enumerate(pool.map(lambda p: _try_load(p, size, resize), paths, chunksize=64)):
+            if isinstance(result, Exception):
+                bad.append(paths[i])
+            else:
+                out[len(keep)] = result
+                keep.append(i)
+    _report_bad(bad, skip_bad)
+    return torch.from_numpy(out[: len(keep)]).permute(0, 3, 1, 2).contiguous(), keep
+
+
+def _report_bad(bad: list[str], skip_bad: bool) -> None:
+    if not bad:
+        return
+    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    if not skip_bad:
+        raise ImagefitError(f"{len(bad)} file(s) could not be read as images: {shown}; "
+                            f"remove or replace them, or pass --skip-bad-images to train without them")
+    import warnings
+    warnings.warn(f"skipped {len(bad)} unreadable image file(s): {shown}", stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------- CIFAR-10
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches without running arbitrary code: only numpy's array rebuilders are allowed."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module.replace("numpy.core", "numpy._core"), name)
+
+
+def _read_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            d = _CifarUnpickler(f, encoding="latin1").load()
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    except FileNotFoundError:
+        raise ImagefitError(f"CIFAR-10 folder {path.parent} lacks {path.name}; copy the complete "
+                            f"cifar-10-batches-py folder (data_batch_1..5, test_batch, batches.meta)") from None
+    except Exception as e:
+        raise ImagefitError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}); "
+                            f"download or copy it again") from None
+
+
+def _cifar_set(root: Path, names: list[str], classes: list[str]) -> ImageSet:
+    parts = [_read_batch(root / n) for n in names]
+    data = np.concatenate([np.asarray(p["data"], dtype=np.uint8) for p in parts])
+    labels = np.concatenate([np.asarray(p["labels"], dtype=np.int64) for p in parts])
+    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+        raise ImagefitError(f"{root} holds batches of shape {data.shape}, not N×3072 CIFAR-10 rows; "
+                            f"use the official python-version files")
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+    return ImageSet(images, torch.from_numpy(labels), classes, str(root))
+
+
+def read_cifar10(root: Path) -> tuple[ImageSet, ImageSet]:
+    """The official python-version pickles, read directly: torchvision's md5 check rejects re-encoded copies."""
+    meta = _read_batch(root / "batches.meta") if (root / "batches.meta").exists() else {}
+    classes = [c.decode() if isinstance(c, bytes) else c for c in meta.get("label_names", [])] or [
+        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    train = _cifar_set(root, [f"data_batch_{i}" for i in range(1, 6)], classes)
+    test = _cifar_set(root, ["test_batch"], classes)
+    return train, test
+
+
+def download_cifar10(root: Path) -> None:
+    """Fetch CIFAR-10 through torchvision into root/cifar-10-batches-py; a clear error when offline."""
+    from torchvision.datasets import CIFAR10
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        CIFAR10(str(root), train=True, download=True)
+    except Exception as e:  # URLError, socket errors, checksum failures: all mean "no usable download"
+        raise ImagefitError(f"could not download CIFAR-10 ({type(e).__name__}: {str(e)[:120]}); put the official "
+                            f"'{CIFAR_DIR}' folder in {root} or point IMAGEFIT_DATA (or --data) at its parent") from None
+
+
+# ---------------------------------------------------------------------------------------------- ImageFolder
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan_tree(folder: Path, classes: list[str] | None) -> tuple[list[str], list[int], list[str]]:
+    """(paths, labels, classes) of an ImageFolder split; every class must hold at least one image."""
+    found = [d.name for d in _class_dirs(folder)]
+    if classes is None:
+        classes = found
+    else:
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise ImagefitError(f"{folder} has class folder(s) {', '.join(extra)} that train/ lacks; "
+                                f"add them to train/ or remove them")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        d = folder / name
+        files = sorted(str(p) for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if d.is_dir() else []
+        if not files:
+            raise ImagefitError(f"class '{name}' has no images in {d} (extensions: "
+                                f"{', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the class folder")
+        paths += files
+        labels += [label] * len(files)
+    return paths, labels, classes
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _files_fingerprint(paths: list[str]) -> list:
+    return [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+
+
+def _imagefolder_set(folder: Path, classes, cfg: DataConfig, stream: bool) -> tuple[ImageSet | FileSet, str]:
+    """The split in `folder` and a key that changes whenever any file or the preprocessing does."""
+    paths, labels, classes = _scan_tree(folder, classes)
+    key = _fingerprint(_files_fingerprint(paths), cfg.size, cfg.resize, cfg.skip_bad_images)
+    if stream:
+        return FileSet(paths, torch.tensor(labels), classes, str(folder), cfg.size, cfg.resize), key
+    # Decoding is the slow part of loading a tree (about 20 s for 50,000 JPEGs on 2 cores): cache the tensor
+    # under that key, so the next run starts at once.
+    cached = cache_dir() / "decoded" / f"{key}.pt"
+    if cached.exists():
+        try:
+            blob = torch.load(cached, weights_only=True)
+            return ImageSet(blob["images"], blob["labels"], classes, str(folder)), key
+        except Exception:
+            pass  # a damaged cache entry is rebuilt below
+    images, keep = decode_files(paths, cfg.size, cfg.resize, cfg.skip_bad_images)
+    result = ImageSet(images, torch.tensor(labels)[keep], classes, str(folder))
+    try:
+        atomic_torch_save({"images": result.images, "labels": result.labels}, cached)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return result, key
+
+
+def _streams(n_images: int, size: int, mode: str) -> bool:
+    """Stream from disk when asked, or (auto) when the uint8 tensor would take over a quarter of RAM."""
+    if mode != "auto":
+        return mode == "no"
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return False
+    return n_images * 3 * size * size > ram // 4
+
+
+# ---------------------------------------------------------------------------------------------- splits
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep, held) indices: `fraction` of each class held out, chosen by `seed`; both sorted."""
+    if fraction <= 0:
+        return torch.arange(len(labels)), torch.empty(0, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    held = []
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        n = int(round(fraction * len(idx)))
+        n = min(max(n, 1), len(idx) - 1) if len(idx) > 1 else 0
+        held.append(idx[torch.randperm(len(idx), generator=g)[:n]])
+    held = torch.cat(held).sort().values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[held] = False
+    return torch.nonzero(mask).flatten(), held
+
+
+def channel_stats(data: ImageSet | FileSet) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1], over the given (training) images."""
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    chunks = ((data.images[i:i + 4096] for i in range(0, len(data), 4096)) if isinstance(data, ImageSet)
+              else (data.read(i)[None] for i in range(len(data))))
+    for x in chunks:
+        x = x.to(torch.float64) / 255
+        total += x.sum((0, 2, 3))
+        total_sq += (x * x).sum((0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+
+
+def _cached_stats(train: ImageSet | FileSet, key: str) -> tuple[list[float], list[float]]:
+    path = cache_dir() / "stats" / f"{key}.json"
+    try:
+        s = json.loads(path.read_text())
+        return s["mean"], s["std"]
+    except (OSError, ValueError, KeyError):
+        pass
+    mean, std = channel_stats(train)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"mean": mean, "std": std}))
+    except OSError:
+        pass
+    return mean, std
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+def data_root(cfg: DataConfig) -> Path:
+    if cfg.data:
+        return Path(cfg.data).expanduser()
+    if os.environ.get("IMAGEFIT_DATA"):
+        return Path(os.environ["IMAGEFIT_DATA"]).expanduser()
+    return cache_dir() / "datasets"
+
+
+def find_layout(root: Path) -> tuple[str, Path]:
+    """('cifar', batches folder) or ('folder', tree root), or a one-line error describing what is expected."""
+    if not root.is_dir():
+        raise ImagefitError(f"data folder {root} does not exist; pass --data DIR (or set IMAGEFIT_DATA) "
+                            f"to a folder holding {CIFAR_DIR}/ or an ImageFolder tree, or add --download")
+    for candidate in (root / CIFAR_DIR, root):
+        if (candidate / "data_batch_1").exists() or (candidate / "test_batch").exists():
+            return "cifar", candidate
+    if (root / "train").is_dir():
+        return "folder", root
+    if _class_dirs(root) and not any((root / s).is_dir() for s in ("val", "test")):
+        return "folder", root  # a bare tree of class folders: all of it is train
+    listing = ", ".join(sorted(p.name for p in root.iterdir())[:6]) or "nothing"
+    raise ImagefitError(f"{root} holds neither CIFAR-10 batches ({CIFAR_DIR}/data_batch_1..5) nor an "
+                        f"ImageFolder tree (train/<class>/*.jpg); found {listing}. Point --data at one of them")
+
+
+def load_splits(cfg: DataConfig, seed: int) -> Splits:
+    """Train/val/test for a data config; val is carved from train, the test split is only ever evaluated."""
+    root = data_root(cfg)
+    try:
+        kind, where = find_layout(root)
+    except ImagefitError:
+        if not cfg.download:
+            raise
+        download_cifar10(root)
+        kind, where = find_layout(root)
+
+    if kind == "cifar":
+        train, test = read_cifar10(where)
+        if cfg.size != 32:
+            train, test = resize_set(train, cfg), resize_set(test, cfg)
+        fingerprint = _files_fingerprint(sorted(str(p) for p in where.iterdir() if p.is_file()))
+    else:
+        has_train = (where / "train").is_dir()
+        train_dir = where / "train" if has_train else where
+        n = sum(1 for _ in train_dir.rglob("*"))
+        stream = _streams(n, cfg.size, cfg.in_memory)
+        train, fingerprint = _imagefolder_set(train_dir, None, cfg, stream)
+        if len(train.classes) < 2:
+            raise ImagefitError(f"{train_dir} has {len(train.classes)} class folder(s); a classifier needs "
+                                f"at least 2 (train/<class>/*.jpg)")
+        test_dir = next((where / s for s in ("test", "val") if has_train and (where / s).is_dir()), None)
+        test = _imagefolder_set(test_dir, train.classes, cfg, stream)[0] if test_dir else None
+
+    keep, held = stratified_split(train.labels, cfg.val_fraction, seed)
+    val = train.subset(held) if len(held) else None
+    train = train.subset(keep)
+    key = _fingerprint(fingerprint, cfg.size, cfg.resize, cfg.val_fraction, seed)
+    mean, std = _cached_stats(train, key)
+    return Splits(train, val, test, train.classes, mean, std, str(where))
+
+
+def resize_set(data: ImageSet, cfg: DataConfig) -> ImageSet:
+    """Resize an in-memory set (e.g. CIFAR-10 to 64 px) with the same rule as files."""
+    import torch.nn.functional as F
+    x = F.interpolate(data.images.float(), size=(cfg.size, cfg.size), mode="bilinear", antialias=True,
+                      align_corners=False)
+    return ImageSet(x.round().clamp(0, 255).to(torch.uint8), data.labels, data.classes, data.source)
+
+
+def load_test_split(cfg: DataConfig) -> ImageSet | FileSet:
+    """Only the test split (CIFAR's test_batch, or the tree's test/, else val/), for evaluating a bundle."""
+    kind, where = find_layout(data_root(cfg))
+    if kind == "cifar":
+        return read_cifar10(where)[1] if cfg.size == 32 else resize_set(read_cifar10(where)[1], cfg)
+    test_dir = next((where / s for s in ("test", "val") if (where / s).is_dir()), None)
+    if test_dir is None:
+        raise ImagefitError(f"{where} has no test/ or val/ folder to evaluate on; add one with the same class "
+                            f"folders as train/, or pass --split val to use the run's validation split")
+    n = sum(1 for _ in test_dir.rglob("*"))
+    return _imagefolder_set(test_dir, None, cfg, _streams(n, cfg.size, cfg.in_memory))[0]
+
+
+def align_classes(data: ImageSet | FileSet, classes: list[str]) -> ImageSet | FileSet:
+    """Relabel `data` to a model's class order; refuse when the class lists differ, naming the difference."""
+    if data.classes == classes:
+        return data
+    missing, extra = sorted(set(classes) - set(data.classes)), sorted(set(data.classes) - set(classes))
+    if extra:
+        raise ImagefitError(f"the data has class(es) {', '.join(extra)} that the model was not trained on"
+                            + (f" and lacks {', '.join(missing)}" if missing else "")
+                            + "; evaluate on data with the model's classes")
+    remap = torch.tensor([classes.index(c) for c in data.classes])
+    relabelled = remap[data.labels]
+    if isinstance(data, ImageSet):
+        return ImageSet(data.images, relabelled, classes, data.source)
+    return FileSet(data.paths, relabelled, classes, data.source, data.size, data.resize)
+

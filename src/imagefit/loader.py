@@ -1,0 +1,82 @@
+"""Batches for training and evaluation, from memory (the fast path) or streamed from disk.
+
+The epoch's order is a permutation seeded by (seed, epoch) and each batch's augmentation a generator seeded by
+(seed, epoch, step), so a batch is a pure function of its position: resuming at step k of epoch e yields exactly
+the batches an uninterrupted run would, with no generator state to save, and the in-memory and streaming paths
+yield the same batches.
+
+In memory, a batch is one index into the uint8 tensor (on the GPU when training there, so images cross the bus
+once); no per-image Python objects exist. Streaming, a `torch.utils.data.DataLoader` with workers decodes the
+files of the same indices, then the same batch augmentation runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .augment import BatchAugment, Normalize
+from .data import FileSet, ImageSet
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from several integers (NumPy's SeedSequence hashing)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class _Files(torch.utils.data.Dataset):
+    def __init__(self, files: FileSet):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return self.files.read(i), self.files.labels[i]
+
+
+class Loader:
+    def __init__(self, data: ImageSet | FileSet, batch_size: int, normalize: Normalize, *,
+                 augment: BatchAugment | None = None, shuffle: bool = False, drop_last: bool = False,
+                 seed: int = 0, device: torch.device = torch.device("cpu"), workers: int = 2):
+        self.data, self.batch_size, self.normalize, self.augment = data, batch_size, normalize, augment
+        self.shuffle, self.seed, self.device, self.workers = shuffle, seed, device, workers
+        # Dropping the last partial batch keeps batch statistics steady, unless it would leave no batch at all.
+        self.drop_last = drop_last and len(data) >= batch_size
+        if isinstance(data, ImageSet):
+            self.images = data.images.to(device)
+            self.labels = data.labels.to(device)
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(len(self.data))
+        return torch.randperm(len(self.data), generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(step, images, labels) for the epoch's steps from `start` on; images ready for the model."""
+        order = self.order(epoch)[: len(self) * self.batch_size]
+        chunks = list(order.split(self.batch_size))[start:]
+        for step, (x, y) in enumerate(self._raw(chunks), start=start):
+            if self.augment is not None:
+                gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, step))
+                yield step, self.augment(x, gen), y
+            else:
+                yield step, self.normalize(x), y
+
+    def _raw(self, chunks: list[torch.Tensor]):
+        if isinstance(self.data, ImageSet):
+            for idx in chunks:
+                idx = idx.to(self.device)
+                yield self.images[idx], self.labels[idx]
+            return
+        loader = torch.utils.data.DataLoader(_Files(self.data), batch_sampler=[c.tolist() for c in chunks],
+                                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
+                                             persistent_workers=False)
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -1,0 +1,142 @@
+"""The model registry: `create_model(name, num_classes, cfg)` (timm's pattern).
+
+- `resnet18`/`resnet34`/`resnet50`: torchvision's networks. `stem="cifar"` swaps the 7×7 stride-2 conv and the
+  max-pool (which shrink a 32×32 image to 8×8 before the first block) for a 3×3 stride-1 conv.
+- `resnet20` … `resnet1202`: the CIFAR ResNets of He et al. 2016 (6n+2 layers, three stages of 16/32/64
+  channels, parameter-free "option A" shortcuts), e.g. resnet20 has 0.27M parameters.
+- `resnet`: stages of torchvision basic blocks with the blocks and widths of the config, for the parameter
+  budget of the ResNet challenge (`--max-params`).
+
+Dropout, when asked for, sits just before the linear head.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torchvision.models.resnet import BasicBlock
+
+from .config import ModelConfig
+from .errors import ImagefitError
+
+REGISTRY: dict[str, Callable[[int, ModelConfig], nn.Module]] = {}
+
+
+def register(name: str):
+    def wrap(fn):
+        REGISTRY[name] = fn
+        return fn
+    return wrap
+
+
+def create_model(num_classes: int, cfg: ModelConfig) -> nn.Module:
+    if cfg.model not in REGISTRY:
+        near = difflib.get_close_matches(cfg.model, REGISTRY, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(near)}? " if near else ""
+        raise ImagefitError(f"unknown model '{cfg.model}'; {hint}available: {', '.join(sorted(REGISTRY))}")
+    model = REGISTRY[cfg.model](num_classes, cfg)
+    n = count_params(model)
+    if cfg.max_params and n > cfg.max_params:
+        raise ImagefitError(f"model {cfg.model} has {n:,} parameters, over --max-params {cfg.max_params:,}; "
+                            f"choose smaller --widths/--blocks or a smaller model")
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def head(in_features: int, num_classes: int, dropout: float) -> nn.Module:
+    linear = nn.Linear(in_features, num_classes)
+    return nn.Sequential(nn.Dropout(dropout), linear) if dropout > 0 else linear
+
+
+# ---------------------------------------------------------------------------------------------- torchvision
+
+def _torchvision(arch: str):
+    def build(num_classes: int, cfg: ModelConfig) -> nn.Module:
+        model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+        if cfg.stem == "cifar":
+            model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+            nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+            model.maxpool = nn.Identity()
+        model.fc = head(model.fc.in_features, num_classes, cfg.dropout)
+        return model
+    return build
+
+
+for _arch in ("resnet18", "resnet34", "resnet50"):
+    register(_arch)(_torchvision(_arch))
+
+
+# ---------------------------------------------------------------------------------------------- CIFAR ResNets
+
+class PadShortcut(nn.Module):
+    """He et al.'s option A: subsample by the stride, zero-pad the new channels; no parameters."""
+
+    def __init__(self, extra_channels: int, stride: int):
+        super().__init__()
+        self.extra, self.stride = extra_channels, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+
+
+class ResNet(nn.Module):
+    """Stages of basic blocks; stride 2 at the start of every stage after the first.
+
+    shortcut "projection" is torchvision's (1×1 conv + BatchNorm when shapes change); "pad" is option A.
+    """
+
+    def __init__(self, blocks: list[int], widths: list[int], num_classes: int, *, stem: str = "cifar",
+                 shortcut: str = "projection", dropout: float = 0.0):
+        super().__init__()
+        if any(b < 1 for b in blocks) or any(w < 1 for w in widths) or not blocks:
+            raise ImagefitError(f"--blocks and --widths need positive entries (got {blocks} and {widths})")
+        if stem == "cifar":
+            self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                                      nn.ReLU(inplace=True))
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 7, 2, 3, bias=False), nn.BatchNorm2d(widths[0]),
+                                      nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+        layers, channels = [], widths[0]
+        for i, (n, width) in enumerate(zip(blocks, widths)):
+            for j in range(n):
+                stride = 2 if i > 0 and j == 0 else 1
+                down = None
+                if stride != 1 or channels != width:
+                    down = (PadShortcut(width - channels, stride) if shortcut == "pad" else
+                            nn.Sequential(nn.Conv2d(channels, width, 1, stride, bias=False), nn.BatchNorm2d(width)))
+                layers.append(BasicBlock(channels, width, stride, down))
+                channels = width
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = head(channels, num_classes, dropout)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
+
+
+def _cifar_resnet(depth: int):
+    def build(num_classes: int, cfg: ModelConfig) -> nn.Module:
+        n = (depth - 2) // 6
+        return ResNet([n, n, n], [16, 32, 64], num_classes, stem=cfg.stem, shortcut="pad", dropout=cfg.dropout)
+    return build
+
+
+for _depth in (20, 32, 44, 56, 110, 1202):
+    register(f"resnet{_depth}")(_cifar_resnet(_depth))
+
+
+@register("resnet")
+def _configurable(num_classes: int, cfg: ModelConfig) -> nn.Module:
+    return ResNet(cfg.blocks, cfg.widths, num_classes, stem=cfg.stem, dropout=cfg.dropout)

@@ -1,0 +1,55 @@
+"""PNG plots saved beside the run: training curves and the confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .files import atomic_path  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def training_curves(history: list[dict], path: Path) -> Path:
+    """Loss and accuracy per epoch, train beside validation."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
+        for split in ("train", "val"):
+            values = [h.get(f"{split}_{key}") for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, marker="o", ms=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path) -> Path:
+    """Counts with true class on rows, predicted on columns; cells shaded by the row's share."""
+    import numpy as np
+    m = np.asarray(matrix)
+    share = m / np.maximum(m.sum(1, keepdims=True), 1)
+    size = max(4.0, 0.55 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(classes) <= 20:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+    return _save(fig, path)

@@ -1,0 +1,44 @@
+"""Progress: a live bar on a terminal; one plain line per epoch when output goes to a file or CI log."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, mode: str = "auto", stream=None):
+        self.stream = stream or sys.stderr
+        self.live = mode == "bar" or (mode == "auto" and self.stream.isatty())
+        self.bar = None
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int, start: int = 0) -> None:
+        self.epoch, self.epochs, self.t0, self.images = epoch, epochs, time.perf_counter(), 0
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+            self.bar = Bar(TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=True,
+                           console=None if self.stream is sys.stderr else None)
+            self.bar.start()
+            self.task = self.bar.add_task("", total=steps, completed=start, stats="")
+
+    def step(self, images: int, loss: float, accuracy: float) -> None:
+        self.images += images
+        if self.bar is not None:
+            rate = self.images / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.update(self.task, advance=1, stats=f"loss {loss:.3f} acc {accuracy:.3f} {rate:,.0f} img/s")
+
+    def end_epoch(self, metrics: dict) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        seconds = time.perf_counter() - self.t0
+        parts = [f"epoch {self.epoch + 1}/{self.epochs}"]
+        parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("train_", "val_")) and v is not None]
+        parts += [f"lr {metrics['lr']:.3g}", f"{self.images / max(seconds, 1e-9):,.0f} img/s", f"{seconds:.1f}s"]
+        print("  ".join(parts), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

@@ -1,0 +1,103 @@
+"""Run tracking: every run is an MLflow run, in a local SQLite store unless told otherwise.
+
+The default store is `mlflow.db` (SQLite) with artifacts under `mlartifacts/`, both in the working folder, so
+`mlflow ui --backend-store-uri sqlite:///mlflow.db` shows every run with no server to start. `--tracking-uri`
+points elsewhere (a team's server); `--tracking-uri none` turns tracking off. MLflow is imported only when used:
+it takes seconds to import.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from .errors import ImagefitError
+
+
+def default_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the code that runs, when imagefit is used from a git checkout."""
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Tracker:
+    """No tracking: the interface, and what `--tracking-uri none` gets."""
+    run_id: str | None = None
+
+    def start(self, name: str, params: dict, run_id: str | None = None) -> None: ...
+    def metrics(self, values: dict, step: int) -> None: ...
+    def artifact(self, path: Path, folder: str | None = None) -> None: ...
+    def end(self, status: str = "FINISHED") -> None: ...
+
+
+class MLflowTracker(Tracker):
+    def __init__(self, uri: str, experiment: str):
+        import mlflow
+        self.mlflow = mlflow
+        self.uri = uri
+        mlflow.set_tracking_uri(uri)
+        try:
+            exp = mlflow.get_experiment_by_name(experiment)
+            if exp is None:
+                artifacts = None
+                if uri.startswith("sqlite:///"):  # keep artifacts beside a local database, not under cwd's mlruns
+                    artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+                self.experiment_id = mlflow.create_experiment(experiment, artifact_location=artifacts)
+            else:
+                self.experiment_id = exp.experiment_id
+        except Exception as e:
+            raise ImagefitError(f"cannot open the MLflow store at {_mask(uri)} ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:120]}); fix --tracking-uri or pass --tracking-uri none") from None
+
+    def start(self, name: str, params: dict, run_id: str | None = None) -> None:
+        if run_id:
+            self.run = self.mlflow.start_run(run_id=run_id)
+        else:
+            self.run = self.mlflow.start_run(experiment_id=self.experiment_id, run_name=name)
+            flat = {k: str(v)[:500] for k, v in _flatten(params).items()}
+            self.mlflow.log_params(flat)
+            commit = git_commit()
+            if commit:
+                self.mlflow.set_tag("mlflow.source.git.commit", commit)
+        self.run_id = self.run.info.run_id
+
+    def metrics(self, values: dict, step: int) -> None:
+        clean = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.mlflow.log_metrics(clean, step=step)
+
+    def artifact(self, path: Path, folder: str | None = None) -> None:
+        self.mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.mlflow.end_run(status=status)
+
+
+def _mask(uri: str) -> str:
+    """A URI with its password hidden, for error messages."""
+    import re
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", uri)
+
+
+def make_tracker(uri: str | None, experiment: str = "imagefit") -> Tracker:
+    if uri is not None and uri.lower() in ("none", "off", ""):
+        return Tracker()
+    return MLflowTracker(uri or default_uri(), experiment)

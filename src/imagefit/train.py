@@ -1,0 +1,403 @@
+"""The training loop: one readable loop, the varying parts (tracking, checkpoints, early stopping, progress) as
+plain calls at the epoch's end.
+
+A run lives in one folder (`--out`): config.yaml (the full config, verbatim), checkpoints/last.pt after every
+epoch and on interruption, checkpoints/best.safetensors (best validation weights), curves.png, confusion.png,
+metrics.json and bundle.safetensors. `train(cfg, RunOptions(out, resume=True))` continues a stopped run exactly:
+the weights at the end are bitwise those of a run that was never stopped (on the same machine and threads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file, save_file
+
+from . import plots
+from .augment import BatchAugment, Normalize
+from .bundle import load_weights, save_bundle
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config
+from .data import Splits, load_splits
+from .errors import ImagefitError
+from .evaluate import gather_logits, summarize
+from .files import atomic_path, atomic_write_text
+from .loader import Loader
+from .models import count_params, create_model
+from .progress import Progress
+from .tracking import make_tracker
+
+
+@dataclass
+class RunOptions:
+    """How to run, as opposed to what to train (which is the Config)."""
+    out: Path
+    resume: bool = False
+    tracking_uri: str | None = None  # None: the local default; "none": off
+    experiment: str = "imagefit"
+    stop_after_steps: int = 0  # stop as if interrupted after this many optimizer steps in all (0: never)
+    progress: str = "auto"  # auto | bar | lines
+    log: callable = None  # where one-line messages go (stderr by default)
+
+
+# ---------------------------------------------------------------------------------------------- setup helpers
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ImagefitError(f"--device got {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ImagefitError(f"--device {name} asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise ImagefitError(f"--device {name} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # every device
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    # No weight decay on BatchNorm weights and biases (1-D tensors): decaying them only fights the
+    # normalization (as in torchvision's reference recipes and timm).
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    o = cfg.optim
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+    cls = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
+    return cls(groups, lr=o.lr, betas=(o.momentum, 0.999))
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
+    """A per-step schedule (stepped after every batch), or ReduceLROnPlateau (stepped per epoch), or None."""
+    s, total = cfg.schedule, cfg.train.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler
+    if s.schedule == "onecycle":
+        # Warm up to the peak rate, then anneal to peak/(div·final_div); momentum cycles the opposite way.
+        return sched.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=total, pct_start=s.warmup,
+                                div_factor=s.div_factor, final_div_factor=s.final_div_factor,
+                                cycle_momentum=cfg.optim.momentum > 0, max_momentum=cfg.optim.momentum,
+                                base_momentum=min(0.85, cfg.optim.momentum))
+    if s.schedule == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=total)
+    if s.schedule == "step":
+        return sched.MultiStepLR(optimizer, [m * steps_per_epoch for m in s.milestones], gamma=s.gamma)
+    if s.schedule == "plateau":
+        mode = "min" if cfg.train.monitor == "val_loss" else "max"
+        return sched.ReduceLROnPlateau(optimizer, mode=mode, factor=s.gamma, patience=s.plateau_patience)
+    return None
+
+
+def make_loss(cfg: Config):
+    if cfg.optim.loss == "nll":
+        if cfg.optim.label_smoothing > 0:
+            raise ImagefitError("--label-smoothing needs --loss cross-entropy; nll takes hard labels only")
+        return lambda logits, y: F.nll_loss(F.log_softmax(logits.float(), 1), y)
+    return nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+
+
+def autocast_for(device: torch.device, amp: str):
+    """(context factory, GradScaler or None): bfloat16 autocast on CUDA by default, fp16 with a scaler."""
+    if amp == "no" or (amp == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext, None
+    if amp == "fp16" and device.type != "cuda":
+        raise ImagefitError("--amp fp16 needs a CUDA device; use --amp bf16 or --amp no on the CPU")
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+class _StopSignal:
+    """SIGINT/SIGTERM during training ask for a clean stop after the current step (a second SIGINT kills)."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.saved = {}
+        if _in_main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+class Trainer:
+    def __init__(self, cfg: Config, opts: RunOptions):
+        self.opts = opts
+        self.out = Path(opts.out)
+        self.log = opts.log or (lambda msg: print(msg, file=__import__("sys").stderr, flush=True))
+        checkpoint = None
+        if opts.resume:
+            checkpoint = load_checkpoint(self.out / "checkpoints" / "last.pt")
+            cfg = Config.from_dict(json.loads(checkpoint["config"]), where=f"{self.out}/checkpoints/last.pt")
+        elif (self.out / "checkpoints" / "last.pt").exists() or (self.out / "bundle.safetensors").exists():
+            raise ImagefitError(f"{self.out} already holds a run; continue it with --resume {self.out}, "
+                                f"or choose another --out")
+        self.cfg = cfg.validate()
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = resolve_device(t.device)
+        seed_everything(t.seed, t.deterministic)
+
+        self.data: Splits = load_splits(cfg.data, t.seed)
+        if t.early_stopping and self.data.val is None:
+            raise ImagefitError("--early-stopping needs a validation split; set --val-fraction above 0")
+        self.channels_last = t.channels_last == "yes" or (t.channels_last == "auto" and self.device.type == "cuda")
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = create_model(len(self.data.classes), cfg.model).to(self.device, memory_format=memory_format)
+        self.params = count_params(self.model)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.loss_fn = make_loss(cfg)
+        self.autocast, self.scaler = autocast_for(self.device, t.amp)
+
+        normalize = Normalize(self.data.mean, self.data.std, self.device, self.channels_last)
+        common = dict(seed=t.seed, device=self.device, workers=cfg.data.workers)
+        self.train_loader = Loader(self.data.train, t.batch_size, normalize, augment=BatchAugment(cfg.augment, normalize),
+                                   shuffle=True, drop_last=True, **common)
+        eval_batch = max(t.batch_size, 256)
+        self.val_loader = Loader(self.data.val, eval_batch, normalize, **common) if self.data.val else None
+        self.test_loader = Loader(self.data.test, eval_batch, normalize, **common) if self.data.test else None
+        self.schedule = build_schedule(self.optimizer, cfg, len(self.train_loader))
+
+        # Position and running state; restored from the checkpoint when resuming.
+        self.epoch, self.step, self.global_step, self.seconds = 0, 0, 0, 0.0
+        self.sums = torch.zeros(3, dtype=torch.float64)  # the epoch's loss·n, correct, n
+        self.history: list[dict] = []
+        self.best, self.best_epoch, self.bad_epochs = None, None, 0
+        self.finished, self.tracking_run_id = False, None
+        if checkpoint is not None:
+            self._restore(checkpoint)
+
+    # -- state -------------------------------------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        return {
+            "config": self.cfg.to_json(), "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict() if self.schedule else {},
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "epoch": self.epoch, "step": self.step, "global_step": self.global_step, "seconds": self.seconds,
+            "sums": self.sums, "history": json.dumps(self.history), "best": self.best,
+            "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "finished": self.finished,
+            "tracking_run_id": self.tracking_run_id or "",
+        }
+
+    def _restore(self, s: dict) -> None:
+        load_weights(self.model, s["model"], f"{self.out}/checkpoints/last.pt")
+        self.optimizer.load_state_dict(s["optimizer"])
+        if self.schedule:
+            self.schedule.load_state_dict(s["schedule"])
+        if self.scaler and s["scaler"]:
+            self.scaler.load_state_dict(s["scaler"])
+        torch.set_rng_state(s["torch_rng"])
+        if s["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda_rng"])
+        self.epoch, self.step, self.global_step = s["epoch"], s["step"], s["global_step"]
+        self.seconds, self.sums, self.history = s["seconds"], s["sums"], json.loads(s["history"])
+        self.best, self.best_epoch, self.bad_epochs = s["best"], s["best_epoch"], s["bad_epochs"]
+        self.finished, self.tracking_run_id = s["finished"], s["tracking_run_id"] or None
+
+    def _save_last(self) -> None:
+        save_checkpoint(self.out / "checkpoints" / "last.pt", self._state())
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not self.opts.resume:
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.tracker = make_tracker(self.opts.tracking_uri, self.opts.experiment)
+        self.tracker.start(self.out.name, cfg.to_dict(), run_id=self.tracking_run_id)
+        self.tracking_run_id = self.tracker.run_id
+        self.log(f"{cfg.model.model}: {self.params:,} parameters; {len(self.data.train):,} train, "
+                 f"{len(self.data.val) if self.data.val else 0:,} val, "
+                 f"{len(self.data.test) if self.data.test else 0:,} test images; {self.device}"
+                 + (f"; resuming at epoch {self.epoch + 1}, step {self.step}" if self.opts.resume else ""))
+        progress = Progress({"auto": "auto", "bar": "bar", "lines": "lines"}[self.opts.progress])
+        stopped = "completed"
+        try:
+            with _StopSignal() as stop:
+                while self.epoch < t.epochs and not self.finished:
+                    completed = self._train_epoch(progress, stop)
+                    if completed and self._end_epoch(progress):
+                        stopped, self.finished = "early_stopping", True
+                    if self.epoch < t.epochs and not self.finished and (not completed or self._stop_asked(stop)):
+                        self._save_last()
+                        self.tracker.end("KILLED")
+                        self.log(f"stopped at epoch {self.epoch + 1}, step {self.step}; continue with "
+                                 f"'imagefit train --resume {self.out}'")
+                        return {"stopped": "interrupted", "epoch": self.epoch, "step": self.step,
+                                "run_dir": str(self.out), "resume": f"imagefit train --resume {self.out}"}
+                    self._save_last()
+        except BaseException:
+            progress.close()
+            self.tracker.end("FAILED")
+            raise
+        self.finished = True
+        self._save_last()
+        return self._finish(stopped)
+
+    def _stop_asked(self, stop: _StopSignal) -> bool:
+        return stop.requested or bool(self.opts.stop_after_steps and self.global_step >= self.opts.stop_after_steps)
+
+    def _train_epoch(self, progress: Progress, stop: _StopSignal) -> bool:
+        """Train from the current (epoch, step) to the epoch's end; False if stopped on the way."""
+        model, t0 = self.model.train(), time.perf_counter()
+        progress.start_epoch(self.epoch, self.cfg.train.epochs, len(self.train_loader), self.step)
+        per_step = self.schedule is not None and not isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        clip = self.cfg.optim.grad_clip
+        for step, x, y in self.train_loader.batches(self.epoch, self.step):
+            with self.autocast():
+                logits = model(x)
+                loss = self.loss_fn(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler:
+                self.scaler.scale(loss).backward()
+                if clip:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                if clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), clip)
+                self.optimizer.step()
+            if per_step:
+                self.schedule.step()
+            with torch.no_grad():  # summed on the device: no host sync per step
+                sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                                     torch.tensor(float(len(y)), device=self.device, dtype=torch.float64)])
+            self.step, self.global_step = step + 1, self.global_step + 1
+            if progress.live:
+                progress.step(len(y), loss.item(), (logits.argmax(1) == y).float().mean().item())
+            else:
+                progress.step(len(y), math.nan, math.nan)
+            if self._stop_asked(stop) and self.step < len(self.train_loader):
+                break
+        self.sums += sums.cpu()
+        self.seconds += time.perf_counter() - t0
+        if self.step < len(self.train_loader):
+            progress.close()
+            return False
+        return True
+
+    def _end_epoch(self, progress: Progress) -> bool:
+        """Validate, log, keep the best weights; True when early stopping says stop."""
+        loss_sum, correct, n = self.sums.tolist()
+        row = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1),
+               "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.val_loader:
+            logits, labels = gather_logits(self.model, self.val_loader, self.autocast)
+            row["val_loss"] = F.cross_entropy(logits, labels).item()
+            row["val_accuracy"] = (logits.argmax(1) == labels).float().mean().item()
+        if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.schedule.step(row.get(self.cfg.train.monitor, row["train_loss"]))
+        self.history.append(row)
+        self.tracker.metrics(row, step=self.epoch + 1)
+        progress.end_epoch(row)
+        self.epoch, self.step = self.epoch + 1, 0
+        self.sums = torch.zeros(3, dtype=torch.float64)
+
+        if self.val_loader is None:
+            return False
+        value = row[self.cfg.train.monitor]
+        better = self.best is None or (value < self.best if self.cfg.train.monitor == "val_loss" else value > self.best)
+        if better:
+            self.best, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+            weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            with atomic_path(self.out / "checkpoints" / "best.safetensors") as tmp:
+                save_file(weights, str(tmp))
+        else:
+            self.bad_epochs += 1
+        patience = self.cfg.train.early_stopping
+        if patience and self.bad_epochs >= patience:
+            self.log(f"early stopping: {self.cfg.train.monitor} has not improved for {patience} epochs "
+                     f"(best {self.best:.4f} at epoch {self.best_epoch})")
+            return True
+        return False
+
+    # -- the end -----------------------------------------------------------------------------------------------
+
+    def _finish(self, stopped: str) -> dict:
+        """Best weights back in, test evaluation, plots, bundle, tracking; the result as a dict."""
+        best = self.out / "checkpoints" / "best.safetensors"
+        if self.val_loader and best.exists():  # chosen on validation data only
+            load_weights(self.model, load_file(str(best)), str(best))
+        metrics = {"epochs": self.epoch, "best_epoch": self.best_epoch, "params": self.params,
+                   "seconds": round(self.seconds, 2), "stopped": stopped}
+        if self.val_loader:
+            metrics["val_accuracy"] = summarize(*gather_logits(self.model, self.val_loader, self.autocast),
+                                                self.data.classes)["accuracy"]
+        report = None
+        if self.test_loader:
+            report = summarize(*gather_logits(self.model, self.test_loader, self.autocast), self.data.classes)
+            metrics.update({k: report[k] for k in ("accuracy", "top5", "loss", "n")})
+        artifacts = [plots.training_curves(self.history, self.out / "curves.png")]
+        if report:
+            artifacts.append(plots.confusion_matrix(report["confusion"], self.data.classes, self.out / "confusion.png"))
+        full = {**metrics, "history": self.history, "test": report}
+        atomic_write_text(self.out / "metrics.json", json.dumps(full, indent=1))
+
+        preprocessing = {"size": self.cfg.data.size, "resize": self.cfg.data.resize,
+                         "mean": self.data.mean, "std": self.data.std}
+        bundle = save_bundle(self.out / "bundle.safetensors", self.model, self.data.classes, preprocessing,
+                             self.cfg, {**metrics, "created": datetime.now().isoformat(timespec="seconds")})
+        self.tracker.metrics({f"test_{k}" if k in ("accuracy", "top5", "loss") else k: v
+                              for k, v in metrics.items()}, step=self.epoch)
+        for path in [*artifacts, self.out / "metrics.json", self.out / "config.yaml", bundle]:
+            self.tracker.artifact(path)
+        self.tracker.end("FINISHED")
+        return {**metrics, "bundle": str(bundle), "run_dir": str(self.out), "mlflow_run_id": self.tracking_run_id}
+
+
+def train(cfg: Config, opts: RunOptions) -> dict:
+    return Trainer(cfg, opts).fit()
