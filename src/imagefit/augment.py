@@ -42,7 +42,7 @@ def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -
     cols = _reflect(torch.arange(w) + dx, w)
     if flip:
         flipped = torch.rand(n, 1, generator=gen) < 0.5
-        cols = torch.where(flipped, w - 1 - cols, cols)
+        cols = torch.where(flipped, cols.flip(1), cols)  # the crop, mirrored
     rows, cols = rows.to(x.device), cols.to(x.device)
     batch = torch.arange(n, device=x.device)[:, None, None]
     # Advanced indices around a slice put the batch dims first: the result is N×H×W×C, i.e. channels_last.

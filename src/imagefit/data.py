@@ -147,9 +147,10 @@ def _report_bad(bad: list[str], skip_bad: bool) -> None:
 # ---------------------------------------------------------------------------------------------- CIFAR-10
 
 class _CifarUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches without running arbitrary code: only numpy's array rebuilders are allowed."""
+    """Unpickles CIFAR batches without running arbitrary code: only numpy's array rebuilders (and the
+    codec call that Python 3 uses to pickle bytes at protocol 2) are allowed."""
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:

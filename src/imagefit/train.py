@@ -39,7 +39,7 @@ from .files import atomic_path, atomic_write_text
 from .loader import Loader
 from .models import count_params, create_model
 from .progress import Progress
-from .tracking import make_tracker
+from .tracking import default_uri, make_tracker
 
 
 @dataclass
@@ -209,8 +209,10 @@ class Trainer:
         self.history: list[dict] = []
         self.best, self.best_epoch, self.bad_epochs = None, None, 0
         self.finished, self.tracking_run_id = False, None
+        self.tracking_uri = opts.tracking_uri or default_uri()
         if checkpoint is not None:
-            self._restore(checkpoint)
+            self._restore(checkpoint)  # a resumed run keeps logging to its own store unless told otherwise
+            self.tracking_uri = opts.tracking_uri or checkpoint["tracking_uri"]
 
     # -- state -------------------------------------------------------------------------------------------------
 
@@ -225,7 +227,7 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "global_step": self.global_step, "seconds": self.seconds,
             "sums": self.sums, "history": json.dumps(self.history), "best": self.best,
             "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "finished": self.finished,
-            "tracking_run_id": self.tracking_run_id or "",
+            "tracking_run_id": self.tracking_run_id or "", "tracking_uri": self.tracking_uri,
         }
 
     def _restore(self, s: dict) -> None:
@@ -253,7 +255,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if not self.opts.resume:
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self.tracker = make_tracker(self.opts.tracking_uri, self.opts.experiment)
+        self.tracker = make_tracker(self.tracking_uri, self.opts.experiment)
         self.tracker.start(self.out.name, cfg.to_dict(), run_id=self.tracking_run_id)
         self.tracking_run_id = self.tracker.run_id
         self.log(f"{cfg.model.model}: {self.params:,} parameters; {len(self.data.train):,} train, "
@@ -391,8 +393,10 @@ class Trainer:
                          "mean": self.data.mean, "std": self.data.std}
         bundle = save_bundle(self.out / "bundle.safetensors", self.model, self.data.classes, preprocessing,
                              self.cfg, {**metrics, "created": datetime.now().isoformat(timespec="seconds")})
-        self.tracker.metrics({f"test_{k}" if k in ("accuracy", "top5", "loss") else k: v
-                              for k, v in metrics.items()}, step=self.epoch)
+        # End-of-run figures get their own names, so they never extend the per-epoch curves.
+        final_names = {"accuracy": "test_accuracy", "top5": "test_top5", "loss": "test_loss",
+                       "val_accuracy": "final_val_accuracy"}
+        self.tracker.metrics({final_names.get(k, k): v for k, v in metrics.items()}, step=self.epoch)
         for path in [*artifacts, self.out / "metrics.json", self.out / "config.yaml", bundle]:
             self.tracker.artifact(path)
         self.tracker.end("FINISHED")

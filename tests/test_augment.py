@@ -1,0 +1,71 @@
+import torch
+import torch.nn.functional as F
+
+from imagefit.augment import BatchAugment, Normalize, crop_flip, cutout
+from imagefit.config import AugmentConfig, DataConfig
+from imagefit.data import load_splits
+from imagefit.loader import Loader
+
+
+def _reference_crop_flip(x, padding, flip, gen):
+    """The per-image definition: reflect-pad, crop at the drawn offset, maybe flip; drawn in the same order."""
+    n = x.shape[0]
+    dy = torch.randint(-padding, padding + 1, (n, 1), generator=gen)
+    dx = torch.randint(-padding, padding + 1, (n, 1), generator=gen)
+    flips = torch.rand(n, 1, generator=gen) < 0.5 if flip else torch.zeros(n, 1, dtype=torch.bool)
+    out = []
+    for i in range(n):
+        padded = F.pad(x[i:i + 1].float(), (padding,) * 4, mode="reflect")[0]
+        top, left = padding + dy[i, 0], padding + dx[i, 0]
+        crop = padded[:, top:top + x.shape[2], left:left + x.shape[3]]
+        out.append(crop.flip(2) if flips[i, 0] else crop)
+    return torch.stack(out).to(torch.uint8)
+
+
+def test_fused_crop_flip_equals_pad_crop_flip_per_image():
+    x = torch.randint(0, 256, (16, 3, 12, 10), dtype=torch.uint8)
+    fast = crop_flip(x, 3, True, torch.Generator().manual_seed(5))
+    slow = _reference_crop_flip(x, 3, True, torch.Generator().manual_seed(5))
+    assert torch.equal(fast, slow)
+
+
+def test_cutout_zeroes_a_square_per_image():
+    x = torch.ones(32, 3, 16, 16)
+    out = cutout(x, 4, torch.Generator().manual_seed(0))
+    zeroed = (out[:, 0] == 0).sum((1, 2))
+    assert zeroed.max() == 16 and zeroed.min() >= 4  # a full square, or clipped at the border
+    assert torch.equal(out[:, 0] == 0, out[:, 2] == 0)  # the same square in every channel
+
+
+def test_normalize_matches_the_formula():
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    got = Normalize(mean, std, torch.device("cpu"), channels_last=True)(x)
+    want = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(got, want, atol=1e-6) and got.is_contiguous(memory_format=torch.channels_last)
+
+
+def _loader(data, splits, **kw):
+    norm = Normalize(splits.mean, splits.std, torch.device("cpu"), False)
+    aug = BatchAugment(AugmentConfig(crop_padding=2, flip=True, rotation=10, cutout=4), norm)
+    return Loader(data, 8, norm, augment=aug, shuffle=True, drop_last=True, seed=7, workers=0, **kw)
+
+
+def test_batches_depend_only_on_their_position(folder_dir):
+    """What makes resume exact: starting at step 2 yields exactly the batches 2.. of a full pass."""
+    s = load_splits(DataConfig(data=str(folder_dir), val_fraction=0), seed=0)
+    loader = _loader(s.train, s)
+    full = list(loader.batches(epoch=3))
+    later = list(loader.batches(epoch=3, start=2))
+    assert len(full) == len(loader) == 30 // 8
+    for (i, x, y), (j, x2, y2) in zip(full[2:], later):
+        assert i == j and torch.equal(x, x2) and torch.equal(y, y2)
+    other_epoch = next(loader.batches(epoch=4))
+    assert not torch.equal(full[0][2], other_epoch[2])
+
+
+def test_streaming_and_memory_paths_yield_the_same_batches(folder_dir):
+    mem = load_splits(DataConfig(data=str(folder_dir), in_memory="yes", val_fraction=0), seed=0)
+    stream = load_splits(DataConfig(data=str(folder_dir), in_memory="no", val_fraction=0), seed=0)
+    for (_, x1, y1), (_, x2, y2) in zip(_loader(mem.train, mem).batches(1), _loader(stream.train, stream).batches(1)):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)

@@ -1,0 +1,65 @@
+import pytest
+
+from imagefit.config import Config, load_recipe
+from imagefit.errors import ImagefitError
+
+
+def test_defaults_are_valid():
+    assert Config().validate().train.epochs == 10
+
+
+@pytest.mark.parametrize("tree, message", [
+    ({"optim": {"lr": -1}}, "--lr must be > 0"),
+    ({"train": {"epochs": 0}}, "--epochs must be >= 1"),
+    ({"data": {"val_fraction": 1.5}}, "--val-fraction must be >= 0 and <= 0.9"),
+    ({"optim": {"optimizer": "rmsprop"}}, "--optimizer must be one of sgd, adam, adamw"),
+    ({"schedule": {"schedule": "step"}}, "--schedule step needs --milestones"),
+    ({"model": {"model": "resnet", "blocks": [1, 1], "widths": [8]}}, "must name the same number of stages"),
+])
+def test_out_of_range_values_are_refused_with_the_valid_range(tree, message):
+    with pytest.raises(ImagefitError, match=message):
+        Config.from_dict(tree).validate()
+
+
+def test_unknown_field_names_the_closest_ones():
+    with pytest.raises(ImagefitError, match="unknown field 'optim.weight_decy'; did you mean weight_decay"):
+        Config.from_dict({"optim": {"weight_decy": 0.1}})
+    with pytest.raises(ImagefitError, match="unknown section 'optimizer'; did you mean optim"):
+        Config.from_dict({"optimizer": {"lr": 0.1}})
+
+
+def test_values_are_coerced_or_refused():
+    cfg = Config.from_dict({"optim": {"lr": "0.05", "nesterov": "false"}, "model": {"widths": "8,16"}})
+    assert cfg.optim.lr == 0.05 and cfg.optim.nesterov is False and cfg.model.widths == [8, 16]
+    with pytest.raises(ImagefitError, match="--epochs got 'ten', which is not an integer"):
+        Config.from_dict({"train": {"epochs": "ten"}})
+
+
+def test_unknown_recipe_lists_the_available_ones():
+    with pytest.raises(ImagefitError, match="unknown recipe 'fastest'; available: .*resnet18"):
+        load_recipe("fastest")
+
+
+def test_shipped_recipes_are_valid():
+    from imagefit.config import recipe_names
+    for name in recipe_names():
+        Config.from_dict(load_recipe(name), where=name).validate()
+
+
+def test_bad_yaml_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: {lr: [\n")
+    with pytest.raises(ImagefitError) as e:
+        load_recipe(str(bad))
+    assert "not valid YAML" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_train_help_lists_every_option_with_its_default(capsys):
+    from imagefit.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for text in ("--weight-decay", "(default: 0.0005)", "--label-smoothing", "--resume", "--max-params",
+                 "--no-flip", "[onecycle|cosine|step|plateau|constant]"):
+        assert text in out, text

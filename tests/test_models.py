@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from imagefit.config import ModelConfig
+from imagefit.errors import ImagefitError
+from imagefit.models import count_params, create_model
+
+
+def test_he_cifar_resnets_have_the_papers_parameter_counts():
+    assert count_params(create_model(10, ModelConfig(model="resnet20"))) == 269_722  # "0.27M"
+    assert count_params(create_model(10, ModelConfig(model="resnet56"))) == 853_018  # "0.85M"
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet20", "resnet"])
+def test_cifar_stem_keeps_resolution_and_outputs_logits(name):
+    model = create_model(7, ModelConfig(model=name, widths=[8, 16], blocks=[1, 1], dropout=0.2)).eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    assert any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+
+
+def test_resnet18_cifar_stem_differs_from_imagenet_stem():
+    cifar = create_model(10, ModelConfig(model="resnet18", stem="cifar"))
+    imagenet = create_model(10, ModelConfig(model="resnet18", stem="imagenet"))
+    assert cifar.conv1.kernel_size == (3, 3) and isinstance(cifar.maxpool, torch.nn.Identity)
+    assert imagenet.conv1.kernel_size == (7, 7)
+
+
+def test_parameter_budget_is_enforced_with_the_count():
+    with pytest.raises(ImagefitError, match="model resnet18 has 11,173,962 parameters, over --max-params 5,000,000"):
+        create_model(10, ModelConfig(model="resnet18", max_params=5_000_000))
+    small = create_model(10, ModelConfig(model="resnet", blocks=[2, 2, 2], widths=[64, 128, 256], max_params=5_000_000))
+    assert count_params(small) <= 5_000_000
+
+
+def test_unknown_model_suggests_the_closest():
+    with pytest.raises(ImagefitError, match="unknown model 'resnt18'; did you mean resnet18"):
+        create_model(10, ModelConfig(model="resnt18"))

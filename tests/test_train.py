@@ -1,0 +1,168 @@
+"""End to end through the CLI, the reproducibility proofs, and the errors a user can hit."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from imagefit.cli import main
+
+from .conftest import TINY
+
+
+def run(capsys, *argv) -> dict:
+    code = main([*argv, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def fails(capsys, *argv) -> str:
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    return err
+
+
+def weights(path):
+    return load_file(str(path))
+
+
+def same_weights(a, b) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
+
+
+def test_train_evaluate_predict_end_to_end(capsys, cifar_dir, tmp_path):
+    r = run(capsys, "train", "--data", str(cifar_dir), *TINY, "--out", "runs/a")
+    assert set(r) >= {"accuracy", "bundle", "seconds", "params", "epochs"}
+    assert r["epochs"] == 2 and r["n"] == 40 and 0 <= r["accuracy"] <= 1
+    for name in ("bundle.safetensors", "curves.png", "confusion.png", "metrics.json", "config.yaml",
+                 "checkpoints/last.pt", "checkpoints/best.safetensors"):
+        assert (tmp_path / "runs/a" / name).exists(), name
+
+    e = run(capsys, "evaluate", "--bundle", "runs/a", "--data", str(cifar_dir))
+    assert e["n"] == 40 and e["accuracy"] == pytest.approx(r["accuracy"])
+    assert len(e["per_class"]) == 10 and len(e["confusion"]) == 10
+
+    from PIL import Image
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(tmp_path / "cat.png")
+    Image.new("L", (20, 20), 90).save(tmp_path / "dog.jpg")
+    p = run(capsys, "predict", "--bundle", "runs/a", str(tmp_path / "cat.png"), str(tmp_path / "dog.jpg"),
+            "--top-k", "3")
+    assert p["n"] == 2 and len(p["predictions"][0]["top"]) == 3
+    probs = [t["probability"] for t in p["predictions"][0]["top"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+
+
+def test_imagefolder_tree_end_to_end(capsys, folder_dir):
+    r = run(capsys, "train", "--data", str(folder_dir), *TINY, "--size", "24", "--out", "runs/f")
+    assert r["n"] == 12
+    e = run(capsys, "evaluate", "--bundle", "runs/f/bundle.safetensors")  # data folder from the bundle
+    assert e["accuracy"] == pytest.approx(r["accuracy"])
+
+
+def test_same_seed_gives_bitwise_identical_weights(capsys, cifar_dir):
+    args = ["train", "--data", str(cifar_dir), *TINY, "--dropout", "0.3", "--rotation", "10", "--cutout", "8"]
+    run(capsys, *args, "--out", "runs/s1")
+    run(capsys, *args, "--out", "runs/s2")
+    run(capsys, *args, "--out", "runs/s3", "--seed", "1")
+    assert same_weights("runs/s1/bundle.safetensors", "runs/s2/bundle.safetensors")
+    assert not same_weights("runs/s1/bundle.safetensors", "runs/s3/bundle.safetensors")
+
+
+def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(capsys, cifar_dir):
+    args = ["train", "--data", str(cifar_dir), *TINY, "--dropout", "0.3", "--epochs", "3"]
+    full = run(capsys, *args, "--out", "runs/full")
+    # 108 training images / 16 = 6 steps an epoch: stop in the middle of epoch 1, then again in epoch 2.
+    stopped = run(capsys, *args, "--out", "runs/cut", "--stop-after-steps", "3")
+    assert stopped["stopped"] == "interrupted" and stopped["step"] == 3
+    again = run(capsys, "train", "--resume", "runs/cut", "--stop-after-steps", "10")
+    assert again["epoch"] == 1 and again["step"] == 4
+    resumed = run(capsys, "train", "--resume", "runs/cut")
+    assert same_weights("runs/full/bundle.safetensors", "runs/cut/bundle.safetensors")
+    assert json.load(open("runs/full/metrics.json"))["history"] == json.load(open("runs/cut/metrics.json"))["history"]
+    assert resumed["accuracy"] == full["accuracy"]
+
+
+def test_run_is_tracked_in_a_real_mlflow_store(capsys, cifar_dir, tmp_path):
+    args = [a for a in TINY if a not in ("--tracking-uri", "none")]
+    r = run(capsys, "train", "--data", str(cifar_dir), *args, "--out", "runs/m", "--experiment", "tests")
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    got = client.get_run(r["mlflow_run_id"])
+    assert got.data.params["optim.lr"] == "0.1" and got.data.params["model.model"] == "resnet"
+    assert [m.step for m in client.get_metric_history(got.info.run_id, "val_accuracy")] == [1, 2]
+    assert got.data.metrics["test_accuracy"] == pytest.approx(r["accuracy"])
+    artifacts = {a.path for a in client.list_artifacts(got.info.run_id)}
+    assert {"bundle.safetensors", "curves.png", "confusion.png", "metrics.json"} <= artifacts
+
+
+def test_existing_run_folder_is_never_overwritten(capsys, cifar_dir):
+    run(capsys, "train", "--data", str(cifar_dir), *TINY, "--epochs", "1", "--out", "runs/x")
+    before = open("runs/x/bundle.safetensors", "rb").read()
+    err = fails(capsys, "train", "--data", str(cifar_dir), *TINY, "--out", "runs/x")
+    assert "already holds a run; continue it with --resume runs/x" in err
+    assert open("runs/x/bundle.safetensors", "rb").read() == before
+
+
+def test_truncated_checkpoint_and_bundle_are_named(capsys, cifar_dir):
+    run(capsys, "train", "--data", str(cifar_dir), *TINY, "--out", "runs/t", "--stop-after-steps", "2")
+    ckpt = "runs/t/checkpoints/last.pt"
+    data = open(ckpt, "rb").read()
+    open(ckpt, "wb").write(data[: len(data) // 2])
+    assert "checkpoint runs/t/checkpoints/last.pt is damaged or truncated" in fails(capsys, "train", "--resume", "runs/t")
+
+    run(capsys, "train", "--data", str(cifar_dir), *TINY, "--out", "runs/b", "--epochs", "1")
+    data = open("runs/b/bundle.safetensors", "rb").read()
+    open("runs/b/bundle.safetensors", "wb").write(data[: len(data) - 100])
+    assert "runs/b/bundle.safetensors is damaged" in fails(capsys, "evaluate", "--bundle", "runs/b",
+                                                          "--data", str(cifar_dir))
+    assert "no bundle at nowhere" in fails(capsys, "predict", "--bundle", "nowhere", "x.png")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "resnet19"], "unknown model 'resnet19'; did you mean"),
+    (["--lr", "-0.1"], "--lr must be > 0"),
+    (["--epochs", "many"], "--epochs got 'many', which is not an integer"),
+    (["--optimizer", "lbfgs"], "--optimizer must be one of sgd, adam, adamw"),
+    (["--recipe", "nope"], "unknown recipe 'nope'; available:"),
+    (["--loss", "nll", "--label-smoothing", "0.1"], "--label-smoothing needs --loss cross-entropy"),
+    (["--model", "resnet18", "--max-params", "1000000"], "over --max-params 1,000,000"),
+    (["--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "--device"),
+])
+def test_bad_options_are_one_line_errors(capsys, cifar_dir, argv, message):
+    assert message in fails(capsys, "train", "--data", str(cifar_dir), *TINY, "--out", "runs/bad", *argv)
+
+
+def test_resume_refuses_new_options(capsys, cifar_dir):
+    run(capsys, "train", "--data", str(cifar_dir), *TINY, "--out", "runs/r", "--stop-after-steps", "2")
+    assert "--resume continues a run with its saved config; drop --lr" in fails(
+        capsys, "train", "--resume", "runs/r", "--lr", "0.5")
+
+
+def test_predict_names_a_corrupt_upload(capsys, cifar_dir, tmp_path):
+    run(capsys, "train", "--data", str(cifar_dir), *TINY, "--out", "runs/p", "--epochs", "1")
+    (tmp_path / "bad.jpg").write_bytes(b"GIF89a garbage")
+    assert "bad.jpg" in fails(capsys, "predict", "--bundle", "runs/p", str(tmp_path / "bad.jpg"))
+
+
+def test_sigint_stops_cleanly_and_resumes(cifar_dir, tmp_path):
+    """A real Ctrl-C mid-training: the process saves its place, exits, and the run continues with --resume."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "imagefit", "train", "--data", str(cifar_dir), *TINY, "--epochs", "200",
+            "--out", "runs/sig", "--progress", "lines", "--json"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:  # wait until training is under way
+        if line.startswith("epoch 1/"):
+            break
+    proc.send_signal(2)
+    out, err = proc.communicate(timeout=120)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert proc.returncode == 0 and result["stopped"] == "interrupted", err
+    resumed = subprocess.run([sys.executable, "-m", "imagefit", "train", "--resume", "runs/sig",
+                              "--stop-after-steps", "1", "--json"], capture_output=True, text=True, env=env)
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["stopped"] == "interrupted", resumed.stderr
