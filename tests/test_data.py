@@ -108,3 +108,13 @@ def test_streaming_path_reads_the_same_images(folder_dir):
     assert torch.equal(mem.train.labels, stream.train.labels)
     assert torch.equal(mem.train.images[3], stream.train.read(3))
     assert mem.mean == stream.mean
+
+
+def test_streaming_path_checks_every_file_before_training(folder_dir):
+    (folder_dir / "train" / "cat" / "truncated.jpg").write_bytes(
+        (folder_dir / "train" / "cat" / "1.jpg").read_bytes()[:40])
+    with pytest.raises(ImagefitError, match="truncated.jpg"):
+        load_splits(DataConfig(data=str(folder_dir), in_memory="no"), seed=0)
+    with pytest.warns(UserWarning, match="truncated.jpg"):
+        s = load_splits(DataConfig(data=str(folder_dir), in_memory="no", skip_bad_images=True), seed=0)
+    assert "truncated.jpg" not in " ".join(s.train.paths + (s.val.paths if s.val else []))

@@ -186,7 +186,7 @@ class Trainer:
         self.data: Splits = load_splits(cfg.data, t.seed)
         if t.early_stopping and self.data.val is None:
             raise ImagefitError("--early-stopping needs a validation split; set --val-fraction above 0")
-        self.channels_last = t.channels_last == "yes" or (t.channels_last == "auto" and self.device.type == "cuda")
+        self.channels_last = t.channels_last != "no"
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = create_model(len(self.data.classes), cfg.model).to(self.device, memory_format=memory_format)
         self.params = count_params(self.model)
