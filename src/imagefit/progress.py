@@ -16,9 +16,10 @@ class Progress:
         self.epoch, self.epochs, self.t0, self.images = epoch, epochs, time.perf_counter(), 0
         if self.live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+            from rich.console import Console
             self.bar = Bar(TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
                            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=True,
-                           console=None if self.stream is sys.stderr else None)
+                           console=Console(file=self.stream))
             self.bar.start()
             self.task = self.bar.add_task("", total=steps, completed=start, stats="")
 
