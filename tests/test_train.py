@@ -90,7 +90,10 @@ def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(capsys, cifa
 
 def test_run_is_tracked_in_a_real_mlflow_store(capsys, cifar_dir, tmp_path):
     args = [a for a in TINY if a not in ("--tracking-uri", "none")]
-    r = run(capsys, "train", "--data", str(cifar_dir), *args, "--out", "runs/m", "--experiment", "tests")
+    stopped = run(capsys, "train", "--data", str(cifar_dir), *args, "--out", "runs/m", "--experiment", "tests",
+                  "--stop-after-steps", "8")  # in epoch 2: the resumed run must continue the same MLflow run
+    assert stopped["stopped"] == "interrupted"
+    r = run(capsys, "train", "--resume", "runs/m")
     import mlflow
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     got = client.get_run(r["mlflow_run_id"])

@@ -15,7 +15,9 @@ import math
 import os
 import random
 import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -51,7 +53,7 @@ class RunOptions:
     experiment: str = "imagefit"
     stop_after_steps: int = 0  # stop as if interrupted after this many optimizer steps in all (0: never)
     progress: str = "auto"  # auto | bar | lines
-    log: callable = None  # where one-line messages go (stderr by default)
+    log: Callable[[str], None] | None = None  # where one-line messages go (stderr by default)
 
 
 # ---------------------------------------------------------------------------------------------- setup helpers
@@ -168,7 +170,7 @@ class Trainer:
     def __init__(self, cfg: Config, opts: RunOptions):
         self.opts = opts
         self.out = Path(opts.out)
-        self.log = opts.log or (lambda msg: print(msg, file=__import__("sys").stderr, flush=True))
+        self.log = opts.log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         checkpoint = None
         if opts.resume:
             checkpoint = load_checkpoint(self.out / "checkpoints" / "last.pt")
@@ -262,7 +264,7 @@ class Trainer:
                  f"{len(self.data.val) if self.data.val else 0:,} val, "
                  f"{len(self.data.test) if self.data.test else 0:,} test images; {self.device}"
                  + (f"; resuming at epoch {self.epoch + 1}, step {self.step}" if self.opts.resume else ""))
-        progress = Progress({"auto": "auto", "bar": "bar", "lines": "lines"}[self.opts.progress])
+        progress = Progress(self.opts.progress)
         stopped = "completed"
         try:
             with _StopSignal() as stop:
