@@ -35,3 +35,20 @@ def test_parameter_budget_is_enforced_with_the_count():
 def test_unknown_model_suggests_the_closest():
     with pytest.raises(ImagefitError, match="unknown model 'resnt18'; did you mean resnet18"):
         create_model(10, ModelConfig(model="resnt18"))
+
+
+def test_fastnet_whitening_decorrelates_patches():
+    from imagefit.models import FastNet
+    torch.manual_seed(0)
+    model = create_model(10, ModelConfig(model="fastnet-small"))
+    assert isinstance(model, FastNet) and not model.whiten.weight.requires_grad
+    # correlated channels, like natural images
+    base = torch.randn(64, 1, 16, 16)
+    images = torch.cat([base, 0.8 * base + 0.2 * torch.randn_like(base), torch.randn_like(base)], 1)
+    model.init_from_data(images)
+    out = torch.nn.functional.conv2d(images, model.whiten.weight[:12])  # the 12 whitening filters
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = flat.T @ flat / (len(flat) - 1)
+    off_diagonal = cov - torch.diag(torch.diag(cov))
+    assert off_diagonal.abs().max() < 0.05 and torch.allclose(torch.diag(cov), torch.ones(12), atol=0.05)
+    assert model(images[:2, :, :, :].expand(2, 3, 16, 16).repeat(1, 1, 2, 2)).shape == (2, 10)

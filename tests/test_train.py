@@ -169,3 +169,11 @@ def test_sigint_stops_cleanly_and_resumes(cifar_dir, tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "imagefit", "train", "--resume", "runs/sig",
                               "--stop-after-steps", "1", "--json"], capture_output=True, text=True, env=env)
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["stopped"] == "interrupted", resumed.stderr
+
+
+def test_fastnet_trains_and_bundles_with_its_data_dependent_init(capsys, cifar_dir):
+    args = [a for a in TINY if a not in ("resnet",)]
+    args[args.index("--model") + 1:args.index("--model") + 1] = ["fastnet-small"]
+    r = run(capsys, "train", "--data", str(cifar_dir), *args, "--out", "runs/fast")
+    e = run(capsys, "evaluate", "--bundle", "runs/fast", "--data", str(cifar_dir))
+    assert e["accuracy"] == pytest.approx(r["accuracy"])  # the whitening weights travel in the bundle

@@ -140,3 +140,73 @@ for _depth in (20, 32, 44, 56, 110, 1202):
 @register("resnet")
 def _configurable(num_classes: int, cfg: ModelConfig) -> nn.Module:
     return ResNet(cfg.blocks, cfg.widths, num_classes, stem=cfg.stem, dropout=cfg.dropout)
+
+
+# ---------------------------------------------------------------------------------------------- fast net
+
+class ConvGroup(nn.Module):
+    """conv 3×3 → max-pool 2 → BN → GELU → conv 3×3 → BN → GELU (airbench's block)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn1(self.pool(self.conv1(x))))
+        return self.act(self.bn2(self.conv2(x)))
+
+
+class FastNet(nn.Module):
+    """A small, fast CIFAR net after airbench (Keller Jordan's cifar10-airbench), from its published description:
+
+    - a frozen 2×2 patch-whitening conv first, its filters the eigenvectors of the training patches'
+      covariance scaled by 1/sqrt(eigenvalue), each with its negative (`init_from_data` sets them);
+    - three conv groups, each halving the resolution with a max-pool, then a global max-pool and a linear head;
+    - BatchNorm scales frozen at 1 (only the shifts learn): fewer parameters to tune at high learning rates;
+    - identity (dirac) init of the first half of each second conv's filters: the group starts close to a
+      pass-through, which speeds the first epochs.
+    """
+
+    def __init__(self, num_classes: int, widths: tuple[int, int, int], dropout: float = 0.0):
+        super().__init__()
+        self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        self.act = nn.GELU()
+        self.layers = nn.Sequential(ConvGroup(24, widths[0]), ConvGroup(widths[0], widths[1]),
+                                    ConvGroup(widths[1], widths[2]), nn.AdaptiveMaxPool2d(1))  # 3×3 at 32 px
+        self.fc = head(widths[2], num_classes, dropout)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.requires_grad_(False)
+            if isinstance(m, ConvGroup):
+                w = m.conv2.weight.data
+                nn.init.dirac_(w[: w.shape[1]])
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the whitening filters from normalized training images (N×3×H×W float)."""
+        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1)  # N×3×H'×W'×2×2
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()
+        cov = patches.T @ patches / (len(patches) - 1)
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+        filters = (eigenvectors.T / (eigenvalues + eps).sqrt()[:, None]).reshape(12, 3, 2, 2)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.act(self.whiten(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+@register("fastnet")
+def _fastnet(num_classes: int, cfg: ModelConfig) -> nn.Module:
+    return FastNet(num_classes, (64, 256, 256), cfg.dropout)  # airbench94's widths
+
+
+@register("fastnet-small")
+def _fastnet_small(num_classes: int, cfg: ModelConfig) -> nn.Module:
+    return FastNet(num_classes, (32, 64, 128), cfg.dropout)
