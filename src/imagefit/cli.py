@@ -123,7 +123,6 @@ def cmd_evaluate(args) -> dict:
     import torch
 
     from . import plots
-    from .augment import Normalize
     from .bundle import load_bundle
     from .data import align_classes, load_splits, load_test_split
     from .evaluate import format_report, gather_logits, summarize
@@ -141,8 +140,7 @@ def cmd_evaluate(args) -> dict:
         if data is None:
             raise ImagefitError("this bundle was trained without a validation split (--val-fraction 0); use --split test")
     data = align_classes(data, bundle.classes)
-    p = bundle.preprocessing
-    loader = Loader(data, args.batch_size, Normalize(p["mean"], p["std"], device, False), device=device)
+    loader = Loader(data, args.batch_size, bundle.normalizer(device), device=device)
     with torch.inference_mode():
         m = summarize(*gather_logits(bundle.model, loader), bundle.classes)
     run_dir = bundle.path.parent

@@ -34,7 +34,7 @@ from .augment import BatchAugment, Normalize
 from .bundle import load_weights, save_bundle
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
-from .data import Splits, load_splits
+from .data import ImageSet, Splits, load_splits
 from .errors import ImagefitError
 from .evaluate import gather_logits, summarize
 from .files import atomic_path, atomic_write_text
@@ -222,7 +222,7 @@ class Trainer:
         """Data-dependent init (e.g. FastNet's whitening) from up to 5,000 training images, normalized."""
         train = self.data.train
         n = min(len(train), 5000)
-        images = train.images[:n] if hasattr(train, "images") else torch.stack([train.read(i) for i in range(n)])
+        images = train.images[:n] if isinstance(train, ImageSet) else torch.stack([train.read(i) for i in range(n)])
         normalize = Normalize(self.data.mean, self.data.std, torch.device("cpu"), channels_last=False)
         self.model.init_from_data(normalize(images).to(self.device, memory_format=memory_format))
 
@@ -328,8 +328,9 @@ class Trainer:
             if per_step:
                 self.schedule.step()
             with torch.no_grad():  # summed on the device: no host sync per step
-                sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
-                                     torch.tensor(float(len(y)), device=self.device, dtype=torch.float64)])
+                sums[0] += loss.detach().double() * len(y)
+                sums[1] += (logits.argmax(1) == y).sum()
+                sums[2] += len(y)
             self.step, self.global_step = step + 1, self.global_step + 1
             if progress.live:
                 progress.step(len(y), loss.item(), (logits.argmax(1) == y).float().mean().item())
