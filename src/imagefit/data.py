@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .config import DataConfig
 from .errors import ImagefitError
-from .files import atomic_torch_save
+from .files import atomic_torch_save, atomic_write_text
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 CIFAR_DIR = "cifar-10-batches-py"
@@ -273,20 +273,11 @@ def _imagefolder_set(folder: Path, classes, cfg: DataConfig, stream: bool) -> tu
 def _readable(paths: list[str], key: str, cfg: DataConfig) -> list[int]:
     """Indices of the files that decode, checked once per tree (cached under its key): the streaming path then
     never meets a corrupt file halfway through an epoch."""
-    marker = cache_dir() / "verified" / f"{key}.json"
-    try:
-        return json.loads(marker.read_text())
-    except (OSError, ValueError):
-        pass
-    results = list(_decode_each(paths, cfg.size, cfg.resize))  # decoded and dropped: only readability counts
-    _report_bad([paths[i] for i, r in results if isinstance(r, Exception)], cfg.skip_bad_images)
-    keep = [i for i, r in results if not isinstance(r, Exception)]
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(keep))
-    except OSError:
-        pass
-    return keep
+    def check() -> list[int]:
+        results = list(_decode_each(paths, cfg.size, cfg.resize))  # decoded and dropped: only readability counts
+        _report_bad([paths[i] for i, r in results if isinstance(r, Exception)], cfg.skip_bad_images)
+        return [i for i, r in results if not isinstance(r, Exception)]
+    return _json_cached("verified", key, check)
 
 
 def _streams(n_images: int, size: int, mode: str) -> bool:
@@ -336,20 +327,25 @@ def channel_stats(data: ImageSet | FileSet) -> tuple[list[float], list[float]]:
     return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
 
 
-def _cached_stats(train: ImageSet | FileSet, key: str) -> tuple[list[float], list[float]]:
-    path = cache_dir() / "stats" / f"{key}.json"
+def _json_cached(kind: str, key: str, compute):
+    """`compute()` once per key, its JSON result kept under the cache folder; a read-only or damaged cache
+    only costs the recomputation."""
+    path = cache_dir() / kind / f"{key}.json"
     try:
-        s = json.loads(path.read_text())
-        return s["mean"], s["std"]
-    except (OSError, ValueError, KeyError):
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
         pass
-    mean, std = channel_stats(train)
+    value = compute()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"mean": mean, "std": std}))
+        atomic_write_text(path, json.dumps(value))
     except OSError:
         pass
-    return mean, std
+    return value
+
+
+def _cached_stats(train: ImageSet | FileSet, key: str) -> tuple[list[float], list[float]]:
+    stats = _json_cached("stats", key, lambda: dict(zip(("mean", "std"), channel_stats(train))))
+    return stats["mean"], stats["std"]
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -190,15 +190,15 @@ class Trainer:
             raise ImagefitError("--early-stopping needs a validation split; set --val-fraction above 0")
         self.channels_last = t.channels_last != "no"
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        normalize = Normalize(self.data.mean, self.data.std, self.device, self.channels_last)
         self.model = create_model(len(self.data.classes), cfg.model).to(self.device, memory_format=memory_format)
         self.params = count_params(self.model)
         if hasattr(self.model, "init_from_data") and checkpoint is None:
-            self._init_from_data(memory_format)
+            self._init_from_data(normalize)
         self.optimizer = build_optimizer(self.model, cfg)
         self.loss_fn = make_loss(cfg)
         self.autocast, self.scaler = autocast_for(self.device, t.amp)
 
-        normalize = Normalize(self.data.mean, self.data.std, self.device, self.channels_last)
         common = dict(seed=t.seed, device=self.device, workers=cfg.data.workers)
         self.train_loader = Loader(self.data.train, t.batch_size, normalize, augment=BatchAugment(cfg.augment, normalize),
                                    shuffle=True, drop_last=True, **common)
@@ -218,13 +218,12 @@ class Trainer:
             self._restore(checkpoint)  # a resumed run keeps logging to its own store unless told otherwise
             self.tracking_uri = opts.tracking_uri or checkpoint["tracking_uri"]
 
-    def _init_from_data(self, memory_format) -> None:
+    def _init_from_data(self, normalize: Normalize) -> None:
         """Data-dependent init (e.g. FastNet's whitening) from up to 5,000 training images, normalized."""
         train = self.data.train
         n = min(len(train), 5000)
         images = train.images[:n] if isinstance(train, ImageSet) else torch.stack([train.read(i) for i in range(n)])
-        normalize = Normalize(self.data.mean, self.data.std, torch.device("cpu"), channels_last=False)
-        self.model.init_from_data(normalize(images).to(self.device, memory_format=memory_format))
+        self.model.init_from_data(normalize(images.to(self.device)))
 
     # -- state -------------------------------------------------------------------------------------------------
 
