@@ -69,3 +69,44 @@ def test_streaming_and_memory_paths_yield_the_same_batches(folder_dir):
     stream = load_splits(DataConfig(data=str(folder_dir), in_memory="no", val_fraction=0), seed=0)
     for (_, x1, y1), (_, x2, y2) in zip(_loader(mem.train, mem).batches(1), _loader(stream.train, stream).batches(1)):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_alternate_flip_shows_every_image_both_ways_over_two_epochs():
+    n = 64
+    x = torch.arange(n * 3 * 4 * 4, dtype=torch.int64).remainder(251).to(torch.uint8).view(n, 3, 4, 4)
+    norm = Normalize([0.0] * 3, [1 / 255] * 3, torch.device("cpu"), False)  # identity on the uint8 values
+    aug = BatchAugment(AugmentConfig(crop_padding=0, flip=True, alternate_flip=True), norm, n, seed=3)
+    index = torch.randperm(n)
+
+    def flipped(epoch):
+        out = aug(x[index], torch.Generator().manual_seed(epoch), index, epoch)
+        assert all(o.equal(s) or o.equal(s.flip(-1)) for o, s in zip(out, x[index].float()))
+        return torch.tensor([not o.equal(s) for o, s in zip(out, x[index].float())])
+
+    even, odd, even2 = flipped(0), flipped(1), flipped(2)
+    assert torch.equal(even, ~odd) and torch.equal(even, even2)
+    assert 16 < even.sum() < 48  # a random half, not all or none
+
+
+def test_flip_tta_is_mirror_invariant_and_translate_adds_views():
+    from imagefit.evaluate import predict_logits
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        plain = predict_logits(model, x)
+        assert plain.equal(model(x)) and not torch.allclose(plain, model(x.flip(-1)))
+        assert torch.allclose(predict_logits(model, x, "flip"), predict_logits(model, x.flip(-1), "flip"), atol=1e-6)
+        assert not torch.allclose(predict_logits(model, x, "flip-translate"), predict_logits(model, x, "flip"))
+
+
+def test_progressive_sizes_shrink_the_first_epochs_only():
+    norm = Normalize([0.5] * 3, [0.25] * 3, torch.device("cpu"), True)
+    aug = BatchAugment(AugmentConfig(crop_padding=2, progressive_sizes=[16, 24]), norm)
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    shapes = [aug(x, torch.Generator().manual_seed(0), torch.arange(4), epoch).shape[-1] for epoch in range(4)]
+    assert shapes == [16, 24, 32, 32]
+    small = aug(x, torch.Generator().manual_seed(0), torch.arange(4), 0)
+    assert small.is_contiguous(memory_format=torch.channels_last)
+    full = aug(x, torch.Generator().manual_seed(0), torch.arange(4), 2)  # same draws, full size
+    assert torch.allclose(small, F.interpolate(full, size=16, mode="bilinear", antialias=True), atol=1e-5)

@@ -61,5 +61,5 @@ def test_train_help_lists_every_option_with_its_default(capsys):
     out = capsys.readouterr().out
     assert e.value.code == 0
     for text in ("--weight-decay", "(default: 0.0005)", "--label-smoothing", "--resume", "--max-params",
-                 "--no-flip", "[onecycle|cosine|step|plateau|constant]"):
+                 "--no-flip", "[onecycle|triangle|cosine|step|plateau|constant]"):
         assert text in out, text

@@ -134,7 +134,11 @@ def test_truncated_checkpoint_and_bundle_are_named(capsys, cifar_dir):
     (["--optimizer", "lbfgs"], "--optimizer must be one of sgd, adam, adamw"),
     (["--recipe", "nope"], "unknown recipe 'nope'; available:"),
     (["--loss", "nll", "--label-smoothing", "0.1"], "--label-smoothing needs --loss cross-entropy"),
-    (["--model", "resnet18", "--max-params", "1000000"], "over --max-params 1,000,000"),
+    (["--widths", "256,512", "--max-params", "1000000"], "over --max-params 1,000,000"),
+    (["--recipe", "fast", "--model", "resnet20"], "recipe fast is tuned for --model fastnet-small and cannot "
+                                                  "honour --model resnet20"),
+    (["--model", "resnet20"], "--blocks does not apply to --model resnet20"),
+    (["--progressive-sizes", "16,40"], "must not exceed --size 32"),
     (["--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "--device"),
 ])
 def test_bad_options_are_one_line_errors(capsys, cifar_dir, argv, message):
@@ -171,9 +175,20 @@ def test_sigint_stops_cleanly_and_resumes(cifar_dir, tmp_path):
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["stopped"] == "interrupted", resumed.stderr
 
 
-def test_fastnet_trains_and_bundles_with_its_data_dependent_init(capsys, cifar_dir):
-    args = [a for a in TINY if a not in ("resnet",)]
-    args[args.index("--model") + 1:args.index("--model") + 1] = ["fastnet-small"]
-    r = run(capsys, "train", "--data", str(cifar_dir), *args, "--out", "runs/fast")
+FAST = ["--recipe", "fast", "--batch-size", "16", "--epochs", "3", "--progressive-sizes", "16",
+        "--tracking-uri", "none"]
+
+
+def test_fast_recipe_trains_and_resumes_exactly(capsys, cifar_dir):
+    """The fast recipe's moving parts (whitening init, lookahead, alternating flip, progressive resizing, the
+    triangle schedule, TTA) through the CLI; a run stopped twice ends bitwise where an unstopped one does."""
+    full = run(capsys, "train", "--data", str(cifar_dir), *FAST, "--out", "runs/fast")
+    assert full["params"] < 300_000 and full["n"] == 40
     e = run(capsys, "evaluate", "--bundle", "runs/fast", "--data", str(cifar_dir))
-    assert e["accuracy"] == pytest.approx(r["accuracy"])  # the whitening weights travel in the bundle
+    assert e["accuracy"] == pytest.approx(full["accuracy"])  # the whitening weights and TTA travel in the bundle
+    # 120 training images / 16 = 7 steps an epoch: stop in epoch 1 (16 px), then in epoch 2.
+    assert run(capsys, "train", "--data", str(cifar_dir), *FAST, "--out", "runs/cut",
+               "--stop-after-steps", "3")["stopped"] == "interrupted"
+    assert run(capsys, "train", "--resume", "runs/cut", "--stop-after-steps", "9")["epoch"] == 1
+    run(capsys, "train", "--resume", "runs/cut")
+    assert same_weights("runs/fast/bundle.safetensors", "runs/cut/bundle.safetensors")

@@ -31,8 +31,10 @@ def _reflect(idx: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(idx >= n, 2 * (n - 1) - idx, idx)
 
 
-def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random crop (reflect-padded by `padding`) and random horizontal flip of a uint8 N×C×H×W batch."""
+def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator,
+              flips: torch.Tensor | None = None) -> torch.Tensor:
+    """Random crop (reflect-padded by `padding`) and random horizontal flip of a uint8 N×C×H×W batch; `flips`
+    (N bools), when given, says which images to flip instead of a coin per image."""
     n, _, h, w = x.shape
     if padding == 0 and not flip:
         return x
@@ -41,7 +43,7 @@ def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -
     rows = _reflect(torch.arange(h) + dy, h)
     cols = _reflect(torch.arange(w) + dx, w)
     if flip:
-        flipped = torch.rand(n, 1, generator=gen) < 0.5
+        flipped = torch.rand(n, 1, generator=gen) < 0.5 if flips is None else flips.view(n, 1).cpu()
         cols = torch.where(flipped, cols.flip(1), cols)  # the crop, mirrored
     rows, cols = rows.to(x.device), cols.to(x.device)
     batch = torch.arange(n, device=x.device)[:, None, None]
@@ -86,16 +88,36 @@ class Normalize:
 
 
 class BatchAugment:
-    """The training-time pipeline for one batch: crop+flip on uint8, normalize, then rotation and cutout."""
+    """The training-time pipeline for one batch: crop+flip on uint8, normalize, then rotation and cutout.
 
-    def __init__(self, cfg: AugmentConfig, normalize: Normalize):
+    With `alternate_flip` (airbench's trick), a seeded coin per image picks the half of the dataset flipped in
+    even epochs, and the other half is flipped in odd ones: over any two epochs each image is seen both ways,
+    where random flips leave a quarter of the images unflipped (or flipped) both times.
+    """
+
+    def __init__(self, cfg: AugmentConfig, normalize: Normalize, num_images: int = 0, seed: int = 0):
         self.cfg, self.normalize = cfg, normalize
+        if cfg.alternate_flip:
+            gen = torch.Generator().manual_seed(seed)
+            self.flip_even = torch.rand(num_images, generator=gen) < 0.5
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = crop_flip(x, self.cfg.crop_padding, self.cfg.flip, gen)
+    def __call__(self, x: torch.Tensor, gen: torch.Generator, index: torch.Tensor | None = None,
+                 epoch: int = 0) -> torch.Tensor:
+        """Augment uint8 batch `x`, the images `index` of the dataset (needed for alternate flips) in `epoch`
+        (which sets the size under progressive resizing)."""
+        flips = None
+        if self.cfg.flip and self.cfg.alternate_flip:
+            flips = self.flip_even[index.cpu()] ^ bool(epoch % 2)
+        x = crop_flip(x, self.cfg.crop_padding, self.cfg.flip, gen, flips)
         x = self.normalize(x)
         if self.cfg.rotation > 0:
             x = rotate(x, self.cfg.rotation, gen)
         if self.cfg.cutout > 0:
             x = cutout(x, self.cfg.cutout, gen)
+        sizes = self.cfg.progressive_sizes
+        if epoch < len(sizes) and sizes[epoch] != x.shape[-1]:
+            # Progressive resizing (fastai's): early epochs see smaller images, which cost a fraction of the
+            # compute and teach the coarse features; antialiased, as a photo taken smaller would be.
+            x = F.interpolate(x, size=(sizes[epoch], sizes[epoch]), mode="bilinear", antialias=True,
+                              align_corners=False).contiguous(memory_format=self.normalize.memory_format)
         return x

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import Config, all_fields, coerce, field_types, flag, load_recipe, recipe_names
+from .config import Config, all_fields, check_fixed, coerce, field_types, flag, load_recipe, recipe_names
 from .errors import ImagefitError
 
 RUN_OPTIONS = ("out", "resume", "tracking_uri", "experiment", "stop_after_steps", "progress", "json", "recipe")
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data folder (default: the one the bundle was trained on)")
     p.add_argument("--split", choices=("test", "val"), default="test", help="which split to evaluate")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--tta", choices=("none", "flip", "flip-translate"),
+                   help="test-time augmentation (default: the one the bundle was trained with)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     _add_json(p)
 
@@ -89,7 +91,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults, then the recipe, then the flags given on the command line."""
     cfg = Config()
     if args.recipe:
-        cfg.update(load_recipe(args.recipe), where=f"recipe {args.recipe}")
+        recipe = load_recipe(args.recipe)
+        cfg.update(recipe, where=f"recipe {args.recipe}")
+        given = {f.name: coerce(getattr(cfg, section), f.name, getattr(args, f.name), "command line")
+                 for section, f in all_fields() if f.name in vars(args)}
+        check_fixed(args.recipe, recipe, given)
     for section, f in all_fields():
         if f.name in vars(args):
             target = getattr(cfg, section)
@@ -142,7 +148,7 @@ def cmd_evaluate(args) -> dict:
     data = align_classes(data, bundle.classes)
     loader = Loader(data, args.batch_size, bundle.normalizer(device), device=device)
     with torch.inference_mode():
-        m = summarize(*gather_logits(bundle.model, loader), bundle.classes)
+        m = summarize(*gather_logits(bundle.model, loader, tta=args.tta or bundle.config.train.tta), bundle.classes)
     run_dir = bundle.path.parent
     try:
         m["confusion_png"] = str(plots.confusion_matrix(m["confusion"], bundle.classes,

@@ -51,8 +51,13 @@ class DataConfig:
 class AugmentConfig:
     crop_padding: int = opt(4, "random crop after reflect-padding this many pixels (0: off)", low=0, high=64)
     flip: bool = opt(True, "random horizontal flip")
+    alternate_flip: bool = opt(False, "flip a fixed random half of the images in even epochs and the other half "
+                                      "in odd ones, so every image is seen both ways in any two epochs (airbench)")
     rotation: float = opt(0.0, "random rotation up to this many degrees (0: off)", low=0.0, high=180.0)
     cutout: int = opt(0, "cutout square side in pixels (0: off)", low=0, high=1024)
+    progressive_sizes: list[int] = opt([], "progressive resizing: training image sides for the first epochs, one "
+                                           "per epoch (e.g. 16,24), later epochs at --size; a 16-px epoch runs "
+                                           "about 5x faster than a 32-px one", low=8, high=1024)
 
 
 @dataclass
@@ -64,15 +69,24 @@ class ModelConfig:
     blocks: list[int] = opt([2, 2, 2, 2], "configurable resnet: residual blocks per stage")
     widths: list[int] = opt([64, 128, 256, 512], "configurable resnet: channels per stage")
     max_params: int = opt(0, "refuse a model with more parameters than this (0: no limit)", low=0)
+    whiten_bias_epochs: int = opt(3, "fastnet: epochs in which the whitening layer's bias learns (then frozen)",
+                                  low=0)
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = opt("sgd", "optimizer", choices=("sgd", "adam", "adamw"))
+    optimizer: str = opt("sgd", "optimizer; muon: conv filters take orthogonalized momentum steps (Muon), the rest "
+                                "SGD", choices=("sgd", "adam", "adamw", "muon"))
     lr: float = opt(0.1, "learning rate (the peak rate for one-cycle)", low=0.0, high=10.0, low_open=True)
     momentum: float = opt(0.9, "SGD momentum (Adam's beta1)", low=0.0, high=0.999)
+    muon_lr: float = opt(0.24, "muon: learning rate of the conv filters", low=0.0, high=10.0, low_open=True)
+    muon_momentum: float = opt(0.6, "muon: momentum of the conv filters", low=0.0, high=0.999)
     nesterov: bool = opt(True, "Nesterov momentum for SGD")
     weight_decay: float = opt(5e-4, "weight decay", low=0.0, high=1.0)
+    norm_lr_scale: float = opt(1.0, "learning-rate multiplier for BatchNorm parameters", low=0.0, high=1e4,
+                               low_open=True)
+    decay_biases: bool = opt(False, "weight decay on BatchNorm parameters and biases too (on BatchNorm's at "
+                                    "weight_decay / norm_lr_scale, so their decay per step equals the weights')")
     loss: str = opt("cross-entropy", "loss: cross-entropy, or nll (log-softmax + NLLLoss)",
                     choices=("cross-entropy", "nll"))
     label_smoothing: float = opt(0.0, "label smoothing for cross-entropy", low=0.0, high=0.5)
@@ -82,9 +96,10 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     schedule: str = opt("onecycle", "learning-rate schedule",
-                        choices=("onecycle", "cosine", "step", "plateau", "constant"))
-    warmup: float = opt(0.25, "one-cycle: share of steps spent warming up to the peak rate", low=0.0, high=0.99)
-    div_factor: float = opt(25.0, "one-cycle: peak rate / starting rate", low=1.0)
+                        choices=("onecycle", "triangle", "cosine", "step", "plateau", "constant"))
+    warmup: float = opt(0.25, "one-cycle/triangle: share of steps spent warming up to the peak rate", low=0.0,
+                        high=0.99)
+    div_factor: float = opt(25.0, "one-cycle/triangle: peak rate / starting rate", low=1.0)
     final_div_factor: float = opt(1e4, "one-cycle: starting rate / final rate", low=1.0)
     milestones: list[int] = opt([], "step: epochs at which the rate is multiplied by --gamma")
     gamma: float = opt(0.1, "step/plateau: rate multiplier", low=0.0, high=1.0, low_open=True)
@@ -100,6 +115,10 @@ class TrainConfig:
     early_stopping: int = opt(0, "stop after this many epochs without validation improvement (0: off)", low=0)
     monitor: str = opt("val_accuracy", "validation metric for early stopping and the best checkpoint",
                        choices=("val_accuracy", "val_loss"))
+    lookahead: int = opt(0, "every this many steps, move the weights to a slow average of themselves, which "
+                            "averages more as training ends (airbench's lookahead; 0: off)", low=0)
+    tta: str = opt("none", "test-time augmentation for validation and test: none, flip (2 views) or "
+                           "flip-translate (6 views)", choices=("none", "flip", "flip-translate"))
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     channels_last: str = opt("auto", "channels_last memory layout (auto: on; 10-17%% faster than contiguous for "
                                      "ResNets on a CPU here, benchmarks/RESULTS.md)", choices=("auto", "yes", "no"))
@@ -137,6 +156,8 @@ class Config:
         if not isinstance(tree, dict):
             raise ImagefitError(f"{where} must map sections to fields, e.g. 'optim: {{lr: 0.1}}'")
         for section, values in tree.items():
+            if section == "fixed":
+                continue
             if section not in SECTIONS:
                 raise ImagefitError(f"{where}: unknown section '{section}'{_closest(section, SECTIONS)}")
             if not isinstance(values, dict):
@@ -156,8 +177,21 @@ class Config:
                 _check(f, getattr(obj, f.name))
         if self.schedule.schedule == "step" and not self.schedule.milestones:
             raise ImagefitError("--schedule step needs --milestones, e.g. --milestones 15,25")
+        if any(s > self.data.size for s in self.augment.progressive_sizes):
+            raise ImagefitError(f"--progressive-sizes {','.join(map(str, self.augment.progressive_sizes))} must not "
+                                f"exceed --size {self.data.size}; progressive resizing trains smaller first")
         if any(m < 1 for m in self.schedule.milestones):
             raise ImagefitError(f"--milestones must be epochs >= 1 (got {self.schedule.milestones})")
+        from .models import check_name  # here: models imports this module
+        check_name(self.model.model)
+        m, defaults = self.model, ModelConfig()
+        fastnet = m.model.startswith("fastnet")
+        ignored = {"blocks": m.model != "resnet", "widths": m.model != "resnet", "whiten_bias_epochs": not fastnet,
+                   "stem": fastnet}
+        for name, ignores in ignored.items():
+            if ignores and getattr(m, name) != getattr(defaults, name):
+                raise ImagefitError(f"{flag(name)} does not apply to --model {m.model}; drop {flag(name)} "
+                                    f"or choose a model it applies to")
         if self.model.model == "resnet" and len(self.model.blocks) != len(self.model.widths):
             raise ImagefitError(f"--blocks ({len(self.model.blocks)} stages) and --widths "
                                 f"({len(self.model.widths)} stages) must name the same number of stages")
@@ -177,8 +211,9 @@ def coerce(obj, name: str, value: Any, where: str) -> Any:
     kind = field_types(obj)[name]
     origin = typing.get_origin(kind)
     try:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in typing.get_args(kind):
+        nullable = type(None) in typing.get_args(kind)
+        if value is None or (nullable and isinstance(value, str) and value.lower() in ("none", "null")):
+            if nullable:
                 return None
             raise ValueError
         if kind is bool:
@@ -237,7 +272,10 @@ def recipe_names() -> list[str]:
 
 
 def load_recipe(name_or_path: str) -> dict:
-    """A recipe by name (shipped with imagefit) or by path to a YAML file."""
+    """A recipe by name (shipped with imagefit) or by path to a YAML file, as `section: {field: value}`.
+
+    A recipe's optional `fixed: [field, ...]` names the fields it is built around (its model, say): its rates and
+    schedule are tuned for them, so `check_fixed` refuses a command line that changes them."""
     path = Path(name_or_path)
     if not path.suffix:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
@@ -253,6 +291,15 @@ def load_recipe(name_or_path: str) -> dict:
         raise ImagefitError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
     tree.pop("description", None)
     return tree
+
+
+def check_fixed(recipe: str, tree: dict, given: dict[str, Any]) -> None:
+    """Refuse command-line values (`given`, by field name) that change a field the recipe fixes."""
+    values = {name: value for section in tree.values() if isinstance(section, dict) for name, value in section.items()}
+    for name in tree.get("fixed", []):
+        if name in given and given[name] != values.get(name):
+            raise ImagefitError(f"recipe {recipe} is tuned for {flag(name)} {values.get(name)} and cannot honour "
+                                f"{flag(name)} {given[name]}; drop {flag(name)}, or drop --recipe to set your own")
 
 
 def all_fields():

@@ -15,15 +15,34 @@ from torchmetrics.functional.classification import (multiclass_accuracy, multicl
 from .loader import Loader
 
 
+def predict_logits(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """Logits for a normalized batch, averaged over test-time views: `flip` adds the mirror image; `flip-translate`
+    also the image shifted one pixel up-left and down-right (reflect-padded), each with its mirror, weighted as
+    airbench does: half on the two unshifted views, half on the four shifted ones."""
+    def with_mirror(v: torch.Tensor) -> torch.Tensor:
+        return (model(v).float() + model(v.flip(-1)).float()) / 2
+
+    if tta == "none":
+        return model(x).float()
+    logits = with_mirror(x)
+    if tta == "flip-translate":
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = (with_mirror(padded[..., :h, :w]) + with_mirror(padded[..., 2:, 2:])) / 2
+        logits = (logits + shifted) / 2
+    return logits
+
+
 @torch.inference_mode()
-def gather_logits(model: nn.Module, loader: Loader, autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits and labels for every image the loader yields, in order, on the CPU."""
+def gather_logits(model: nn.Module, loader: Loader, autocast=None, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits (with test-time augmentation `tta`) and labels for every image the loader yields, in order,
+    on the CPU."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
     for _, x, y in loader.batches():
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
-            logits.append(model(x).float().cpu())
+            logits.append(predict_logits(model, x, tta).cpu())
         labels.append(y.cpu())
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)

@@ -62,10 +62,10 @@ class Loader:
         """(step, images, labels) for the epoch's steps from `start` on; images ready for the model."""
         order = self.order(epoch)[: len(self) * self.batch_size]
         chunks = list(order.split(self.batch_size))[start:]
-        for step, (x, y) in enumerate(self._raw(chunks), start=start):
+        for step, (index, (x, y)) in enumerate(zip(chunks, self._raw(chunks)), start=start):
             if self.augment is not None:
                 gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, step))
-                yield step, self.augment(x, gen), y
+                yield step, self.augment(x, gen, index, epoch), y
             else:
                 yield step, self.normalize(x), y
 

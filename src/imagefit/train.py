@@ -38,8 +38,9 @@ from .data import ImageSet, Splits, load_splits
 from .errors import ImagefitError
 from .evaluate import gather_logits, summarize
 from .files import atomic_path, atomic_write_text
-from .loader import Loader
+from .loader import Loader, mix_seed
 from .models import count_params, create_model
+from .optim import Lookahead, build_optimizer, build_schedule
 from .progress import Progress
 from .tracking import default_uri, make_tracker
 
@@ -54,6 +55,7 @@ class RunOptions:
     stop_after_steps: int = 0  # stop as if interrupted after this many optimizer steps in all (0: never)
     progress: str = "auto"  # auto | bar | lines
     log: Callable[[str], None] | None = None  # where one-line messages go (stderr by default)
+    on_epoch_end: Callable[[Trainer, dict], None] | None = None  # (trainer, the epoch's row), e.g. benchmarks
 
 
 # ---------------------------------------------------------------------------------------------- setup helpers
@@ -80,39 +82,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = not deterministic
-
-
-def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    # No weight decay on BatchNorm weights and biases (1-D tensors): decaying them only fights the
-    # normalization (as in torchvision's reference recipes and timm).
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    o = cfg.optim
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if o.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
-    cls = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
-    return cls(groups, lr=o.lr, betas=(o.momentum, 0.999))
-
-
-def build_schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
-    """A per-step schedule (stepped after every batch), or ReduceLROnPlateau (stepped per epoch), or None."""
-    s, total = cfg.schedule, cfg.train.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler
-    if s.schedule == "onecycle":
-        # Warm up to the peak rate, then anneal to peak/(div·final_div); momentum cycles the opposite way.
-        return sched.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=total, pct_start=s.warmup,
-                                div_factor=s.div_factor, final_div_factor=s.final_div_factor,
-                                cycle_momentum=cfg.optim.momentum > 0, max_momentum=cfg.optim.momentum,
-                                base_momentum=min(0.85, cfg.optim.momentum))
-    if s.schedule == "cosine":
-        return sched.CosineAnnealingLR(optimizer, T_max=total)
-    if s.schedule == "step":
-        return sched.MultiStepLR(optimizer, [m * steps_per_epoch for m in s.milestones], gamma=s.gamma)
-    if s.schedule == "plateau":
-        mode = "min" if cfg.train.monitor == "val_loss" else "max"
-        return sched.ReduceLROnPlateau(optimizer, mode=mode, factor=s.gamma, patience=s.plateau_patience)
-    return None
 
 
 def make_loss(cfg: Config):
@@ -200,12 +169,15 @@ class Trainer:
         self.autocast, self.scaler = autocast_for(self.device, t.amp)
 
         common = dict(seed=t.seed, device=self.device, workers=cfg.data.workers)
-        self.train_loader = Loader(self.data.train, t.batch_size, normalize, augment=BatchAugment(cfg.augment, normalize),
+        flip_seed = mix_seed(t.seed, 0, 0, 0)  # four parts: apart from every (seed, epoch[, step]) stream
+        augment = BatchAugment(cfg.augment, normalize, len(self.data.train), flip_seed)
+        self.train_loader = Loader(self.data.train, t.batch_size, normalize, augment=augment,
                                    shuffle=True, drop_last=True, **common)
         eval_batch = max(t.batch_size, 256)
         self.val_loader = Loader(self.data.val, eval_batch, normalize, **common) if self.data.val else None
         self.test_loader = Loader(self.data.test, eval_batch, normalize, **common) if self.data.test else None
         self.schedule = build_schedule(self.optimizer, cfg, len(self.train_loader))
+        self.lookahead = Lookahead(self.model, t.lookahead, t.epochs * len(self.train_loader)) if t.lookahead else None
 
         # Position and running state; restored from the checkpoint when resuming.
         self.epoch, self.step, self.global_step, self.seconds = 0, 0, 0, 0.0
@@ -233,6 +205,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict() if self.schedule else {},
             "scaler": self.scaler.state_dict() if self.scaler else {},
+            "lookahead": self.lookahead.slow if self.lookahead else {},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "epoch": self.epoch, "step": self.step, "global_step": self.global_step, "seconds": self.seconds,
@@ -248,6 +221,9 @@ class Trainer:
             self.schedule.load_state_dict(s["schedule"])
         if self.scaler and s["scaler"]:
             self.scaler.load_state_dict(s["scaler"])
+        if self.lookahead:
+            for k, v in s["lookahead"].items():
+                self.lookahead.slow[k].copy_(v)
         torch.set_rng_state(s["torch_rng"])
         if s["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["cuda_rng"])
@@ -281,6 +257,8 @@ class Trainer:
                     completed = self._train_epoch(progress, stop)
                     if completed and self._end_epoch(progress):
                         stopped, self.finished = "early_stopping", True
+                    if completed and self.opts.on_epoch_end:
+                        self.opts.on_epoch_end(self, self.history[-1])
                     if self.epoch < t.epochs and not self.finished and (not completed or self._stop_asked(stop)):
                         self._save_last()
                         self.tracker.end("KILLED")
@@ -303,6 +281,8 @@ class Trainer:
     def _train_epoch(self, progress: Progress, stop: _StopSignal) -> bool:
         """Train from the current (epoch, step) to the epoch's end; False if stopped on the way."""
         model, t0 = self.model.train(), time.perf_counter()
+        if hasattr(model, "set_epoch"):
+            model.set_epoch(self.epoch)
         progress.start_epoch(self.epoch, self.cfg.train.epochs, len(self.train_loader), self.step)
         per_step = self.schedule is not None and not isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau)
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
@@ -326,6 +306,8 @@ class Trainer:
                 self.optimizer.step()
             if per_step:
                 self.schedule.step()
+            if self.lookahead:
+                self.lookahead.step(model, self.global_step + 1)
             with torch.no_grad():  # summed on the device: no host sync per step
                 sums[0] += loss.detach().double() * len(y)
                 sums[1] += (logits.argmax(1) == y).sum()
@@ -342,6 +324,8 @@ class Trainer:
         if self.step < len(self.train_loader):
             progress.close()
             return False
+        if self.lookahead and self.epoch == self.cfg.train.epochs - 1:
+            self.lookahead.finish(model)
         return True
 
     def _end_epoch(self, progress: Progress) -> bool:
@@ -350,7 +334,7 @@ class Trainer:
         row = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1),
                "lr": self.optimizer.param_groups[0]["lr"]}
         if self.val_loader:
-            logits, labels = gather_logits(self.model, self.val_loader, self.autocast)
+            logits, labels = gather_logits(self.model, self.val_loader, self.autocast, self.cfg.train.tta)
             row["val_loss"] = F.cross_entropy(logits, labels).item()
             row["val_accuracy"] = (logits.argmax(1) == labels).float().mean().item()
         if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -389,11 +373,11 @@ class Trainer:
         metrics = {"epochs": self.epoch, "best_epoch": self.best_epoch, "params": self.params,
                    "seconds": round(self.seconds, 2), "stopped": stopped}
         if self.val_loader:
-            metrics["val_accuracy"] = summarize(*gather_logits(self.model, self.val_loader, self.autocast),
+            metrics["val_accuracy"] = summarize(*gather_logits(self.model, self.val_loader, self.autocast, self.cfg.train.tta),
                                                 self.data.classes)["accuracy"]
         report = None
         if self.test_loader:
-            report = summarize(*gather_logits(self.model, self.test_loader, self.autocast), self.data.classes)
+            report = summarize(*gather_logits(self.model, self.test_loader, self.autocast, self.cfg.train.tta), self.data.classes)
             metrics.update({k: report[k] for k in ("accuracy", "top5", "loss", "n")})
         artifacts = [plots.training_curves(self.history, self.out / "curves.png")]
         if report:
