@@ -1,0 +1,183 @@
+"""Time to accuracy: imagefit's recipes and the airbench anchor, over seeds, in one run on one machine.
+
+    python benchmarks/speed.py --data DIR --recipes fast --anchors airbench94-small --seeds 3
+
+DIR holds cifar-10-batches-py from ../shared/datasets/make-cifar10 (45,000 train, 5,000 held-out as the test
+split). Every run trains in this process; after each epoch the held-out accuracy (with the run's TTA) is measured
+and its time taken off the clock, so a curve point is (seconds the run would have taken to get here, accuracy).
+A recipe's clock runs from the call of `imagefit.train.train` (data loading, whitening, MLflow in a fresh SQLite
+store, training, the final TTA test, plots and bundle: everything `imagefit train` does after its imports) to its
+return; the interpreter start and imports are timed once and added. An anchor's clock covers its training and
+final TTA test only (it has no loading or bundling to do here).
+
+Prints one row per recipe/anchor: held-out accuracy mean ± std over seeds, wall seconds, FLOPs counted with
+torch.utils.flop_counter (training steps at their image sizes, plus the test views) and the training GFLOP/s
+achieved; writes the runs as JSON and the curves as a PNG beside it (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from anchor import ANCHORS, AnchorNet, anchor_accuracy, count_flops, train_anchor  # noqa: E402
+
+from imagefit.config import Config, DataConfig, load_recipe  # noqa: E402
+from imagefit.data import load_splits  # noqa: E402
+from imagefit.evaluate import gather_logits  # noqa: E402
+from imagefit.models import create_model  # noqa: E402
+from imagefit.train import RunOptions, train  # noqa: E402
+
+TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}
+
+
+def import_seconds() -> float:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import imagefit.cli, imagefit.train"], check=True)
+    return time.perf_counter() - t
+
+
+def training_flops(model: torch.nn.Module, batch: int, steps_per_epoch: int, sizes: list[int],
+                   whiten_bias_epochs: int) -> int:
+    """Σ over epochs of steps × FLOPs of one step at that epoch's image size (and whitening-bias gradient)."""
+    total, cache = 0, {}
+    for epoch, size in enumerate(sizes):
+        key = (size, epoch < whiten_bias_epochs)
+        if key not in cache:
+            model.set_epoch(epoch)
+            x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+            cache[key] = count_flops(model, x, y, train=True)
+        total += cache[key] * steps_per_epoch
+    return total
+
+
+def eval_flops(model: torch.nn.Module, n: int, size: int, tta: str) -> int:
+    return count_flops(model, torch.randn(1, 3, size, size), None, train=False) * n * TTA_VIEWS[tta]
+
+
+def run_recipe(recipe: str, data: str, seed: int, startup: float) -> dict:
+    cfg = Config.from_dict(load_recipe(recipe), where=recipe)
+    cfg.data.data, cfg.train.seed = data, seed
+    cfg.validate()
+    curve, off_clock, steps = [], [0.0], []
+
+    def held_out(trainer, row):
+        t = time.perf_counter()
+        steps.append(len(trainer.train_loader))
+        logits, labels = gather_logits(trainer.model, trainer.test_loader, tta=cfg.train.tta)
+        seconds = t - start - off_clock[0] + startup
+        curve.append([round(seconds, 1), (logits.argmax(1) == labels).float().mean().item()])
+        off_clock[0] += time.perf_counter() - t
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = train(cfg, RunOptions(out=Path(tmp) / "run", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+                                       progress="lines", on_epoch_end=held_out))
+        wall = time.perf_counter() - start - off_clock[0] + startup
+    sizes = [*cfg.augment.progressive_sizes, *[cfg.data.size] * cfg.train.epochs][: cfg.train.epochs]
+    model = create_model(10, cfg.model)
+    flops = training_flops(model, cfg.train.batch_size, steps[0], sizes, cfg.model.whiten_bias_epochs)
+    return {"row": recipe, "seed": seed, "accuracy": result["accuracy"], "wall_s": round(wall, 1),
+            "train_s": result["seconds"], "train_flops": flops,
+            "eval_flops": eval_flops(model, result["n"], cfg.data.size, cfg.train.tta), "curve": curve}
+
+
+def run_anchor(name: str, data: str, seed: int) -> dict:
+    splits = load_splits(DataConfig(data=data, val_fraction=0.0), seed)
+    curve, off_clock = [], [0.0]
+
+    def held_out(model, epoch, seconds):
+        t = time.perf_counter()
+        curve.append([round(seconds, 1), anchor_accuracy(model, splits, normalize_ref[0])])
+        off_clock[0] += time.perf_counter() - t
+
+    from imagefit.augment import Normalize
+    normalize_ref = [Normalize(splits.mean, splits.std, torch.device("cpu"), True)]
+    start = time.perf_counter()
+    out = train_anchor(name, splits, seed, on_epoch_end=held_out)
+    accuracy = anchor_accuracy(out["model"], splits, out["normalize"])
+    wall = time.perf_counter() - start - off_clock[0]
+    widths, batch, epochs = ANCHORS[name]
+    model = AnchorNet(widths)
+    flops = training_flops(model, batch, len(splits.train) // batch, [32] * epochs, 3)
+    return {"row": name, "seed": seed, "accuracy": accuracy, "wall_s": round(wall, 1),
+            "train_s": round(out["seconds"], 1), "train_flops": flops,
+            "eval_flops": eval_flops(model, len(splits.test), 32, "flip-translate"), "curve": curve}
+
+
+def summary(runs: list[dict]) -> list[dict]:
+    rows = []
+    for name in dict.fromkeys(r["row"] for r in runs):
+        rs = [r for r in runs if r["row"] == name]
+        acc = [r["accuracy"] for r in rs]
+        rows.append({"row": name, "seeds": len(rs), "accuracy_mean": statistics.mean(acc),
+                     "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                     "wall_s_mean": statistics.mean(r["wall_s"] for r in rs),
+                     "pflop": (rs[0]["train_flops"] + rs[0]["eval_flops"]) / 1e15,
+                     "train_gflops_per_s": statistics.mean(r["train_flops"] / r["train_s"] / 1e9 for r in rs)})
+    return rows
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {}
+    for r in runs:
+        first = r["row"] not in colors
+        c = colors.setdefault(r["row"], f"C{len(colors)}")
+        xs, ys = zip(*r["curve"]) if r["curve"] else ((), ())
+        ax.plot(xs, [100 * y for y in ys], "-o", color=c, ms=3, alpha=0.8, label=r["row"] if first else None)
+        ax.plot([r["wall_s"]], [100 * r["accuracy"]], "*", color=c, ms=10)
+    ax.set_xlabel("wall seconds (evaluation off the clock); ★ = end of run, final TTA test included")
+    ax.set_ylabel("held-out accuracy, %")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--recipes", default="fast", help="comma-separated recipe names ('' for none)")
+    p.add_argument("--anchors", default="airbench94-small", help=f"comma-separated: {', '.join(ANCHORS)} ('' for none)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and the PNG")
+    args = p.parse_args()
+    startup = import_seconds()
+    print(f"interpreter start + imports: {startup:.1f} s; {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
+    recipes, anchors = list(filter(None, args.recipes.split(","))), list(filter(None, args.anchors.split(",")))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"speed-{date.today()}-{'-'.join(Path(r).stem for r in recipes + anchors)}"
+    runs = []
+    for seed in range(args.seeds):  # seeds outermost: rows interleave, so machine drift hits all alike
+        for kind, name in [("recipe", r) for r in recipes] + [("anchor", a) for a in anchors]:
+            runs.append(run_recipe(name, args.data, seed, startup) if kind == "recipe" else
+                        run_anchor(name, args.data, seed))
+            print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
+            stem.with_suffix(".json").write_text(json.dumps({"runs": runs, "summary": summary(runs)}, indent=1))
+    plot(runs, stem.with_suffix(".png"))
+    print(f"\n{'row':>18} {'seeds':>5} {'held-out acc':>16} {'wall s':>8} {'PFLOP':>7} {'train GFLOP/s':>13}")
+    for r in summary(runs):
+        print(f"{r['row']:>18} {r['seeds']:>5} {100 * r['accuracy_mean']:9.2f} ± {100 * r['accuracy_std']:.2f} "
+              f"{r['wall_s_mean']:8.1f} {r['pflop']:7.3f} {r['train_gflops_per_s']:13.1f}")
+    print(f"runs and curves: {stem}.json, {stem}.png")
+
+
+if __name__ == "__main__":
+    main()
