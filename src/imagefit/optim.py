@@ -52,10 +52,12 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoc
     s, total = cfg.schedule, cfg.train.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler
     if s.schedule == "onecycle":
-        # Warm up to the peak rate, then anneal to peak/(div·final_div); momentum cycles the opposite way.
+        # Warm up to the peak rate, then anneal to peak/(div·final_div); momentum cycles the opposite way (not
+        # with Muon, whose filter group keeps its own momentum).
         return sched.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
                                 pct_start=s.warmup, div_factor=s.div_factor, final_div_factor=s.final_div_factor,
-                                cycle_momentum=cfg.optim.momentum > 0, max_momentum=cfg.optim.momentum,
+                                cycle_momentum=cfg.optim.momentum > 0 and cfg.optim.optimizer != "muon",
+                                max_momentum=cfg.optim.momentum,
                                 base_momentum=min(0.85, cfg.optim.momentum))
     if s.schedule == "triangle":
         # Linear from peak/div_factor up to the peak over the warm-up share, then linear down to 0 at the last
