@@ -36,6 +36,12 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     run.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
                      help="live bar (terminal) or one line per epoch")
     _add_json(run)
+    _add_config_flags(p)
+    return p
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per config field, grouped by section; values not given stay out of the namespace."""
     defaults = Config()
     groups = {}
     for section, f in all_fields():
@@ -52,7 +58,6 @@ def _train_parser(sub) -> argparse.ArgumentParser:
             group.add_argument(flag(f.name), dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(),
                                help=help_text)
     p.formatter_class = argparse.HelpFormatter  # defaults are in the help texts already
-    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imagefit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
+
+    p = sub.add_parser("find-lr", help="learning-rate range test: plot, suggestion, and two other rules",
+                       description="Train briefly at exponentially growing rates and suggest the rate at the "
+                                   "steepest descent of the smoothed loss (weights and optimizer are restored).")
+    run = p.add_argument_group("range test")
+    run.add_argument("--recipe", help=f"recipe name ({', '.join(recipe_names())}) or path to a YAML file")
+    run.add_argument("--out", help="folder for lr_finder.png and lr_finder.json (default: runs/find-lr-TIMESTAMP)")
+    run.add_argument("--start-lr", type=float, default=1e-7, help="first rate (default: 1e-7)")
+    run.add_argument("--end-lr", type=float, default=10.0, help="last rate (default: 10)")
+    run.add_argument("--steps", type=int, default=100, help="mini-batches at most (default: 100)")
+    _add_json(run)
+    _add_config_flags(p)
 
     p = sub.add_parser("evaluate", help="evaluate a bundle on a data folder's test split")
     p.add_argument("--bundle", required=True, help="run folder or bundle.safetensors")
@@ -123,6 +140,33 @@ def cmd_train(args) -> dict:
         print(f"test accuracy {result['accuracy']:.4f} (top-5 {result['top5']:.4f}) on {result['n']} images; "
               f"bundle {result['bundle']}")
     return result
+
+
+def cmd_find_lr(args) -> dict:
+    from datetime import datetime
+
+    from . import plots
+    from .files import atomic_write_text
+    from .train import RunOptions, Trainer
+    if getattr(args, "lr", None) == "auto":
+        raise ImagefitError("find-lr sweeps the rate itself; drop --lr auto")
+    cfg = config_from_args(args)
+    if cfg.optim.optimizer == "muon":
+        raise ImagefitError("find-lr sweeps one rate, and --optimizer muon has two (--lr, --muon-lr); "
+                            "use --optimizer sgd or adamw")
+    out = Path(args.out or f"runs/find-lr-{datetime.now():%Y%m%d-%H%M%S}")
+    trainer = Trainer(cfg, RunOptions(out=out, tracking_uri="none"))
+    result = trainer.range_test(start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "lr_finder.json", json.dumps(result.to_dict(), indent=1))
+    plot = plots.lr_finder(result, out / "lr_finder.png")
+    if not args.json:
+        print(f"suggested rate {result.suggestion:.2e} (steepest descent of the smoothed loss); valley "
+              f"{result.valley:.2e}, minimum/10 {result.minimum_10:.2e}; {len(result.lrs)} steps, {result.stopped}; "
+              f"plot {plot}")
+    return {"suggestion": result.suggestion, "steepest": result.steepest, "valley": result.valley,
+            "minimum_10": result.minimum_10, "steps": len(result.lrs), "stopped": result.stopped,
+            "plot": str(plot), "out": str(out)}
 
 
 def cmd_evaluate(args) -> dict:
@@ -210,7 +254,7 @@ def cmd_models(args) -> dict:
     return {"models": rows}
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models}
+COMMANDS = {"train": cmd_train, "find-lr": cmd_find_lr, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,8 @@ class ModelConfig:
 class OptimConfig:
     optimizer: str = opt("sgd", "optimizer; muon: conv filters take orthogonalized momentum steps (Muon), the rest "
                                 "SGD", choices=("sgd", "adam", "adamw", "muon"))
-    lr: float = opt(0.1, "learning rate (the peak rate for one-cycle)", low=0.0, high=10.0, low_open=True)
+    lr: float | str = opt(0.1, "learning rate (the peak rate for one-cycle); auto: run the range test first "
+                               "(imagefit find-lr) and train at its suggestion", low=0.0, high=10.0, low_open=True)
     momentum: float = opt(0.9, "SGD momentum (Adam's beta1)", low=0.0, high=0.999)
     muon_lr: float = opt(0.24, "muon: learning rate of the conv filters", low=0.0, high=10.0, low_open=True)
     muon_momentum: float = opt(0.6, "muon: momentum of the conv filters", low=0.0, high=0.999)
@@ -180,6 +181,9 @@ class Config:
         if any(s > self.data.size for s in self.augment.progressive_sizes):
             raise ImagefitError(f"--progressive-sizes {','.join(map(str, self.augment.progressive_sizes))} must not "
                                 f"exceed --size {self.data.size}; progressive resizing trains smaller first")
+        if self.optim.lr == "auto" and self.optim.optimizer == "muon":
+            raise ImagefitError("--lr auto finds one rate, and --optimizer muon has two (--lr, --muon-lr): give both "
+                                "as numbers, or use --optimizer sgd/adamw with --lr auto")
         if any(m < 1 for m in self.schedule.milestones):
             raise ImagefitError(f"--milestones must be epochs >= 1 (got {self.schedule.milestones})")
         from .models import check_name  # here: models imports this module
@@ -233,6 +237,8 @@ def coerce(obj, name: str, value: Any, where: str) -> Any:
             return int(value)
         if kind is float:
             return float(value)
+        if kind == (float | str):  # a number, or the word the field names (lr: auto)
+            return "auto" if str(value).lower() == "auto" else float(value)
         return str(value)
     except (TypeError, ValueError):
         raise ImagefitError(f"{where}: {flag(name)} got {value!r}, which is not {_describe(kind)}") from None
@@ -241,7 +247,8 @@ def coerce(obj, name: str, value: Any, where: str) -> Any:
 def _describe(kind) -> str:
     if typing.get_origin(kind) is list:
         return "a comma-separated list of integers"
-    return {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+    names = {bool: "true or false", int: "an integer", float: "a number", float | str: "a number or auto"}
+    return names.get(kind, "a string")
 
 
 def _check(f: dataclasses.Field, value: Any) -> None:

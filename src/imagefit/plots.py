@@ -1,4 +1,4 @@
-"""PNG plots saved beside the run: training curves and the confusion matrix."""
+"""PNG plots saved beside the run: training curves, the confusion matrix, the learning-rate range test."""
 
 from __future__ import annotations
 
@@ -52,4 +52,25 @@ def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path) ->
             for j in range(len(classes)):
                 ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if share[i, j] > 0.5 else "black")
+    return _save(fig, path)
+
+
+def lr_finder(result, path: Path) -> Path:
+    """Loss against rate (log axis), raw and smoothed, with the three rules marked; the suggestion stands out."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(result.lrs, result.losses, color="0.75", lw=1, label="loss")
+    ax.plot(result.lrs, result.smoothed, color="C0", lw=2, label="smoothed")
+    marks = [("steepest (suggestion)", result.steepest, "C3", "o", 9), ("valley", result.valley, "C2", "s", 6),
+             ("minimum/10", result.minimum_10, "C1", "^", 6)]
+    for name, lr, color, marker, size in marks:
+        i = min(range(len(result.lrs)), key=lambda k: abs(result.lrs[k] - lr))
+        ax.plot([lr], [result.smoothed[i]], marker, color=color, ms=size, label=f"{name}: {lr:.2e}")
+    ax.set_xscale("log")
+    finite = [v for v in result.smoothed if v == v]
+    if finite:  # the divergence at the end would squash the interesting part
+        ax.set_ylim(min(finite) - 0.05 * abs(min(finite)), 1.5 * finite[0] if finite[0] > 0 else None)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     return _save(fig, path)

@@ -10,6 +10,7 @@ the weights at the end are bitwise those of a run that was never stopped (on the
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +40,7 @@ from .errors import ImagefitError
 from .evaluate import gather_logits, summarize
 from .files import atomic_path, atomic_write_text
 from .loader import Loader, mix_seed
+from .lr_finder import FinderResult, range_test
 from .models import count_params, create_model
 from .optim import Lookahead, build_optimizer, build_schedule
 from .progress import Progress
@@ -164,6 +166,9 @@ class Trainer:
         self.params = count_params(self.model)
         if hasattr(self.model, "init_from_data") and checkpoint is None:
             self._init_from_data(normalize)
+        auto_lr = cfg.optim.lr == "auto"
+        if auto_lr:
+            cfg.optim.lr = 1.0  # a placeholder: the range test needs only the groups' ratios to it
         self.optimizer = build_optimizer(self.model, cfg)
         self.loss_fn = make_loss(cfg)
         self.autocast, self.scaler = autocast_for(self.device, t.amp)
@@ -176,6 +181,9 @@ class Trainer:
         eval_batch = max(t.batch_size, 256)
         self.val_loader = Loader(self.data.val, eval_batch, normalize, **common) if self.data.val else None
         self.test_loader = Loader(self.data.test, eval_batch, normalize, **common) if self.data.test else None
+        self.lr_finder: FinderResult | None = None
+        if auto_lr:
+            self._find_lr()
         self.schedule = build_schedule(self.optimizer, cfg, len(self.train_loader))
         self.lookahead = Lookahead(self.model, t.lookahead, t.epochs * len(self.train_loader)) if t.lookahead else None
 
@@ -196,6 +204,27 @@ class Trainer:
         n = min(len(train), 5000)
         images = train.images[:n] if isinstance(train, ImageSet) else torch.stack([train.read(i) for i in range(n)])
         self.model.init_from_data(normalize(images.to(self.device)))
+
+    def batch_stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Training batches, epoch after epoch from the first, as training would see them."""
+        for epoch in itertools.count():
+            for _, x, y in self.train_loader.batches(epoch):
+                yield x, y
+
+    def range_test(self, **kwargs) -> FinderResult:
+        """The learning-rate range test on this run's model, optimizer and batches; everything restored after."""
+        return range_test(self.model, self.optimizer, self.batch_stream(), self.loss_fn, base_lr=self.cfg.optim.lr,
+                          autocast=self.autocast, **kwargs)
+
+    def _find_lr(self) -> None:
+        """--lr auto: train at the range test's suggestion, with an optimizer built afresh at that rate (so the
+        run equals one started with --lr set to it; the saved config holds the number)."""
+        self.lr_finder = self.range_test()
+        self.cfg.optim.lr = self.lr_finder.suggestion
+        self.optimizer = build_optimizer(self.model, self.cfg)
+        r = self.lr_finder
+        self.log(f"lr finder: steepest descent at {r.steepest:.2e} (valley {r.valley:.2e}, minimum/10 "
+                 f"{r.minimum_10:.2e}; {len(r.lrs)} steps, {r.stopped}); training at {r.suggestion:.2e}")
 
     # -- state -------------------------------------------------------------------------------------------------
 
@@ -245,6 +274,9 @@ class Trainer:
         self.tracker = make_tracker(self.tracking_uri, self.opts.experiment)
         self.tracker.start(self.out.name, cfg.to_dict(), run_id=self.tracking_run_id)
         self.tracking_run_id = self.tracker.run_id
+        if self.lr_finder:
+            atomic_write_text(self.out / "lr_finder.json", json.dumps(self.lr_finder.to_dict(), indent=1))
+            self.tracker.artifact(plots.lr_finder(self.lr_finder, self.out / "lr_finder.png"))
         self.log(f"{cfg.model.model}: {self.params:,} parameters; {len(self.data.train):,} train, "
                  f"{len(self.data.val) if self.data.val else 0:,} val, "
                  f"{len(self.data.test) if self.data.test else 0:,} test images; {self.device}"

@@ -1,0 +1,145 @@
+"""Learning-rate range test (Smith, "Cyclical learning rates", 2015; fastai's `lr_find`).
+
+Train for up to `steps` mini-batches with the rate growing exponentially from `start_lr` to `end_lr`, record the
+loss, smooth it, stop when it diverges, then put everything back: weights, BatchNorm statistics, optimizer state
+and the random generators, so the training that follows is bitwise the one that would have run without the test
+(the data order needs no restoring: a batch is a pure function of its seed, epoch and step, see loader.py).
+
+What users of other finders trip over, and what this one does instead:
+- early spikes and the final blow-up fool the slope: the first `skip_start` and last `skip_end` points are left out;
+- noise: the loss is smoothed (exponential average with bias correction) before any rule reads it;
+- a NaN or infinite loss ends the test like a divergence and is never part of a suggestion;
+- a different answer each run: the test uses the run's seeded weights and batches, so a seed gives one answer;
+- a curve that never falls: an error that says so and proposes a range, never a meaningless rate.
+
+Three rules are reported; `steepest` (the steepest descent of the smoothed loss per decade) is the suggestion.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import ImagefitError
+
+
+@dataclass
+class FinderResult:
+    lrs: list[float]
+    losses: list[float]  # raw, NaN where the loss was not finite
+    smoothed: list[float]
+    steepest: float  # the suggestion
+    valley: float
+    minimum_10: float
+    stopped: str  # "diverged", "non-finite loss" or "end of range"
+
+    @property
+    def suggestion(self) -> float:
+        return self.steepest
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "suggestion": self.suggestion}
+
+
+def exponential_rates(start_lr: float, end_lr: float, steps: int) -> list[float]:
+    return [start_lr * (end_lr / start_lr) ** (i / max(steps - 1, 1)) for i in range(steps)]
+
+
+def smooth(losses: list[float], beta: float = 0.98) -> list[float]:
+    """Exponential moving average with bias correction; a non-finite loss leaves the average as it was."""
+    out, avg, n = [], 0.0, 0
+    for loss in losses:
+        if math.isfinite(loss):
+            n += 1
+            avg = beta * avg + (1 - beta) * loss
+        out.append(avg / (1 - beta ** n) if n else math.nan)
+    return out
+
+
+def suggest(lrs: list[float], smoothed: list[float], skip_start: int = 10, skip_end: int = 5) -> dict[str, float]:
+    """The three rules on the smoothed curve, inner points only. Raises when the loss never falls."""
+    lr = np.asarray(lrs[skip_start: len(lrs) - skip_end], dtype=float)
+    loss = np.asarray(smoothed[skip_start: len(smoothed) - skip_end], dtype=float)
+    keep = np.isfinite(loss)
+    lr, loss = lr[keep], loss[keep]
+    if len(lr) < 3:
+        raise ImagefitError(f"the range test recorded {len(lr)} usable points (it diverged almost at once); rerun "
+                            f"with a lower range, e.g. --start-lr {lrs[0] / 100:.0e} --end-lr {lrs[-1] / 10:.0e}")
+    slope = np.gradient(loss, np.log10(lr))  # loss change per decade of rate
+    steepest = int(np.argmin(slope))
+    if slope[steepest] >= 0 or loss.min() >= loss[0] * (1 - 1e-3):
+        rose = loss[-1] > loss[0]
+        hint = (f"every rate from {lr[0]:.1e} up was too high: try --start-lr {lrs[0] / 1000:.0e} "
+                f"--end-lr {lr[0]:.0e}" if rose else
+                f"the model did not learn at any rate: check the labels and the data, or try --end-lr "
+                f"{min(lrs[-1] * 100, 1e3):.0e} with more --steps")
+        raise ImagefitError(f"the loss never decreased between {lr[0]:.1e} and {lr[-1]:.1e}: no rate to suggest; "
+                            + hint)
+    # Valley: the stretch where the loss does most of its falling, from where it has fallen a tenth of its total
+    # drop to its minimum; its middle on the log axis. (fastai's valley, the longest decreasing subsequence, runs
+    # through any long flat and noisy start, and lands there.)
+    lowest = int(np.argmin(loss))
+    falling = np.nonzero(loss[: lowest + 1] <= loss[0] - 0.1 * (loss[0] - loss[lowest]))[0]
+    begin = int(falling[0]) if len(falling) else lowest
+    valley = float(np.sqrt(lr[begin] * lr[lowest]))
+    return {"steepest": float(lr[steepest]), "valley": valley,
+            "minimum_10": float(lr[int(np.argmin(loss))] / 10)}
+
+
+def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+               loss_fn: Callable, *, base_lr: float, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100,
+               diverge: float = 4.0, autocast=None) -> FinderResult:
+    """Run the test with `optimizer` (its groups keep their ratios to `base_lr`), then restore the model, the
+    optimizer and the CPU/CUDA generators exactly. `batches` yields (images, labels), ready for the model."""
+    if not 0 < start_lr < end_lr:
+        raise ImagefitError(f"--start-lr must be above 0 and below --end-lr (got {start_lr:g}, {end_lr:g})")
+    if steps < 20:
+        raise ImagefitError(f"--steps {steps} is too few for a range test; use 20 or more (100 is typical)")
+    saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    saved_opt = copy.deepcopy(optimizer.state_dict())
+    saved_rng = torch.get_rng_state()
+    saved_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    saved_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    was_training = model.training
+    ratios = [g["lr"] / base_lr for g in optimizer.param_groups]
+    lrs, losses, best, stopped = exponential_rates(start_lr, end_lr, steps), [], math.inf, "end of range"
+    try:
+        model.train()
+        for lr, (x, y) in zip(lrs, batches):
+            for group, ratio in zip(optimizer.param_groups, ratios):
+                group["lr"] = lr * ratio
+            with autocast() if autocast else torch.autocast("cpu", enabled=False):
+                loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            value = loss.item()
+            losses.append(value if math.isfinite(value) else math.nan)
+            if not math.isfinite(value):
+                stopped = "non-finite loss"
+                break
+            loss.backward()
+            optimizer.step()
+            current = smooth(losses)[-1]
+            best = min(best, current)
+            if len(losses) > 10 and current > diverge * best:
+                stopped = "diverged"
+                break
+    finally:
+        model.load_state_dict(saved_model)
+        optimizer.load_state_dict(saved_opt)
+        optimizer.zero_grad(set_to_none=True)
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved_grad[n])
+        torch.set_rng_state(saved_rng)
+        if saved_cuda:
+            torch.cuda.set_rng_state_all(saved_cuda)
+        model.train(was_training)
+    lrs = lrs[: len(losses)]
+    smoothed = smooth(losses)
+    rules = suggest(lrs, smoothed)
+    return FinderResult(lrs=lrs, losses=losses, smoothed=smoothed, stopped=stopped, **rules)

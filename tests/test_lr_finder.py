@@ -1,0 +1,95 @@
+"""The learning-rate range test: the rules on known curves, exact restoration, and `--lr auto` end to end."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from imagefit.errors import ImagefitError
+from imagefit.lr_finder import exponential_rates, range_test, smooth, suggest
+
+from .conftest import TINY
+from .test_train import fails, run, same_weights
+
+
+def curve(lrs, centre=1e-2, spike_at=None, blow_up=True):
+    """A loss falling fastest (per decade) at `centre`, optionally with an early spike and a final blow-up."""
+    out = []
+    for i, lr in enumerate(lrs):
+        loss = 2.3 - 2.0 / (1 + math.exp(-2.5 * (math.log10(lr) - math.log10(centre))))
+        if blow_up and lr > 30 * centre:
+            loss += 50 * (math.log10(lr) - math.log10(30 * centre)) ** 2
+        if i == spike_at:
+            loss -= 1.5  # an early outlier that a raw-slope rule would take for progress
+        out.append(loss)
+    return out
+
+
+def test_steepest_descent_is_found_and_the_spike_ignored():
+    lrs = exponential_rates(1e-6, 10, 100)
+    rules = suggest(lrs, smooth(curve(lrs, spike_at=3), beta=0.5))
+    assert 10 ** -2.3 < rules["steepest"] < 10 ** -1.6  # near the true centre 1e-2, not at the spike
+    inner = smooth(curve(lrs, spike_at=3), beta=0.5)[10:95]
+    assert rules["minimum_10"] == pytest.approx(lrs[10 + inner.index(min(inner))] / 10)
+    assert 10 ** -2.6 < rules["valley"] < 10 ** -1.4  # the middle of the fall, between 10% of it and the minimum
+
+
+def test_non_finite_losses_never_shape_the_answer():
+    lrs = exponential_rates(1e-6, 10, 100)
+    losses = curve(lrs)
+    losses[40] = math.nan
+    smoothed = smooth(losses, beta=0.5)
+    assert all(math.isfinite(v) for v in smoothed) and smoothed[40] == smoothed[39]
+    assert 10 ** -2.3 < suggest(lrs, smoothed)["steepest"] < 10 ** -1.6
+
+
+@pytest.mark.parametrize("losses, hint", [([5.0 + 0.01 * i for i in range(60)], "too high"),
+                                         ([2.3] * 60, "did not learn")])
+def test_a_curve_that_never_falls_is_an_error_with_a_range(losses, hint):
+    with pytest.raises(ImagefitError, match=f"never decreased.*{hint}"):
+        suggest(exponential_rates(1e-5, 1, 60), smooth(losses))
+
+
+def test_range_test_restores_model_optimizer_and_generator_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()  # momentum buffers exist: they must come back too
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt_before = json.dumps(opt.state_dict()["param_groups"])
+    momentum = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
+    result = range_test(model, opt, iter([(x, y)] * 100), nn.functional.cross_entropy, base_lr=0.1, steps=60)
+    assert len(result.lrs) >= 20
+    assert all(v.equal(before[k]) for k, v in model.state_dict().items())
+    assert json.dumps(opt.state_dict()["param_groups"]) == opt_before
+    assert all(opt.state[p]["momentum_buffer"].equal(m) for p, m in zip(model.parameters(), momentum))
+    assert torch.get_rng_state().equal(rng)
+
+
+def test_lr_auto_trains_exactly_as_the_found_rate_given_by_hand(capsys, cifar_dir):
+    args = ["--data", str(cifar_dir), *TINY[:-2], "--epochs", "1", "--dropout", "0.2"]  # TINY ends --tracking-uri none
+    found = run(capsys, "find-lr", *args, "--steps", "40", "--out", "runs/finder")
+    again = run(capsys, "find-lr", *args, "--steps", "40", "--out", "runs/finder2")
+    assert found == {**again, "plot": found["plot"], "out": found["out"]}  # one seed, one answer
+    assert (tmp := json.load(open("runs/finder/lr_finder.json")))["suggestion"] == found["suggestion"]
+    assert len(tmp["lrs"]) == found["steps"] and found["plot"].endswith("lr_finder.png")
+    # The default --steps 100 exceeds an epoch of this tiny set (6 batches): the test walks on into later epochs.
+    auto = run(capsys, "train", *args, "--lr", "auto", "--out", "runs/auto", "--tracking-uri", "none")
+    by_hand = json.load(open("runs/auto/lr_finder.json"))["suggestion"]
+    run(capsys, "train", *args, "--lr", repr(by_hand), "--out", "runs/hand", "--tracking-uri", "none")
+    assert same_weights("runs/auto/bundle.safetensors", "runs/hand/bundle.safetensors")
+    assert auto["accuracy"] == json.load(open("runs/hand/metrics.json"))["accuracy"]
+    assert (tmp_cfg := open("runs/auto/config.yaml").read()) and "lr: auto" not in tmp_cfg
+
+
+def test_finder_errors_are_one_line(capsys, cifar_dir):
+    args = ["--data", str(cifar_dir), *TINY[:-2]]
+    assert "drop --lr auto" in fails(capsys, "find-lr", *args, "--lr", "auto")
+    assert "--start-lr must be" in fails(capsys, "find-lr", *args, "--start-lr", "1", "--end-lr", "0.1")
+    assert "muon has two" in fails(capsys, "train", *args, "--optimizer", "muon", "--lr", "auto")
+    assert "a number or auto" in fails(capsys, "train", *args, "--lr", "fast")
