@@ -100,7 +100,9 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         raise ImagefitError(f"{path} is damaged ({type(e).__name__}: {str(e)[:80]}); "
                             f"copy it again or re-run 'imagefit train'") from None
     config = Config.from_dict(meta["config"], where=str(path))
-    model = create_model(len(meta["classes"]), ModelConfig(**meta["config"]["model"]))
+    # The architecture only: the weights come from the file, not from where training started.
+    arch = {**meta["config"]["model"], "pretrained": "none", "init_from": None}
+    model = create_model(len(meta["classes"]), ModelConfig(**arch))
     load_weights(model, weights, str(path))
     model.to(device).eval()
     return Bundle(model, meta["classes"], meta["preprocessing"], config, meta.get("metrics", {}), path)

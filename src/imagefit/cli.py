@@ -23,12 +23,17 @@ def _add_json(p: argparse.ArgumentParser) -> None:
 
 def _train_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train, evaluate and bundle a model",
-                       description="Train a model, evaluate it on the test split, and save a bundle.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description="Train a model, evaluate it on the test split, and save a bundle.")
+    run = _run_group(p)
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly where it stopped")
+    _add_config_flags(p)
+    return p
+
+
+def _run_group(p: argparse.ArgumentParser):
     run = p.add_argument_group("run")
     run.add_argument("--recipe", help=f"recipe name ({', '.join(recipe_names())}) or path to a YAML file")
     run.add_argument("--out", help="run folder (default: runs/MODEL-TIMESTAMP)")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly where it stopped")
     run.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///mlflow.db here; 'none': off)")
     run.add_argument("--experiment", default="imagefit", help="MLflow experiment name")
     run.add_argument("--stop-after-steps", type=int, default=0,
@@ -36,8 +41,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     run.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
                      help="live bar (terminal) or one line per epoch")
     _add_json(run)
-    _add_config_flags(p)
-    return p
+    return run
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -77,6 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--start-lr", type=float, default=1e-7, help="first rate (default: 1e-7)")
     run.add_argument("--end-lr", type=float, default=10.0, help="last rate (default: 10)")
     run.add_argument("--steps", type=int, default=100, help="mini-batches at most (default: 100)")
+    _add_json(run)
+    _add_config_flags(p)
+
+    p = sub.add_parser("fine-tune", help="transfer learning: train the head on a frozen body, then all layers",
+                       description="fastai's recipe from trained weights (--pretrained imagenet or --init-from): "
+                                   "stage 1 trains the head with the body frozen, stage 2 all layers with "
+                                   "discriminative rates (--layer-lr-decay, default 2.6 here); each stage's rate "
+                                   "from the range test unless --lr is given. Stages go to OUT/1-head, OUT/2-all.")
+    run = _run_group(p)
+    run.add_argument("--head-epochs", type=int, default=1, help="epochs of stage 1 (default: 1); --epochs sets "
+                                                                 "stage 2")
+    _add_config_flags(p)
+
+    p = sub.add_parser("features", help="linear probe: a scikit-learn head on a frozen model's features",
+                       description="Penultimate features of a frozen model (--pretrained imagenet or --init-from), "
+                                   "then a linear SVM or logistic regression fitted on the training split and "
+                                   "reported on the test split like any model.")
+    run = p.add_argument_group("probe")
+    run.add_argument("--recipe", help=f"recipe name ({', '.join(recipe_names())}) or path to a YAML file")
+    run.add_argument("--out", help="folder for linear_probe.json (default: runs/features-TIMESTAMP)")
+    run.add_argument("--head", choices=("svm", "logistic"), default="svm", help="the classifier (default: svm)")
+    run.add_argument("--c", type=float, default=1.0, help="inverse regularization strength C (default: 1)")
     _add_json(run)
     _add_config_flags(p)
 
@@ -169,6 +195,43 @@ def cmd_find_lr(args) -> dict:
             "plot": str(plot), "out": str(out)}
 
 
+def _run_options(args, out: Path):
+    from .train import RunOptions
+    return RunOptions(out=out, tracking_uri=args.tracking_uri, experiment=args.experiment,
+                      stop_after_steps=args.stop_after_steps, progress=args.progress)
+
+
+def cmd_fine_tune(args) -> dict:
+    from datetime import datetime
+
+    from .transfer import fine_tune
+    cfg = config_from_args(args)
+    out = Path(args.out or f"runs/fine-tune-{datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and any(out.iterdir()):
+        raise ImagefitError(f"{out} is not empty; choose another --out")
+    result = fine_tune(cfg, _run_options(args, out), args.head_epochs, lr_given="lr" in vars(args))
+    if not args.json:
+        print(f"fine-tuned: test accuracy {result['accuracy']:.4f} (head only: {result['head']['accuracy']:.4f}); "
+              f"bundle {result['bundle']}")
+    return result
+
+
+def cmd_features(args) -> dict:
+    from datetime import datetime
+
+    from .transfer import linear_probe
+    cfg = config_from_args(args)
+    out = Path(args.out or f"runs/features-{datetime.now():%Y%m%d-%H%M%S}")
+    if args.c <= 0:
+        raise ImagefitError(f"--c must be above 0 (got {args.c:g})")
+    result = linear_probe(cfg, out, args.head, args.c)
+    report = result.pop("report")
+    if not args.json:
+        print(f"{args.head} on {result['features']} features of {result['start']}, {result['train_images']} "
+              f"training images\n{report}")
+    return result
+
+
 def cmd_evaluate(args) -> dict:
     import torch
 
@@ -254,7 +317,8 @@ def cmd_models(args) -> dict:
     return {"models": rows}
 
 
-COMMANDS = {"train": cmd_train, "find-lr": cmd_find_lr, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models}
+COMMANDS = {"train": cmd_train, "find-lr": cmd_find_lr, "fine-tune": cmd_fine_tune, "features": cmd_features,
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,10 @@ class DataConfig:
                          choices=("auto", "yes", "no"))
     workers: int = opt(2, "decoding workers for the streaming path", low=0, high=64)
     skip_bad_images: bool = opt(False, "skip unreadable image files (with a warning) instead of stopping")
+    classes: list[str] = opt([], "use only these classes (names, comma-separated; labels follow this order); "
+                                 "empty: all")
+    per_class: int = opt(0, "keep at most this many training images per class, a seeded choice (0: all); for "
+                            "small-data experiments", low=0)
 
 
 @dataclass
@@ -69,6 +73,13 @@ class ModelConfig:
     blocks: list[int] = opt([2, 2, 2, 2], "configurable resnet: residual blocks per stage")
     widths: list[int] = opt([64, 128, 256, 512], "configurable resnet: channels per stage")
     max_params: int = opt(0, "refuse a model with more parameters than this (0: no limit)", low=0)
+    pretrained: str = opt("none", "start from torchvision's ImageNet weights (resnet18/34/50); inputs are then "
+                                  "normalized with ImageNet's statistics, the ones the weights were trained with",
+                          choices=("none", "imagenet"))
+    init_from: str | None = opt(None, "start from an imagefit bundle's weights (run folder or bundle file) and its "
+                                      "normalization; the head starts afresh when the classes differ")
+    freeze_body: bool = opt(False, "train only the head (and the BatchNorm layers, as fastai does); the rest "
+                                   "keeps the weights it started from")
     whiten_bias_epochs: int = opt(3, "fastnet: epochs in which the whitening layer's bias learns (then frozen)",
                                   low=0)
 
@@ -84,6 +95,9 @@ class OptimConfig:
     muon_momentum: float = opt(0.6, "muon: momentum of the conv filters", low=0.0, high=0.999)
     nesterov: bool = opt(True, "Nesterov momentum for SGD")
     weight_decay: float = opt(5e-4, "weight decay", low=0.0, high=1.0)
+    layer_lr_decay: float = opt(1.0, "discriminative learning rates: each layer group, from the head back to the "
+                                     "input, learns this factor slower than the one after it (1: one rate)",
+                                low=1.0, high=100.0)
     norm_lr_scale: float = opt(1.0, "learning-rate multiplier for BatchNorm parameters", low=0.0, high=1e4,
                                low_open=True)
     decay_biases: bool = opt(False, "weight decay on BatchNorm parameters and biases too (on BatchNorm's at "
@@ -196,6 +210,11 @@ class Config:
             if ignores and getattr(m, name) != getattr(defaults, name):
                 raise ImagefitError(f"{flag(name)} does not apply to --model {m.model}; drop {flag(name)} "
                                     f"or choose a model it applies to")
+        if m.pretrained != "none" and m.model not in ("resnet18", "resnet34", "resnet50"):
+            raise ImagefitError(f"--pretrained {m.pretrained} has weights for resnet18, resnet34 and resnet50, not "
+                                f"--model {m.model}")
+        if m.pretrained != "none" and m.init_from:
+            raise ImagefitError("--pretrained and --init-from both choose the starting weights; keep one")
         if self.model.model == "resnet" and len(self.model.blocks) != len(self.model.widths):
             raise ImagefitError(f"--blocks ({len(self.model.blocks)} stages) and --widths "
                                 f"({len(self.model.widths)} stages) must name the same number of stages")
@@ -229,8 +248,8 @@ def coerce(obj, name: str, value: Any, where: str) -> Any:
                 return False
             raise ValueError
         if origin is list:
-            items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
-            return [int(v) for v in items]
+            items = value if isinstance(value, list) else [v.strip() for v in str(value).split(",") if v.strip()]
+            return [str(v) for v in items] if typing.get_args(kind)[0] is str else [int(v) for v in items]
         if kind is int or kind == (int | None):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
@@ -246,7 +265,7 @@ def coerce(obj, name: str, value: Any, where: str) -> Any:
 
 def _describe(kind) -> str:
     if typing.get_origin(kind) is list:
-        return "a comma-separated list of integers"
+        return f"a comma-separated list of {'names' if typing.get_args(kind)[0] is str else 'integers'}"
     names = {bool: "true or false", int: "an integer", float: "a number", float | str: "a number or auto"}
     return names.get(kind, "a string")
 

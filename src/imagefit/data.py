@@ -403,12 +403,42 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         test_dir = next((where / s for s in ("test", "val") if has_train and (where / s).is_dir()), None)
         test = _imagefolder_set(test_dir, train.classes, cfg, stream)[0] if test_dir else None
 
+    if cfg.classes:
+        train = select_classes(train, cfg.classes)
+        test = select_classes(test, cfg.classes) if test is not None else None
+    if cfg.per_class:
+        train = train.subset(per_class_subset(train.labels, cfg.per_class, seed))
     keep, held = stratified_split(train.labels, cfg.val_fraction, seed)
     val = train.subset(held) if len(held) else None
     train = train.subset(keep)
-    key = _fingerprint(fingerprint, cfg.size, cfg.resize, cfg.val_fraction, seed)
+    key = _fingerprint(fingerprint, cfg.size, cfg.resize, cfg.val_fraction, seed, cfg.classes, cfg.per_class)
     mean, std = _cached_stats(train, key)
     return Splits(train, val, test, train.classes, mean, std, str(where))
+
+
+def select_classes(data: ImageSet | FileSet, names: list[str]) -> ImageSet | FileSet:
+    """Only the images of `names`, relabelled 0… in that order."""
+    unknown = [c for c in names if c not in data.classes]
+    if unknown:
+        raise ImagefitError(f"--classes names {', '.join(unknown)}, not in {data.source}; its classes: "
+                            f"{', '.join(data.classes)}")
+    if len(set(names)) != len(names):
+        raise ImagefitError(f"--classes names a class twice ({','.join(names)}); list each once")
+    old = torch.tensor([data.classes.index(c) for c in names])
+    index = torch.nonzero(torch.isin(data.labels, old)).flatten()
+    remap = torch.full((len(data.classes),), -1, dtype=torch.long)
+    remap[old] = torch.arange(len(names))
+    part = data.subset(index)
+    part.labels, part.classes = remap[part.labels], list(names)
+    return part
+
+
+def per_class_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of at most `n` images per class, chosen by `seed`."""
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))  # apart from val
+    keep = [idx[torch.randperm(len(idx), generator=g)[:n]] for c in labels.unique().tolist()
+            for idx in [torch.nonzero(labels == c).flatten()]]
+    return torch.cat(keep).sort().values
 
 
 def resize_set(data: ImageSet, cfg: DataConfig) -> ImageSet:
@@ -421,6 +451,11 @@ def resize_set(data: ImageSet, cfg: DataConfig) -> ImageSet:
 
 def load_test_split(cfg: DataConfig) -> ImageSet | FileSet:
     """Only the test split (CIFAR's test_batch, or the tree's test/, else val/), for evaluating a bundle."""
+    test = _load_test_split(cfg)
+    return select_classes(test, cfg.classes) if cfg.classes else test
+
+
+def _load_test_split(cfg: DataConfig) -> ImageSet | FileSet:
     kind, where = find_layout(data_root(cfg))
     if kind == "cifar":
         return read_cifar10(where)[1] if cfg.size == 32 else resize_set(read_cifar10(where)[1], cfg)

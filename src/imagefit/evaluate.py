@@ -76,7 +76,8 @@ def summarize(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) ->
 
 def format_report(m: dict, classes: list[str]) -> str:
     """A plain-text table for the terminal."""
-    lines = [f"accuracy {m['accuracy']:.4f}   top-5 {m['top5']:.4f}   loss {m['loss']:.4f}   n {m['n']}",
+    loss = "" if m["loss"] is None else f"   loss {m['loss']:.4f}"
+    lines = [f"accuracy {m['accuracy']:.4f}   top-5 {m['top5']:.4f}{loss}   n {m['n']}",
              f"{'class':>14} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
     for c in classes:
         r = m["per_class"][c]

@@ -53,6 +53,31 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def is_head(name: str) -> bool:
+    """Every registry model names its classifier `fc` (a Linear, or Dropout + Linear)."""
+    return name.startswith("fc.")
+
+
+def layer_groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names in groups from the input to the head, for discriminative rates and freezing: the model's
+    top-level parts, with `layers` (our ResNets' stages, fastnet's conv groups) split into its items, and a lone
+    conv or norm layer (torchvision's conv1, bn1; fastnet's whitening) joined to the part after it."""
+    units = []
+    for name, child in model.named_children():
+        parts = [(f"{name}.{i}", c) for i, c in enumerate(child)] if name == "layers" else [(name, child)]
+        units += [[f"{prefix}.{n}" for n, _ in c.named_parameters()] for prefix, c in parts]
+    units = [u for u in units if u]
+    groups, pending = [], []
+    for i, unit in enumerate(units):
+        is_leaf = all(n.count(".") == 1 for n in unit)
+        if is_leaf and i < len(units) - 1 and not any(is_head(n) for n in unit):
+            pending += unit
+            continue
+        groups.append(pending + unit)
+        pending = []
+    return groups
+
+
 def head(in_features: int, num_classes: int, dropout: float) -> nn.Module:
     linear = nn.Linear(in_features, num_classes)
     return nn.Sequential(nn.Dropout(dropout), linear) if dropout > 0 else linear
@@ -65,14 +90,35 @@ def _basic_block():
     return BasicBlock
 
 
+IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # what torchvision's ImageNet weights expect
+
+
+def _imagenet_weights(arch: str):
+    """torchvision's best ImageNet weights for `arch`, downloaded once into torch's hub cache."""
+    import torchvision
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError; a bad file fails to unpickle
+        from pathlib import Path
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise ImagefitError(f"could not load ImageNet weights for {arch} ({type(e).__name__}: {str(e)[:60]}); "
+                            f"offline, put {Path(weights.url).name} (from {weights.url}) in {cache}") from None
+
+
 def _torchvision(arch: str):
     def build(num_classes: int, cfg: ModelConfig) -> nn.Module:
         import torchvision  # here, not at the top: its import takes ~2 s, which fastnet runs need not pay
         model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+        if cfg.pretrained == "imagenet":
+            state = {k: v for k, v in _imagenet_weights(arch).items() if not k.startswith("fc.")}
+            model.load_state_dict(state, strict=False)  # all but the 1000-class head
         if cfg.stem == "cifar":
             model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
             nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
             model.maxpool = nn.Identity()
+            if cfg.pretrained != "none":
+                model.fresh_parameters = {"conv1.weight"}  # not pretrained: --freeze-body must leave it learning
         model.fc = head(model.fc.in_features, num_classes, cfg.dropout)
         return model
     return build
@@ -113,8 +159,9 @@ class ResNet(nn.Module):
         else:
             self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 7, 2, 3, bias=False), nn.BatchNorm2d(widths[0]),
                                       nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
-        layers, channels = [], widths[0]
+        stages, channels = [], widths[0]
         for i, (n, width) in enumerate(zip(blocks, widths)):
+            layers = []
             for j in range(n):
                 stride = 2 if i > 0 and j == 0 else 1
                 down = None
@@ -123,7 +170,8 @@ class ResNet(nn.Module):
                             nn.Sequential(nn.Conv2d(channels, width, 1, stride, bias=False), nn.BatchNorm2d(width)))
                 layers.append(_basic_block()(channels, width, stride, down))
                 channels = width
-        self.layers = nn.Sequential(*layers)
+            stages.append(nn.Sequential(*layers))
+        self.layers = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = head(channels, num_classes, dropout)
         for m in self.modules():

@@ -34,7 +34,26 @@ def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
     if filters:
         groups.append({"params": filters, "lr": o.muon_lr, "momentum": o.muon_momentum, "weight_decay": 0.0,
                        "orthogonal": True})
-    return [g for g in groups if g["params"]]
+    groups = [g for g in groups if g["params"]]
+    if o.layer_lr_decay != 1:
+        groups = _discriminative(model, groups, o.layer_lr_decay)
+    return groups
+
+
+def _discriminative(model: nn.Module, groups: list[dict], decay: float) -> list[dict]:
+    """Split each group by layer group (models.layer_groups): the head keeps the rate, each group before it
+    learns `decay` times slower than the next (fastai's discriminative rates; ULMFiT used 2.6)."""
+    from .models import layer_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    layers = layer_groups(model)
+    depth = {n: len(layers) - 1 - k for k, group in enumerate(layers) for n in group}
+    out = []
+    for g in groups:
+        for d in sorted({depth[names[id(p)]] for p in g["params"]}, reverse=True):
+            part = {**g, "params": [p for p in g["params"] if depth[names[id(p)]] == d]}
+            part["lr"] = g["lr"] / decay ** d  # weight decay acts as lr · wd: early layers also shrink less
+            out.append(part)
+    return out
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -51,11 +70,13 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoc
     """A per-step schedule (stepped after every batch), or ReduceLROnPlateau (stepped per epoch), or None."""
     s, total = cfg.schedule, cfg.train.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler
-    if s.schedule == "onecycle":
+    if s.schedule == "onecycle" and total >= 3:
         # Warm up to the peak rate, then anneal to peak/(div·final_div); momentum cycles the opposite way (not
-        # with Muon, whose filter group keeps its own momentum).
+        # with Muon, whose filter group keeps its own momentum). Each phase gets at least one step (PyTorch divides
+        # by a phase's length); a run of under 3 steps trains at the peak rate.
+        warmup = min(max(s.warmup, 1.5 / total), 1 - 0.5 / total)
         return sched.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
-                                pct_start=s.warmup, div_factor=s.div_factor, final_div_factor=s.final_div_factor,
+                                pct_start=warmup, div_factor=s.div_factor, final_div_factor=s.final_div_factor,
                                 cycle_momentum=cfg.optim.momentum > 0 and cfg.optim.optimizer != "muon",
                                 max_momentum=cfg.optim.momentum,
                                 base_momentum=min(0.85, cfg.optim.momentum))

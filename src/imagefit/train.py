@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from . import plots
 from .augment import BatchAugment, Normalize
-from .bundle import load_weights, save_bundle
+from .bundle import load_bundle, load_weights, save_bundle
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import ImageSet, Splits, load_splits
@@ -41,7 +41,7 @@ from .evaluate import gather_logits, summarize
 from .files import atomic_path, atomic_write_text
 from .loader import Loader, mix_seed
 from .lr_finder import FinderResult, range_test
-from .models import count_params, create_model
+from .models import IMAGENET_STATS, count_params, create_model, is_head
 from .optim import Lookahead, build_optimizer, build_schedule
 from .progress import Progress
 from .tracking import default_uri, make_tracker
@@ -161,10 +161,18 @@ class Trainer:
             raise ImagefitError("--early-stopping needs a validation split; set --val-fraction above 0")
         self.channels_last = t.channels_last != "no"
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        normalize = Normalize(self.data.mean, self.data.std, self.device, self.channels_last)
-        self.model = create_model(len(self.data.classes), cfg.model).to(self.device, memory_format=memory_format)
+        self.model = create_model(len(self.data.classes), cfg.model)
+        start = self._starting_weights(load=checkpoint is None)  # a resumed run has its weights already
+        if cfg.model.pretrained == "imagenet":  # inputs as the starting weights saw them
+            self.data.mean, self.data.std = IMAGENET_STATS
+        elif cfg.model.init_from:
+            self.data.mean, self.data.std = start.preprocessing["mean"], start.preprocessing["std"]
+        self.model.to(self.device, memory_format=memory_format)
+        if cfg.model.freeze_body:
+            self._freeze_body()
+        self.normalize = normalize = Normalize(self.data.mean, self.data.std, self.device, self.channels_last)
         self.params = count_params(self.model)
-        if hasattr(self.model, "init_from_data") and checkpoint is None:
+        if hasattr(self.model, "init_from_data") and checkpoint is None and not cfg.model.init_from:
             self._init_from_data(normalize)
         auto_lr = cfg.optim.lr == "auto"
         if auto_lr:
@@ -197,6 +205,29 @@ class Trainer:
         if checkpoint is not None:
             self._restore(checkpoint)  # a resumed run keeps logging to its own store unless told otherwise
             self.tracking_uri = opts.tracking_uri or checkpoint["tracking_uri"]
+
+    def _starting_weights(self, load: bool):
+        """--init-from: the bundle (or None), its weights loaded when `load`, its head too when the classes are
+        the same."""
+        if not self.cfg.model.init_from:
+            return None
+        bundle = load_bundle(self.cfg.model.init_from)
+        if not load:
+            return bundle
+        weights = {k: v for k, v in bundle.model.state_dict().items()}
+        if bundle.classes != self.data.classes:
+            own = self.model.state_dict()
+            weights = {k: own[k] if is_head(k) else v for k, v in weights.items()}
+        load_weights(self.model, weights, f"--init-from {bundle.path} (a {bundle.config.model.model})")
+        return bundle
+
+    def _freeze_body(self) -> None:
+        norm_params = {id(p) for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                       for p in m.parameters()}
+        fresh = getattr(self.model, "fresh_parameters", set())
+        for name, p in self.model.named_parameters():
+            if not is_head(name) and id(p) not in norm_params and name not in fresh:
+                p.requires_grad_(False)
 
     def _init_from_data(self, normalize: Normalize) -> None:
         """Data-dependent init (e.g. FastNet's whitening) from up to 5,000 training images, normalized."""

@@ -1,0 +1,115 @@
+"""Transfer learning: class subsets, --init-from, --pretrained (offline and from the cache), freezing,
+discriminative rates, fine-tune's two stages and the linear probe."""
+
+import json
+import urllib.error
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from imagefit.bundle import load_bundle
+from imagefit.config import Config
+from imagefit.models import create_model
+from imagefit.optim import param_groups
+
+from .conftest import TINY
+from .test_train import fails, run
+
+ANIMALS = "bird,cat,deer,dog,frog"
+VEHICLES = "airplane,automobile,ship,truck"
+
+
+def test_class_subset_and_per_class_limit(capsys, cifar_dir):
+    r = run(capsys, "train", "--data", str(cifar_dir), *TINY, "--classes", VEHICLES, "--per-class", "5",
+            "--val-fraction", "0.2", "--out", "runs/v")
+    assert r["n"] == 4 * 4  # the test split follows the subset
+    meta = json.load(open("runs/v/metrics.json"))
+    assert list(meta["test"]["per_class"]) == VEHICLES.split(",")
+    e = run(capsys, "evaluate", "--bundle", "runs/v")
+    assert e["accuracy"] == pytest.approx(r["accuracy"])
+    assert "--classes names horsey, plane, not in" in fails(capsys, "train", "--data", str(cifar_dir), *TINY,
+                                                           "--classes", "cat,horsey,plane")
+
+
+def test_init_from_freeze_and_fine_tune(capsys, cifar_dir):
+    data = ["--data", str(cifar_dir)]
+    run(capsys, "train", *data, *TINY, "--classes", ANIMALS, "--out", "runs/animals")
+    source = load_file("runs/animals/bundle.safetensors")
+    tuned = run(capsys, "fine-tune", *data, *TINY, "--classes", VEHICLES, "--init-from", "runs/animals",
+                "--lr", "0.05", "--out", "runs/ft")
+    head, body = load_file("runs/ft/1-head/bundle.safetensors"), load_file("runs/ft/2-all/bundle.safetensors")
+    convs = [k for k in source if k.endswith("conv1.weight") or k.endswith("conv2.weight") or k == "stem.0.weight"]
+    assert convs and all(head[k].equal(source[k]) for k in convs)  # stage 1: the body stayed frozen
+    assert not all(body[k].equal(source[k]) for k in convs)  # stage 2: it learned
+    assert head["fc.weight"].shape[0] == 4 and tuned["layer_lr_decay"] == 2.6
+    assert tuned["accuracy"] == tuned["all"]["accuracy"] and tuned["bundle"].endswith("2-all/bundle.safetensors")
+    # the normalization is the source bundle's, not the vehicle subset's own statistics
+    assert load_bundle("runs/ft/2-all").preprocessing["mean"] == load_bundle("runs/animals").preprocessing["mean"]
+
+
+def test_init_from_an_incompatible_bundle_names_the_layers(capsys, cifar_dir):
+    run(capsys, "train", "--data", str(cifar_dir), *TINY, "--out", "runs/small")
+    err = fails(capsys, "train", "--data", str(cifar_dir), *TINY[:-6], "--widths", "8,32", "--batch-size", "16",
+                "--epochs", "1", "--init-from", "runs/small")
+    assert "shape differs: layers.1.0.conv1.weight" in err and "(a resnet)" in err
+
+
+def test_pretrained_offline_names_the_file_and_the_cache(capsys, cifar_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    err = fails(capsys, "train", "--data", str(cifar_dir), "--model", "resnet18", "--pretrained", "imagenet",
+                "--epochs", "1", "--tracking-uri", "none")
+    assert "resnet18-f37072fd.pth" in err and str(tmp_path / "torch" / "hub" / "checkpoints") in err
+    assert "has weights for resnet18, resnet34 and resnet50" in fails(
+        capsys, "train", "--data", str(cifar_dir), *TINY, "--pretrained", "imagenet")
+    assert "must be one of none, imagenet" in fails(capsys, "train", "--data", str(cifar_dir), *TINY,
+                                                    "--pretrained", "places365")
+
+
+def test_pretrained_weights_from_the_cache_and_their_statistics(tmp_path, monkeypatch):
+    import torchvision
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    fake = torchvision.models.resnet18(weights=None).state_dict()  # stands in for the real download
+    torch.save(fake, cache / "resnet18-f37072fd.pth")
+    cfg = Config()
+    cfg.model.model, cfg.model.pretrained, cfg.model.stem = "resnet18", "imagenet", "imagenet"
+    model = create_model(3, cfg.model)
+    assert model.layer1[0].conv1.weight.equal(fake["layer1.0.conv1.weight"]) and model.fc.out_features == 3
+    cfg.model.stem = "cifar"
+    model = create_model(3, cfg.model)
+    assert model.layer4[1].conv2.weight.equal(fake["layer4.1.conv2.weight"])
+    assert model.conv1.weight.shape[-1] == 3 and model.fresh_parameters == {"conv1.weight"}
+
+
+def test_discriminative_rates_fall_by_the_factor_per_layer_group():
+    cfg = Config()
+    cfg.model.model, cfg.optim.lr, cfg.optim.layer_lr_decay = "resnet20", 0.1, 3.0
+    model = create_model(10, cfg.model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    rate = {names[id(p)]: g["lr"] for g in param_groups(model, cfg) for p in g["params"]}
+    assert rate["fc.weight"] == pytest.approx(0.1)
+    assert rate["layers.2.0.conv1.weight"] == pytest.approx(0.1 / 3)
+    assert rate["layers.0.0.conv1.weight"] == pytest.approx(0.1 / 27) == rate["layers.0.1.bn1.weight"]
+    assert rate["stem.0.weight"] == pytest.approx(0.1 / 81)
+    assert sum(len(g["params"]) for g in param_groups(model, cfg)) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("head", ["svm", "logistic"])
+def test_linear_probe_reports_like_a_model(capsys, cifar_dir, head):
+    run(capsys, "train", "--data", str(cifar_dir), *TINY, "--out", "runs/src")
+    r = run(capsys, "features", "--data", str(cifar_dir), "--model", "resnet", "--blocks", "1,1", "--widths",
+            "8,16", "--init-from", "runs/src", "--head", head, "--out", "runs/probe")
+    assert r["features"] == 16 and r["n"] == 40 and 0 <= r["accuracy"] <= 1 and len(r["confusion"]) == 10
+    assert (r["loss"] is None) == (head == "svm")
+    assert json.load(open("runs/probe/linear_probe.json"))["accuracy"] == r["accuracy"]
+
+
+def test_transfer_commands_need_starting_weights(capsys, cifar_dir):
+    assert "starts from trained weights" in fails(capsys, "fine-tune", "--data", str(cifar_dir), *TINY)
+    assert "starts from trained weights" in fails(capsys, "features", "--data", str(cifar_dir), "--model", "resnet20")
