@@ -57,8 +57,8 @@ def fine_tune(cfg: Config, opts: RunOptions, head_epochs: int, lr_given: bool) -
         if stages[name].get("stopped") == "interrupted":
             raise ImagefitError(f"stage '{name}' was interrupted; run fine-tune again with a new --out "
                                 f"(stages restart from their first epoch)")
-    result = {"accuracy": stages["all"].get("accuracy"), "bundle": stages["all"]["bundle"],
-              "head": stages["head"], "all": stages["all"], "layer_lr_decay": body.optim.layer_lr_decay}
+    result = {"accuracy": stages["all"].get("accuracy"), "n": stages["all"].get("n"),
+              "bundle": stages["all"]["bundle"], "head": stages["head"], "all": stages["all"], "layer_lr_decay": body.optim.layer_lr_decay}
     atomic_write_text(out / "fine_tune.json", json.dumps(result, indent=1, default=str))
     return result
 
