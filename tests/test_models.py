@@ -52,3 +52,14 @@ def test_fastnet_whitening_decorrelates_patches():
     off_diagonal = cov - torch.diag(torch.diag(cov))
     assert off_diagonal.abs().max() < 0.05 and torch.allclose(torch.diag(cov), torch.ones(12), atol=0.05)
     assert model(images[:2, :, :, :].expand(2, 3, 16, 16).repeat(1, 1, 2, 2)).shape == (2, 10)
+
+
+def test_fastnet_widths_are_configurable_with_three_groups():
+    from imagefit.config import Config
+    model = create_model(10, ModelConfig(model="fastnet-small", widths=[24, 64, 192]))
+    assert [g.conv2.out_channels for g in model.layers[:3]] == [24, 64, 192] and model.fc.in_features == 192
+    assert create_model(10, ModelConfig(model="fastnet-small")).fc.in_features == 128  # its own by default
+    cfg = Config()
+    cfg.model.model, cfg.model.widths = "fastnet", [32, 64]
+    with pytest.raises(ImagefitError, match="names its three conv groups"):
+        cfg.validate()

@@ -71,7 +71,8 @@ class ModelConfig:
                     choices=("cifar", "imagenet"))
     dropout: float = opt(0.0, "dropout before the classifier head", low=0.0, high=0.95)
     blocks: list[int] = opt([2, 2, 2, 2], "configurable resnet: residual blocks per stage")
-    widths: list[int] = opt([64, 128, 256, 512], "configurable resnet: channels per stage")
+    widths: list[int] = opt([64, 128, 256, 512], "configurable resnet: channels per stage; fastnet models: "
+                                                 "channels of the three conv groups (default: the model's own)")
     max_params: int = opt(0, "refuse a model with more parameters than this (0: no limit)", low=0)
     pretrained: str = opt("none", "start from torchvision's ImageNet weights (resnet18/34/50); inputs are then "
                                   "normalized with ImageNet's statistics, the ones the weights were trained with",
@@ -204,7 +205,8 @@ class Config:
         check_name(self.model.model)
         m, defaults = self.model, ModelConfig()
         fastnet = m.model.startswith("fastnet")
-        ignored = {"blocks": m.model != "resnet", "widths": m.model != "resnet", "whiten_bias_epochs": not fastnet,
+        ignored = {"blocks": m.model != "resnet", "widths": m.model != "resnet" and not fastnet,
+                   "whiten_bias_epochs": not fastnet,
                    "stem": fastnet}
         for name, ignores in ignored.items():
             if ignores and getattr(m, name) != getattr(defaults, name):
@@ -215,6 +217,9 @@ class Config:
                                 f"--model {m.model}")
         if m.pretrained != "none" and m.init_from:
             raise ImagefitError("--pretrained and --init-from both choose the starting weights; keep one")
+        if fastnet and m.widths != defaults.widths and len(m.widths) != 3:
+            raise ImagefitError(f"--widths for --model {m.model} names its three conv groups, e.g. 32,64,128 "
+                                f"(got {len(m.widths)} numbers)")
         if self.model.model == "resnet" and len(self.model.blocks) != len(self.model.widths):
             raise ImagefitError(f"--blocks ({len(self.model.blocks)} stages) and --widths "
                                 f"({len(self.model.widths)} stages) must name the same number of stages")

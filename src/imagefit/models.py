@@ -276,11 +276,12 @@ class FastNet(nn.Module):
         return self.fc(torch.flatten(x, 1)) / 9
 
 
-@register("fastnet")
-def _fastnet(num_classes: int, cfg: ModelConfig) -> nn.Module:
-    return FastNet(num_classes, (64, 256, 256), cfg.dropout, cfg.whiten_bias_epochs)  # airbench94's widths
+def _fastnet(widths: tuple[int, int, int]):
+    def build(num_classes: int, cfg: ModelConfig) -> nn.Module:
+        own = tuple(cfg.widths) if cfg.widths != ModelConfig().widths else widths  # --widths, when given
+        return FastNet(num_classes, own, cfg.dropout, cfg.whiten_bias_epochs)
+    return build
 
 
-@register("fastnet-small")
-def _fastnet_small(num_classes: int, cfg: ModelConfig) -> nn.Module:
-    return FastNet(num_classes, (32, 64, 128), cfg.dropout, cfg.whiten_bias_epochs)
+register("fastnet")(_fastnet((64, 256, 256)))  # airbench94's widths
+register("fastnet-small")(_fastnet((32, 64, 128)))
