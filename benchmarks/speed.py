@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from anchor import ANCHORS, AnchorNet, anchor_accuracy, count_flops, train_anchor  # noqa: E402
 
-from imagefit.config import Config, DataConfig, load_recipe  # noqa: E402
+from imagefit.config import Config, DataConfig, all_fields, coerce, load_recipe  # noqa: E402
 from imagefit.data import load_splits  # noqa: E402
 from imagefit.evaluate import gather_logits  # noqa: E402
 from imagefit.models import create_model  # noqa: E402
@@ -66,8 +66,22 @@ def eval_flops(model: torch.nn.Module, n: int, size: int, tta: str) -> int:
     return count_flops(model, torch.randn(1, 3, size, size), None, train=False) * n * TTA_VIEWS[tta]
 
 
+def recipe_config(spec: str) -> Config:
+    """A recipe name or path, optionally with field overrides: `fast@progressive_sizes=;epochs=3`."""
+    name, _, overrides = spec.partition("@")
+    cfg = Config.from_dict(load_recipe(name), where=name)
+    sections = {f.name: section for section, f in all_fields()}
+    for item in filter(None, overrides.split(";")):
+        field, _, value = item.partition("=")
+        if field not in sections:
+            raise SystemExit(f"{spec}: no config field '{field}'")
+        target = getattr(cfg, sections[field])
+        setattr(target, field, coerce(target, field, value, spec))
+    return cfg
+
+
 def run_recipe(recipe: str, data: str, seed: int, startup: float) -> dict:
-    cfg = Config.from_dict(load_recipe(recipe), where=recipe)
+    cfg = recipe_config(recipe)
     cfg.data.data, cfg.train.seed = data, seed
     cfg.validate()
     curve, off_clock, steps = [], [0.0], []
@@ -152,7 +166,8 @@ def plot(runs: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True)
-    p.add_argument("--recipes", default="fast", help="comma-separated recipe names ('' for none)")
+    p.add_argument("--recipes", nargs="*", default=["fast"], help="recipe names or paths, each optionally with "
+                   "overrides after @ ('fast@progressive_sizes=16,20;epochs=3'); none given: none")
     p.add_argument("--anchors", default="airbench94-small", help=f"comma-separated: {', '.join(ANCHORS)} ('' for none)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and the PNG")
@@ -160,10 +175,11 @@ def main() -> None:
     startup = import_seconds()
     print(f"interpreter start + imports: {startup:.1f} s; {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
-    recipes, anchors = list(filter(None, args.recipes.split(","))), list(filter(None, args.anchors.split(",")))
+    recipes, anchors = args.recipes, list(filter(None, args.anchors.split(",")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"speed-{date.today()}-{'-'.join(Path(r).stem for r in recipes + anchors)}"
+    tag = "-".join(Path(r.partition("@")[0]).stem + ("-variant" if "@" in r else "") for r in recipes + anchors)
+    stem = out / f"speed-{date.today()}-{tag}"
     runs = []
     for seed in range(args.seeds):  # seeds outermost: rows interleave, so machine drift hits all alike
         for kind, name in [("recipe", r) for r in recipes] + [("anchor", a) for a in anchors]:
