@@ -21,6 +21,7 @@ import yaml
 from .errors import ImagefitError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+TTA_MODES = ("none", "flip", "crops", "flip+crops")  # evaluate.tta_views says what each is
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, low: float | None = None,
@@ -133,8 +134,10 @@ class TrainConfig:
                        choices=("val_accuracy", "val_loss"))
     lookahead: int = opt(0, "every this many steps, move the weights to a slow average of themselves, which "
                             "averages more as training ends (airbench's lookahead; 0: off)", low=0)
-    tta: str = opt("none", "test-time augmentation for validation and test: none, flip (2 views) or "
-                           "flip-translate (6 views)", choices=("none", "flip", "flip-translate"))
+    tta: str = opt("none", "test-time augmentation for validation and test: none, flip (2 views), crops (3: the "
+                           "image and two 1-pixel shifts) or flip+crops (6)", choices=TTA_MODES)
+    tta_average: str = opt("logits", "how test-time views combine: mean of the logits or of the probabilities",
+                           choices=("logits", "probs"))
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     channels_last: str = opt("auto", "channels_last memory layout (auto: on; 10-17%% faster than contiguous for "
                                      "ResNets on a CPU here, benchmarks/RESULTS.md)", choices=("auto", "yes", "no"))

@@ -397,7 +397,7 @@ class Trainer:
         row = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1),
                "lr": self.optimizer.param_groups[0]["lr"]}
         if self.val_loader:
-            logits, labels = gather_logits(self.model, self.val_loader, self.autocast, self.cfg.train.tta)
+            logits, labels = self._scores(self.val_loader)
             row["val_loss"] = F.cross_entropy(logits, labels).item()
             row["val_accuracy"] = (logits.argmax(1) == labels).float().mean().item()
         if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -428,6 +428,10 @@ class Trainer:
 
     # -- the end -----------------------------------------------------------------------------------------------
 
+    def _scores(self, loader: Loader) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.cfg.train
+        return gather_logits(self.model, loader, self.autocast, t.tta, t.tta_average)
+
     def _finish(self, stopped: str) -> dict:
         """Best weights back in, test evaluation, plots, bundle, tracking; the result as a dict."""
         best = self.out / "checkpoints" / "best.safetensors"
@@ -436,11 +440,10 @@ class Trainer:
         metrics = {"epochs": self.epoch, "best_epoch": self.best_epoch, "params": self.params,
                    "seconds": round(self.seconds, 2), "stopped": stopped}
         if self.val_loader:
-            metrics["val_accuracy"] = summarize(*gather_logits(self.model, self.val_loader, self.autocast, self.cfg.train.tta),
-                                                self.data.classes)["accuracy"]
+            metrics["val_accuracy"] = summarize(*self._scores(self.val_loader), self.data.classes)["accuracy"]
         report = None
         if self.test_loader:
-            report = summarize(*gather_logits(self.model, self.test_loader, self.autocast, self.cfg.train.tta), self.data.classes)
+            report = summarize(*self._scores(self.test_loader), self.data.classes)
             metrics.update({k: report[k] for k in ("accuracy", "top5", "loss", "n")})
         artifacts = [plots.training_curves(self.history, self.out / "curves.png")]
         if report:
