@@ -302,7 +302,8 @@ def _bundle_scores(bundle, args, tta: str, average: str):
     device = next(bundle.model.parameters()).device
     loader = Loader(data, args.batch_size, bundle.normalizer(device), device=device)
     with torch.inference_mode():
-        return gather_logits(bundle.model, loader, tta=tta, average=average)
+        scores, labels = gather_logits(bundle.model, loader, tta=tta, average=average)
+    return bundle.adjust(scores), labels
 
 
 def _print_evaluation(m: dict, classes: list[str], format_report) -> None:
