@@ -100,7 +100,7 @@ def train_anchor(name: str, splits: Splits, seed: int, on_epoch_end=None) -> dic
 
 
 @torch.no_grad()
-def anchor_accuracy(model: nn.Module, splits: Splits, normalize: Normalize, tta: str = "flip-translate") -> float:
+def anchor_accuracy(model: nn.Module, splits: Splits, normalize: Normalize, tta: str = "flip+crops") -> float:
     loader = Loader(splits.test, 1000, normalize)
     logits, labels = gather_logits(model, loader, tta=tta)
     return (logits.argmax(1) == labels).float().mean().item()

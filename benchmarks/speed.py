@@ -39,7 +39,7 @@ from imagefit.evaluate import gather_logits  # noqa: E402
 from imagefit.models import create_model  # noqa: E402
 from imagefit.train import RunOptions, train  # noqa: E402
 
-TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}
+TTA_VIEWS = {"none": 1, "flip": 2, "crops": 3, "flip+crops": 6}
 
 
 def import_seconds() -> float:
@@ -127,7 +127,7 @@ def run_anchor(name: str, data: str, seed: int) -> dict:
     flops = training_flops(model, batch, len(splits.train) // batch, [32] * epochs, 3)
     return {"row": name, "seed": seed, "accuracy": accuracy, "wall_s": round(wall, 1),
             "train_s": round(out["seconds"], 1), "train_flops": flops,
-            "eval_flops": eval_flops(model, len(splits.test), 32, "flip-translate"), "curve": curve}
+            "eval_flops": eval_flops(model, len(splits.test), 32, "flip+crops"), "curve": curve}
 
 
 def summary(runs: list[dict]) -> list[dict]:

@@ -27,3 +27,14 @@ def test_summarize_matches_torchmetrics(k):
     assert m["confusion"] == multiclass_confusion_matrix(logits, labels, num_classes=k).tolist()
     assert [m["per_class"][f"c{i}"]["support"] for i in range(k)] == torch.bincount(labels, minlength=k).tolist()
     assert m["per_class"][f"c{k - 1}"]["recall"] == 0.0 and m["per_class"]["c0"]["precision"] == 0.0
+
+
+def test_balanced_accuracy_and_macro_f1_match_torchmetrics_on_imbalanced_labels():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.cat([torch.zeros(450, dtype=torch.long), torch.ones(40, dtype=torch.long), torch.full((10,), 2)])
+    logits = torch.randn(500, 3, generator=gen)
+    logits[:, 0] += 1.5  # a model that favours the large class
+    m = summarize(logits, labels, ["big", "mid", "small"])
+    assert m["balanced_accuracy"] == pytest.approx(multiclass_recall(logits, labels, num_classes=3).item())
+    assert m["macro_f1"] == pytest.approx(multiclass_f1_score(logits, labels, num_classes=3).item())
+    assert m["balanced_accuracy"] < m["accuracy"]

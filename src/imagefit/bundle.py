@@ -49,10 +49,15 @@ class Bundle:
         arrays = [load_image(s, p["size"], p["resize"]) for s in sources]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
+    def adjust(self, scores: torch.Tensor) -> torch.Tensor:
+        """The logit adjustment training chose (--logit-adjust), if any."""
+        la = self.preprocessing.get("logit_adjust")
+        return scores - la["tau"] * torch.tensor(la["log_prior"], device=scores.device) if la else scores
+
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        return self.model(self.normalizer(device)(images.to(device))).float().softmax(1).cpu()
+        return self.adjust(self.model(self.normalizer(device)(images.to(device))).float()).softmax(1).cpu()
 
 
 def save_bundle(path: str | Path, model: nn.Module, classes: list[str], preprocessing: dict, config: Config,

@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from .config import Config, all_fields, check_fixed, coerce, field_types, flag, load_recipe, recipe_names
+from .config import (TTA_MODES, Config, all_fields, check_fixed, coerce, field_types, flag, load_recipe,
+                     recipe_names)
 from .errors import ImagefitError
 
 RUN_OPTIONS = ("out", "resume", "tracking_uri", "experiment", "stop_after_steps", "progress", "json", "recipe")
@@ -106,13 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(run)
     _add_config_flags(p)
 
-    p = sub.add_parser("evaluate", help="evaluate a bundle on a data folder's test split")
-    p.add_argument("--bundle", required=True, help="run folder or bundle.safetensors")
-    p.add_argument("--data", help="data folder (default: the one the bundle was trained on)")
+    p = sub.add_parser("evaluate", help="evaluate a bundle (or an ensemble of bundles) on a test split")
+    p.add_argument("--bundle", required=True, action="append",
+                   help="run folder or bundle.safetensors; repeat it to evaluate an ensemble")
+    p.add_argument("--data", help="data folder (default: the one the (first) bundle was trained on)")
     p.add_argument("--split", choices=("test", "val"), default="test", help="which split to evaluate")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--tta", choices=("none", "flip", "flip-translate"),
-                   help="test-time augmentation (default: the one the bundle was trained with)")
+    p.add_argument("--tta", choices=TTA_MODES,
+                   help="test-time augmentation (default: the one each bundle was trained with)")
+    p.add_argument("--tta-average", choices=("logits", "probs"), help="how views combine (default: the bundle's)")
+    p.add_argument("--vote", choices=("soft", "hard"), default="soft",
+                   help="ensembles: mean probability (soft) or majority (hard, ties broken by probability)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     _add_json(p)
 
@@ -233,16 +238,56 @@ def cmd_features(args) -> dict:
 
 
 def cmd_evaluate(args) -> dict:
-    import torch
-
     from . import plots
     from .bundle import load_bundle
-    from .data import align_classes, load_splits, load_test_split
-    from .evaluate import format_report, gather_logits, summarize
-    from .loader import Loader
+    from .ensemble import check_same_classes, combine, disagreement, independent_error
+    from .evaluate import format_report, summarize
     from .train import resolve_device
     device = resolve_device(args.device)
-    bundle = load_bundle(args.bundle, device)
+    bundles = [load_bundle(b, device) for b in args.bundle]
+    check_same_classes([str(b.path) for b in bundles], [b.classes for b in bundles])
+    classes = bundles[0].classes
+    members, plain = [], []
+    for bundle in bundles:
+        tta = args.tta or bundle.config.train.tta
+        scores, labels = _bundle_scores(bundle, args, tta, args.tta_average or bundle.config.train.tta_average)
+        members.append({"bundle": str(bundle.path), "tta": tta, "scores": scores,
+                        **summarize(scores, labels, classes)})
+        if tta != "none":  # the same model without TTA, side by side
+            plain.append(summarize(_bundle_scores(bundle, args, "none", "logits")[0], labels, classes)["accuracy"])
+    if len(bundles) == 1:
+        m = {k: v for k, v in members[0].items() if k != "scores"}
+        if plain:
+            m["accuracy_without_tta"] = plain[0]
+    else:
+        probs = [r["scores"].softmax(1) for r in members]
+        m = summarize(combine(probs, args.vote), labels, classes)
+        if args.vote == "hard":
+            m["loss"] = None  # vote counts, not log-probabilities
+        errors = [1 - r["accuracy"] for r in members]
+        m.update(vote=args.vote, members=[{k: r[k] for k in ("bundle", "tta", "accuracy", "balanced_accuracy")}
+                                          for r in members],
+                 best_member_accuracy=max(r["accuracy"] for r in members),
+                 independent_error=independent_error(sum(errors) / len(errors), len(members)),
+                 observed_error=1 - m["accuracy"], disagreement=disagreement([p.argmax(1) for p in probs]))
+    run_dir = bundles[0].path.parent
+    try:
+        m["confusion_png"] = str(plots.confusion_matrix(m["confusion"], classes,
+                                                        run_dir / f"confusion-{args.split}.png"))
+    except OSError:
+        pass  # a read-only bundle folder: the numbers still print
+    if not args.json:
+        _print_evaluation(m, classes, format_report)
+    return {**m, "split": args.split, "bundle": args.bundle[0] if len(args.bundle) == 1 else args.bundle}
+
+
+def _bundle_scores(bundle, args, tta: str, average: str):
+    """One bundle's scores on the chosen split, through its own preprocessing."""
+    import torch
+
+    from .data import align_classes, load_splits, load_test_split
+    from .evaluate import gather_logits
+    from .loader import Loader
     cfg = bundle.config.data
     if args.data:
         cfg.data = args.data
@@ -251,20 +296,26 @@ def cmd_evaluate(args) -> dict:
     else:
         data = load_splits(cfg, bundle.config.train.seed).val
         if data is None:
-            raise ImagefitError("this bundle was trained without a validation split (--val-fraction 0); use --split test")
+            raise ImagefitError(f"{bundle.path} was trained without a validation split (--val-fraction 0); "
+                                f"use --split test")
     data = align_classes(data, bundle.classes)
+    device = next(bundle.model.parameters()).device
     loader = Loader(data, args.batch_size, bundle.normalizer(device), device=device)
     with torch.inference_mode():
-        m = summarize(*gather_logits(bundle.model, loader, tta=args.tta or bundle.config.train.tta), bundle.classes)
-    run_dir = bundle.path.parent
-    try:
-        m["confusion_png"] = str(plots.confusion_matrix(m["confusion"], bundle.classes,
-                                                        run_dir / f"confusion-{args.split}.png"))
-    except OSError:
-        pass  # a read-only bundle folder: the numbers still print
-    if not args.json:
-        print(format_report(m, bundle.classes))
-    return {**m, "split": args.split, "bundle": str(bundle.path)}
+        scores, labels = gather_logits(bundle.model, loader, tta=tta, average=average)
+    return bundle.adjust(scores), labels
+
+
+def _print_evaluation(m: dict, classes: list[str], format_report) -> None:
+    if "members" in m:
+        for r in m["members"]:
+            print(f"member {r['bundle']}: accuracy {r['accuracy']:.4f} (tta {r['tta']})")
+        print(f"ensemble ({m['vote']} voting of {len(m['members'])}): error {m['observed_error']:.4f}; independent "
+              f"members would give {m['independent_error']:.4f}; members disagree on {m['disagreement']:.1%} of "
+              f"images (pairwise)")
+    elif "accuracy_without_tta" in m:
+        print(f"accuracy {m['accuracy']:.4f} with TTA, {m['accuracy_without_tta']:.4f} without")
+    print(format_report(m, classes))
 
 
 def _image_files(paths: list[str]) -> list[str]:

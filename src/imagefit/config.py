@@ -21,6 +21,7 @@ import yaml
 from .errors import ImagefitError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+TTA_MODES = ("none", "flip", "crops", "flip+crops")  # evaluate.tta_views says what each is
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, low: float | None = None,
@@ -47,6 +48,9 @@ class DataConfig:
     skip_bad_images: bool = opt(False, "skip unreadable image files (with a warning) instead of stopping")
     classes: list[str] = opt([], "use only these classes (names, comma-separated; labels follow this order); "
                                  "empty: all")
+    imbalance: str = opt("none", "make the training set imbalanced for study: exp:RATIO (long-tailed, largest/"
+                                 "smallest class = RATIO) or step:RATIO (half the classes cut to 1/RATIO); seeded, "
+                                 "the test split untouched")
     per_class: int = opt(0, "keep at most this many training images per class, a seeded choice (0: all); for "
                             "small-data experiments", low=0)
 
@@ -133,8 +137,16 @@ class TrainConfig:
                        choices=("val_accuracy", "val_loss"))
     lookahead: int = opt(0, "every this many steps, move the weights to a slow average of themselves, which "
                             "averages more as training ends (airbench's lookahead; 0: off)", low=0)
-    tta: str = opt("none", "test-time augmentation for validation and test: none, flip (2 views) or "
-                           "flip-translate (6 views)", choices=("none", "flip", "flip-translate"))
+    balance: str = opt("none", "class-imbalance remedy: oversample (every class drawn to the largest count each "
+                               "epoch), undersample (to the smallest), reweight (loss weight N/(K·n_class))",
+                       choices=("none", "oversample", "undersample", "reweight"))
+    logit_adjust: float | str = opt(0.0, "at evaluation, subtract this times the log of each class's training "
+                                         "prior from the scores (0: off; auto: chosen on the validation split)",
+                                    low=0.0, high=10.0)
+    tta: str = opt("none", "test-time augmentation for validation and test: none, flip (2 views), crops (3: the "
+                           "image and two 1-pixel shifts) or flip+crops (6)", choices=TTA_MODES)
+    tta_average: str = opt("logits", "how test-time views combine: mean of the logits or of the probabilities",
+                           choices=("logits", "probs"))
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     channels_last: str = opt("auto", "channels_last memory layout (auto: on; 10-17%% faster than contiguous for "
                                      "ResNets on a CPU here, benchmarks/RESULTS.md)", choices=("auto", "yes", "no"))
@@ -196,6 +208,11 @@ class Config:
         if any(s > self.data.size for s in self.augment.progressive_sizes):
             raise ImagefitError(f"--progressive-sizes {','.join(map(str, self.augment.progressive_sizes))} must not "
                                 f"exceed --size {self.data.size}; progressive resizing trains smaller first")
+        from .imbalance import parse
+        parse(self.data.imbalance)
+        if self.train.logit_adjust == "auto" and self.data.val_fraction == 0:
+            raise ImagefitError("--logit-adjust auto chooses on the validation split; set --val-fraction above 0 "
+                                "or give a number")
         if self.optim.lr == "auto" and self.optim.optimizer == "muon":
             raise ImagefitError("--lr auto finds one rate, and --optimizer muon has two (--lr, --muon-lr): give both "
                                 "as numbers, or use --optimizer sgd/adamw with --lr auto")

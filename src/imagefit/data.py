@@ -408,10 +408,14 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         test = select_classes(test, cfg.classes) if test is not None else None
     if cfg.per_class:
         train = train.subset(per_class_subset(train.labels, cfg.per_class, seed))
+    if cfg.imbalance != "none":
+        from .imbalance import imbalanced_subset
+        train = train.subset(imbalanced_subset(train.labels, cfg.imbalance, len(train.classes), seed))
     keep, held = stratified_split(train.labels, cfg.val_fraction, seed)
     val = train.subset(held) if len(held) else None
     train = train.subset(keep)
-    key = _fingerprint(fingerprint, cfg.size, cfg.resize, cfg.val_fraction, seed, cfg.classes, cfg.per_class)
+    key = _fingerprint(fingerprint, cfg.size, cfg.resize, cfg.val_fraction, seed, cfg.classes, cfg.per_class,
+                       cfg.imbalance)
     mean, std = _cached_stats(train, key)
     return Splits(train, val, test, train.classes, mean, std, str(where))
 

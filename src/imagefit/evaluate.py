@@ -12,37 +12,52 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import TTA_MODES
+from .errors import ImagefitError
 from .loader import Loader
 
 
-def predict_logits(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """Logits for a normalized batch, averaged over test-time views: `flip` adds the mirror image; `flip-translate`
-    also the image shifted one pixel up-left and down-right (reflect-padded), each with its mirror, weighted as
-    airbench does: half on the two unshifted views, half on the four shifted ones."""
-    def with_mirror(v: torch.Tensor) -> torch.Tensor:
-        return (model(v).float() + model(v.flip(-1)).float()) / 2
-
+def tta_views(x: torch.Tensor, tta: str) -> list[tuple[float, torch.Tensor]]:
+    """(weight, view) pairs for a normalized batch. `flip`: the image and its mirror. `crops`: the image and two
+    copies shifted one pixel up-left and down-right (reflect-padded). `flip+crops`: those three, each with its
+    mirror. The unshifted views carry half the weight, as in airbench; 6 views at most, so the cost is at most
+    6 forward passes per batch."""
+    if tta not in TTA_MODES:
+        raise ImagefitError(f"unknown test-time augmentation '{tta}'; choose one of {', '.join(TTA_MODES)}")
     if tta == "none":
-        return model(x).float()
-    logits = with_mirror(x)
-    if tta == "flip-translate":
+        return [(1.0, x)]
+    views = [(1.0, x)]
+    if tta in ("crops", "flip+crops"):
         h, w = x.shape[-2:]
         padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        shifted = (with_mirror(padded[..., :h, :w]) + with_mirror(padded[..., 2:, 2:])) / 2
-        logits = (logits + shifted) / 2
-    return logits
+        views = [(0.5, x), (0.25, padded[..., :h, :w]), (0.25, padded[..., 2:, 2:])]
+    if tta in ("flip", "flip+crops"):
+        views = [(w / 2, view) for w, v in views for view in (v, v.flip(-1))]
+    return views
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, tta: str = "none", average: str = "logits") -> torch.Tensor:
+    """Scores for a normalized batch over the test-time views of `tta`: the weighted mean of the logits, or with
+    `average="probs"` the log of the weighted mean probability (so softmax and argmax read it like logits)."""
+    views = tta_views(x, tta)
+    if average == "logits":
+        return sum(w * model(v).float() for w, v in views)
+    if average == "probs":
+        return torch.log(sum(w * model(v).float().softmax(1) for w, v in views).clamp_min(1e-30))
+    raise ImagefitError(f"--tta-average must be logits or probs (got {average!r})")
 
 
 @torch.inference_mode()
-def gather_logits(model: nn.Module, loader: Loader, autocast=None, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits (with test-time augmentation `tta`) and labels for every image the loader yields, in order,
-    on the CPU."""
+def gather_logits(model: nn.Module, loader: Loader, autocast=None, tta: str = "none",
+                  average: str = "logits") -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 scores (with test-time augmentation `tta`, see `predict_logits`) and labels for every image the
+    loader yields, in order, on the CPU."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
     for _, x, y in loader.batches():
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
-            logits.append(predict_logits(model, x, tta).cpu())
+            logits.append(predict_logits(model, x, tta, average).cpu())
         labels.append(y.cpu())
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
@@ -63,8 +78,12 @@ def summarize(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) ->
     recall = torch.where(support > 0, hits / support.clamp(min=1), 0.0)
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
     top5 = (logits.topk(min(5, k), dim=1).indices == labels[:, None]).any(1)
+    present = support > 0
     return {
         "accuracy": (hits.sum() / max(len(labels), 1)).item(),
+        # beside accuracy, because on imbalanced data accuracy mostly measures the large classes
+        "balanced_accuracy": recall[present].mean().item() if present.any() else 0.0,
+        "macro_f1": f1[present].mean().item() if present.any() else 0.0,
         "top5": top5.double().mean().item() if len(labels) else 0.0,
         "loss": F.cross_entropy(logits, labels).item(),
         "n": len(labels),
@@ -77,7 +96,8 @@ def summarize(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) ->
 def format_report(m: dict, classes: list[str]) -> str:
     """A plain-text table for the terminal."""
     loss = "" if m["loss"] is None else f"   loss {m['loss']:.4f}"
-    lines = [f"accuracy {m['accuracy']:.4f}   top-5 {m['top5']:.4f}{loss}   n {m['n']}",
+    lines = [f"accuracy {m['accuracy']:.4f}   balanced {m['balanced_accuracy']:.4f}   macro-F1 {m['macro_f1']:.4f}"
+             f"   top-5 {m['top5']:.4f}{loss}   n {m['n']}",
              f"{'class':>14} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
     for c in classes:
         r = m["per_class"][c]

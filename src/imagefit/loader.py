@@ -19,6 +19,7 @@ import torch
 
 from .augment import BatchAugment, Normalize
 from .data import FileSet, ImageSet
+from .imbalance import epoch_size, resampled_order
 
 
 def mix_seed(*parts: int) -> int:
@@ -40,23 +41,28 @@ class _Files(torch.utils.data.Dataset):
 class Loader:
     def __init__(self, data: ImageSet | FileSet, batch_size: int, normalize: Normalize, *,
                  augment: BatchAugment | None = None, shuffle: bool = False, drop_last: bool = False,
-                 seed: int = 0, device: torch.device = torch.device("cpu"), workers: int = 2):
+                 seed: int = 0, device: torch.device = torch.device("cpu"), workers: int = 2, balance: str = "none"):
         self.data, self.batch_size, self.normalize, self.augment = data, batch_size, normalize, augment
         self.shuffle, self.seed, self.device, self.workers = shuffle, seed, device, workers
+        self.balance = balance if balance in ("oversample", "undersample") else "none"  # reweight: the loss's job
+        self.epoch_size = epoch_size(data.labels, self.balance)
         # Dropping the last partial batch keeps batch statistics steady, unless it would leave no batch at all.
-        self.drop_last = drop_last and len(data) >= batch_size
+        self.drop_last = drop_last and self.epoch_size >= batch_size
         if isinstance(data, ImageSet):
             self.images = data.images.to(device)
             self.labels = data.labels.to(device)
 
     def __len__(self) -> int:
-        n = len(self.data)
+        n = self.epoch_size
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(len(self.data))
-        return torch.randperm(len(self.data), generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+        if self.balance != "none":
+            return resampled_order(self.data.labels, self.balance, gen)
+        return torch.randperm(len(self.data), generator=gen)
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """(step, images, labels) for the epoch's steps from `start` on; images ready for the model."""

@@ -39,6 +39,7 @@ from .data import ImageSet, Splits, load_splits
 from .errors import ImagefitError
 from .evaluate import gather_logits, summarize
 from .files import atomic_path, atomic_write_text
+from .imbalance import TAU_GRID, adjust, class_weights, log_priors
 from .loader import Loader, mix_seed
 from .lr_finder import FinderResult, range_test
 from .models import IMAGENET_STATS, count_params, create_model, is_head
@@ -86,12 +87,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def make_loss(cfg: Config):
+def make_loss(cfg: Config, weight: torch.Tensor | None = None):
+    """The training loss; `weight` (one per class) for --balance reweight."""
     if cfg.optim.loss == "nll":
         if cfg.optim.label_smoothing > 0:
             raise ImagefitError("--label-smoothing needs --loss cross-entropy; nll takes hard labels only")
-        return lambda logits, y: F.nll_loss(F.log_softmax(logits.float(), 1), y)
-    return nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        return lambda logits, y: F.nll_loss(F.log_softmax(logits.float(), 1), y, weight=weight)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.optim.label_smoothing)
 
 
 def autocast_for(device: torch.device, amp: str):
@@ -178,14 +180,17 @@ class Trainer:
         if auto_lr:
             cfg.optim.lr = 1.0  # a placeholder: the range test needs only the groups' ratios to it
         self.optimizer = build_optimizer(self.model, cfg)
-        self.loss_fn = make_loss(cfg)
+        k, labels = len(self.data.classes), self.data.train.labels
+        self.log_prior = log_priors(labels, k).to(self.device)  # for --logit-adjust
+        self.tau = 0.0 if t.logit_adjust == "auto" else t.logit_adjust  # auto: chosen at the end, on validation
+        self.loss_fn = make_loss(cfg, class_weights(labels, k).to(self.device) if t.balance == "reweight" else None)
         self.autocast, self.scaler = autocast_for(self.device, t.amp)
 
         common = dict(seed=t.seed, device=self.device, workers=cfg.data.workers)
         flip_seed = mix_seed(t.seed, 0, 0, 0)  # four parts: apart from every (seed, epoch[, step]) stream
         augment = BatchAugment(cfg.augment, normalize, len(self.data.train), flip_seed)
         self.train_loader = Loader(self.data.train, t.batch_size, normalize, augment=augment,
-                                   shuffle=True, drop_last=True, **common)
+                                   shuffle=True, drop_last=True, balance=t.balance, **common)
         eval_batch = max(t.batch_size, 256)
         self.val_loader = Loader(self.data.val, eval_batch, normalize, **common) if self.data.val else None
         self.test_loader = Loader(self.data.test, eval_batch, normalize, **common) if self.data.test else None
@@ -397,7 +402,7 @@ class Trainer:
         row = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1),
                "lr": self.optimizer.param_groups[0]["lr"]}
         if self.val_loader:
-            logits, labels = gather_logits(self.model, self.val_loader, self.autocast, self.cfg.train.tta)
+            logits, labels = self._scores(self.val_loader)
             row["val_loss"] = F.cross_entropy(logits, labels).item()
             row["val_accuracy"] = (logits.argmax(1) == labels).float().mean().item()
         if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -428,6 +433,22 @@ class Trainer:
 
     # -- the end -----------------------------------------------------------------------------------------------
 
+    def _scores(self, loader: Loader, tau: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.cfg.train
+        scores, labels = gather_logits(self.model, loader, self.autocast, t.tta, t.tta_average)
+        return adjust(scores, self.log_prior.cpu(), self.tau if tau is None else tau), labels
+
+    def _choose_tau(self) -> dict[str, float]:
+        """--logit-adjust auto: the strength with the best validation balanced accuracy (ties: the smaller)."""
+        t = self.cfg.train
+        scores, labels = gather_logits(self.model, self.val_loader, self.autocast, t.tta, t.tta_average)
+        table = {tau: summarize(adjust(scores, self.log_prior.cpu(), tau), labels, self.data.classes)["balanced_accuracy"]
+                 for tau in TAU_GRID}
+        self.tau = max(TAU_GRID, key=lambda tau: (table[tau], -tau))
+        self.log(f"logit adjustment: strength {self.tau:g} (validation balanced accuracy "
+                 f"{table[self.tau]:.4f}; {table[0.0]:.4f} without)")
+        return table
+
     def _finish(self, stopped: str) -> dict:
         """Best weights back in, test evaluation, plots, bundle, tracking; the result as a dict."""
         best = self.out / "checkpoints" / "best.safetensors"
@@ -435,12 +456,15 @@ class Trainer:
             load_weights(self.model, load_file(str(best)), str(best))
         metrics = {"epochs": self.epoch, "best_epoch": self.best_epoch, "params": self.params,
                    "seconds": round(self.seconds, 2), "stopped": stopped}
+        if self.cfg.train.logit_adjust == "auto":
+            self._choose_tau()
+        if self.tau or self.cfg.train.logit_adjust == "auto":
+            metrics["logit_adjust"] = self.tau
         if self.val_loader:
-            metrics["val_accuracy"] = summarize(*gather_logits(self.model, self.val_loader, self.autocast, self.cfg.train.tta),
-                                                self.data.classes)["accuracy"]
+            metrics["val_accuracy"] = summarize(*self._scores(self.val_loader), self.data.classes)["accuracy"]
         report = None
         if self.test_loader:
-            report = summarize(*gather_logits(self.model, self.test_loader, self.autocast, self.cfg.train.tta), self.data.classes)
+            report = summarize(*self._scores(self.test_loader), self.data.classes)
             metrics.update({k: report[k] for k in ("accuracy", "top5", "loss", "n")})
         artifacts = [plots.training_curves(self.history, self.out / "curves.png")]
         if report:
@@ -450,6 +474,8 @@ class Trainer:
 
         preprocessing = {"size": self.cfg.data.size, "resize": self.cfg.data.resize,
                          "mean": self.data.mean, "std": self.data.std}
+        if self.tau:  # the bundle's scores are adjusted wherever it is used
+            preprocessing["logit_adjust"] = {"tau": self.tau, "log_prior": self.log_prior.cpu().tolist()}
         bundle = save_bundle(self.out / "bundle.safetensors", self.model, self.data.classes, preprocessing,
                              self.cfg, {**metrics, "created": datetime.now().isoformat(timespec="seconds")})
         # End-of-run figures get their own names, so they never extend the per-epoch curves.

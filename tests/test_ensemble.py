@@ -1,0 +1,60 @@
+"""Ensembles of bundles (soft and hard voting, the independent-error formula) and TTA side by side."""
+
+import math
+
+import pytest
+import torch
+
+from imagefit.ensemble import combine, disagreement, independent_error
+from imagefit.evaluate import tta_views
+
+from .conftest import TINY
+from .test_train import fails, run
+
+
+def test_independent_error_is_the_binomial_majority():
+    e = 0.2
+    assert independent_error(e, 3) == pytest.approx(1 - (1 - e) ** 3 - math.comb(3, 2) * (1 - e) ** 2 * e)
+    assert independent_error(e, 1) == pytest.approx(e) and independent_error(e, 5) < independent_error(e, 3)
+
+
+def test_hard_voting_counts_votes_and_breaks_ties_by_probability():
+    a = torch.tensor([[0.6, 0.4, 0.0], [0.9, 0.1, 0.0]])
+    b = torch.tensor([[0.1, 0.9, 0.0], [0.6, 0.4, 0.0]])
+    c = torch.tensor([[0.0, 0.45, 0.55], [0.0, 0.3, 0.7]])
+    hard = combine([a, b, c], "hard").argmax(1)
+    assert hard.tolist() == [1, 0]  # image 0: one vote each, class 1 has the highest mean probability
+    assert combine([a, b, c], "soft").argmax(1).tolist() == [1, 0]
+    assert torch.allclose(combine([a, b, c], "soft").exp().sum(1), torch.ones(2))
+    assert disagreement([a.argmax(1), b.argmax(1), c.argmax(1)]) == pytest.approx((1 + 0.5 + 1) / 3)
+
+
+@pytest.mark.parametrize("tta, n", [("none", 1), ("flip", 2), ("crops", 3), ("flip+crops", 6)])
+def test_tta_views_weights_sum_to_one(tta, n):
+    views = tta_views(torch.randn(2, 3, 8, 8), tta)
+    assert len(views) == n and sum(w for w, _ in views) == pytest.approx(1.0)
+
+
+def test_evaluate_an_ensemble_of_bundles(capsys, cifar_dir):
+    data = ["--data", str(cifar_dir)]
+    for seed in range(3):
+        run(capsys, "train", *data, *TINY, "--seed", str(seed), "--out", f"runs/m{seed}")
+    members = [a for s in range(3) for a in ("--bundle", f"runs/m{s}")]
+    soft = run(capsys, "evaluate", *members)
+    hard = run(capsys, "evaluate", *members, "--vote", "hard")
+    for r in (soft, hard):
+        assert len(r["members"]) == 3 and r["observed_error"] == pytest.approx(1 - r["accuracy"])
+        errors = [1 - m["accuracy"] for m in r["members"]]
+        assert r["independent_error"] == pytest.approx(independent_error(sum(errors) / 3, 3))
+        assert 0 <= r["disagreement"] <= 1 and "balanced_accuracy" in r
+    assert hard["loss"] is None and soft["loss"] > 0
+    single = run(capsys, "evaluate", "--bundle", "runs/m0", "--tta", "flip", "--tta-average", "probs")
+    assert "accuracy_without_tta" in single and single["accuracy_without_tta"] == soft["members"][0]["accuracy"]
+
+
+def test_bundles_of_other_classes_refuse_to_ensemble(capsys, cifar_dir):
+    data = ["--data", str(cifar_dir)]
+    run(capsys, "train", *data, *TINY, "--out", "runs/all")
+    run(capsys, "train", *data, *TINY, "--classes", "cat,dog,frog", "--out", "runs/three")
+    err = fails(capsys, "evaluate", "--bundle", "runs/all", "--bundle", "runs/three")
+    assert "runs/three/bundle.safetensors cannot join the ensemble" in err and "lacks airplane, automobile" in err
