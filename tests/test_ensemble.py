@@ -58,3 +58,27 @@ def test_bundles_of_other_classes_refuse_to_ensemble(capsys, cifar_dir):
     run(capsys, "train", *data, *TINY, "--classes", "cat,dog,frog", "--out", "runs/three")
     err = fails(capsys, "evaluate", "--bundle", "runs/all", "--bundle", "runs/three")
     assert "runs/three/bundle.safetensors cannot join the ensemble" in err and "lacks airplane, automobile" in err
+
+
+@pytest.mark.parametrize("kind", ["seeds", "bagging"])
+def test_ensemble_command_trains_members_and_evaluates_them(capsys, cifar_dir, kind):
+    r = run(capsys, "ensemble", "--data", str(cifar_dir), *TINY, "--members", "3", "--kind", kind, "--out", "runs/e")
+    assert len(r["members"]) == 3 and r["vote"] == "soft"
+    again = run(capsys, "evaluate", "--bundle", "runs/e")  # the folder stands for its members
+    assert again["accuracy"] == r["accuracy"] and again["members"] == r["members"]
+    from imagefit.bundle import load_bundle
+    seeds = [load_bundle(f"runs/e/member-{i}").config.train.seed for i in (1, 2, 3)]
+    boots = [load_bundle(f"runs/e/member-{i}").config.data.bootstrap for i in (1, 2, 3)]
+    assert seeds == [0, 1, 2] and boots == ([1, 2, 3] if kind == "bagging" else [0, 0, 0])
+    assert "--members must be 2 or more" in fails(capsys, "ensemble", "--data", str(cifar_dir), *TINY,
+                                                  "--members", "1", "--out", "runs/e1")
+
+
+def test_bootstrap_draws_with_replacement_and_a_seed(cifar_dir):
+    from imagefit.config import DataConfig
+    from imagefit.data import load_splits
+    plain = load_splits(DataConfig(data=str(cifar_dir), val_fraction=0), 0).train
+    a = load_splits(DataConfig(data=str(cifar_dir), val_fraction=0, bootstrap=1), 0).train
+    b = load_splits(DataConfig(data=str(cifar_dir), val_fraction=0, bootstrap=2), 0).train
+    assert len(a) == len(plain) and len(torch.unique(a.images.flatten(1), dim=0)) < len(plain)  # repeats
+    assert not a.images.equal(b.images)

@@ -107,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(run)
     _add_config_flags(p)
 
+    p = sub.add_parser("ensemble", help="train an ensemble (seeds or bagging) and evaluate it",
+                       description="Train --members runs (different seeds; bagging: each on its own bootstrap "
+                                   "sample of the training split) into OUT/member-i, write OUT/ensemble.json and "
+                                   "report members and ensemble (soft voting) on the test split. "
+                                   "'imagefit evaluate --bundle OUT' evaluates it again (also --vote hard).")
+    run = _run_group(p)
+    run.add_argument("--members", type=int, default=5, help="number of members (default: 5)")
+    run.add_argument("--kind", choices=("seeds", "bagging"), default="seeds", help="how members differ")
+    _add_config_flags(p)
+
     p = sub.add_parser("evaluate", help="evaluate a bundle (or an ensemble of bundles) on a test split")
     p.add_argument("--bundle", required=True, action="append",
                    help="run folder or bundle.safetensors; repeat it to evaluate an ensemble")
@@ -237,40 +247,31 @@ def cmd_features(args) -> dict:
     return result
 
 
+def cmd_ensemble(args) -> dict:
+    from datetime import datetime
+
+    from .ensemble import train_ensemble
+    from .evaluate import format_report
+    cfg = config_from_args(args)
+    out = Path(args.out or f"runs/ensemble-{datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and any(out.iterdir()):
+        raise ImagefitError(f"{out} is not empty; choose another --out")
+    m = train_ensemble(cfg, _run_options(args, out), args.members, args.kind)
+    classes = m.pop("classes")
+    m.pop("first_bundle")
+    if not args.json:
+        _print_evaluation(m, classes, format_report)
+    return {**m, "ensemble": str(out)}
+
+
 def cmd_evaluate(args) -> dict:
     from . import plots
-    from .bundle import load_bundle
-    from .ensemble import check_same_classes, combine, disagreement, independent_error
-    from .evaluate import format_report, summarize
+    from .ensemble import evaluate_bundles
+    from .evaluate import format_report
     from .train import resolve_device
-    device = resolve_device(args.device)
-    bundles = [load_bundle(b, device) for b in args.bundle]
-    check_same_classes([str(b.path) for b in bundles], [b.classes for b in bundles])
-    classes = bundles[0].classes
-    members, plain = [], []
-    for bundle in bundles:
-        tta = args.tta or bundle.config.train.tta
-        scores, labels = _bundle_scores(bundle, args, tta, args.tta_average or bundle.config.train.tta_average)
-        members.append({"bundle": str(bundle.path), "tta": tta, "scores": scores,
-                        **summarize(scores, labels, classes)})
-        if tta != "none":  # the same model without TTA, side by side
-            plain.append(summarize(_bundle_scores(bundle, args, "none", "logits")[0], labels, classes)["accuracy"])
-    if len(bundles) == 1:
-        m = {k: v for k, v in members[0].items() if k != "scores"}
-        if plain:
-            m["accuracy_without_tta"] = plain[0]
-    else:
-        probs = [r["scores"].softmax(1) for r in members]
-        m = summarize(combine(probs, args.vote), labels, classes)
-        if args.vote == "hard":
-            m["loss"] = None  # vote counts, not log-probabilities
-        errors = [1 - r["accuracy"] for r in members]
-        m.update(vote=args.vote, members=[{k: r[k] for k in ("bundle", "tta", "accuracy", "balanced_accuracy")}
-                                          for r in members],
-                 best_member_accuracy=max(r["accuracy"] for r in members),
-                 independent_error=independent_error(sum(errors) / len(errors), len(members)),
-                 observed_error=1 - m["accuracy"], disagreement=disagreement([p.argmax(1) for p in probs]))
-    run_dir = bundles[0].path.parent
+    m = evaluate_bundles(args.bundle, data=args.data, split=args.split, batch_size=args.batch_size, tta=args.tta,
+                         tta_average=args.tta_average, vote=args.vote, device=resolve_device(args.device))
+    classes, run_dir = m.pop("classes"), Path(m.pop("first_bundle")).parent
     try:
         m["confusion_png"] = str(plots.confusion_matrix(m["confusion"], classes,
                                                         run_dir / f"confusion-{args.split}.png"))
@@ -279,31 +280,6 @@ def cmd_evaluate(args) -> dict:
     if not args.json:
         _print_evaluation(m, classes, format_report)
     return {**m, "split": args.split, "bundle": args.bundle[0] if len(args.bundle) == 1 else args.bundle}
-
-
-def _bundle_scores(bundle, args, tta: str, average: str):
-    """One bundle's scores on the chosen split, through its own preprocessing."""
-    import torch
-
-    from .data import align_classes, load_splits, load_test_split
-    from .evaluate import gather_logits
-    from .loader import Loader
-    cfg = bundle.config.data
-    if args.data:
-        cfg.data = args.data
-    if args.split == "test":
-        data = load_test_split(cfg)
-    else:
-        data = load_splits(cfg, bundle.config.train.seed).val
-        if data is None:
-            raise ImagefitError(f"{bundle.path} was trained without a validation split (--val-fraction 0); "
-                                f"use --split test")
-    data = align_classes(data, bundle.classes)
-    device = next(bundle.model.parameters()).device
-    loader = Loader(data, args.batch_size, bundle.normalizer(device), device=device)
-    with torch.inference_mode():
-        scores, labels = gather_logits(bundle.model, loader, tta=tta, average=average)
-    return bundle.adjust(scores), labels
 
 
 def _print_evaluation(m: dict, classes: list[str], format_report) -> None:
@@ -369,6 +345,7 @@ def cmd_models(args) -> dict:
 
 
 COMMANDS = {"train": cmd_train, "find-lr": cmd_find_lr, "fine-tune": cmd_fine_tune, "features": cmd_features,
+            "ensemble": cmd_ensemble,
             "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models}
 
 

@@ -51,6 +51,8 @@ class DataConfig:
     imbalance: str = opt("none", "make the training set imbalanced for study: exp:RATIO (long-tailed, largest/"
                                  "smallest class = RATIO) or step:RATIO (half the classes cut to 1/RATIO); seeded, "
                                  "the test split untouched")
+    bootstrap: int = opt(0, "replace the training split by a bootstrap sample (as many draws with replacement) "
+                            "seeded by this number (0: off); bagging ensembles set it per member", low=0)
     per_class: int = opt(0, "keep at most this many training images per class, a seeded choice (0: all); for "
                             "small-data experiments", low=0)
 

@@ -414,8 +414,11 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     keep, held = stratified_split(train.labels, cfg.val_fraction, seed)
     val = train.subset(held) if len(held) else None
     train = train.subset(keep)
+    if cfg.bootstrap:
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.bootstrap, 3]).generate_state(1)[0]))
+        train = train.subset(torch.randint(len(train), (len(train),), generator=g))
     key = _fingerprint(fingerprint, cfg.size, cfg.resize, cfg.val_fraction, seed, cfg.classes, cfg.per_class,
-                       cfg.imbalance)
+                       cfg.imbalance, cfg.bootstrap)
     mean, std = _cached_stats(train, key)
     return Splits(train, val, test, train.classes, mean, std, str(where))
 

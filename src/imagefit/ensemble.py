@@ -5,11 +5,15 @@ the observed error, and how often members disagree.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 
 from .errors import ImagefitError
+
+MANIFEST = "ensemble.json"
 
 
 def check_same_classes(names: list[str], class_lists: list[list[str]]) -> None:
@@ -52,3 +56,103 @@ def disagreement(predictions: list[torch.Tensor]) -> float:
     if not pairs:
         return 0.0
     return sum((a != b).float().mean().item() for a, b in pairs) / len(pairs)
+
+
+def expand(paths: list[str]) -> list[str]:
+    """Bundle paths, with ensemble folders (an `ensemble.json` beside member runs) replaced by their members."""
+    out = []
+    for p in paths:
+        manifest = Path(p) / MANIFEST
+        if manifest.is_file():
+            out += [str(Path(p) / m) for m in json.loads(manifest.read_text())["members"]]
+        else:
+            out.append(p)
+    return out
+
+
+def bundle_scores(bundle, *, data: str | None, split: str, batch_size: int, tta: str, average: str):
+    """One bundle's scores (its logit adjustment applied) and the labels, on a split read through the bundle's
+    own preprocessing and class order."""
+    from .data import align_classes, load_splits, load_test_split
+    from .evaluate import gather_logits
+    from .loader import Loader
+    cfg = bundle.config.data
+    if data:
+        cfg.data = data
+    if split == "test":
+        images = load_test_split(cfg)
+    else:
+        images = load_splits(cfg, bundle.config.train.seed).val
+        if images is None:
+            raise ImagefitError(f"{bundle.path} was trained without a validation split (--val-fraction 0); "
+                                f"use --split test")
+    images = align_classes(images, bundle.classes)
+    device = next(bundle.model.parameters()).device
+    loader = Loader(images, batch_size, bundle.normalizer(device), device=device)
+    with torch.inference_mode():
+        scores, labels = gather_logits(bundle.model, loader, tta=tta, average=average)
+    return bundle.adjust(scores), labels
+
+
+def evaluate_bundles(paths: list[str], *, data: str | None = None, split: str = "test", batch_size: int = 256,
+                     tta: str | None = None, tta_average: str | None = None, vote: str = "soft",
+                     device: torch.device = torch.device("cpu")) -> dict:
+    """Metrics of one bundle (with and without its TTA), or of an ensemble with its members and the figures of
+    the module docstring. Every bundle uses its own TTA unless `tta` is given."""
+    from .bundle import load_bundle
+    from .evaluate import summarize
+    bundles = [load_bundle(b, device) for b in expand(paths)]
+    check_same_classes([str(b.path) for b in bundles], [b.classes for b in bundles])
+    classes, members, plain = bundles[0].classes, [], []
+    common = dict(data=data, split=split, batch_size=batch_size)
+    for bundle in bundles:
+        t = tta or bundle.config.train.tta
+        scores, labels = bundle_scores(bundle, tta=t, average=tta_average or bundle.config.train.tta_average, **common)
+        members.append({"bundle": str(bundle.path), "tta": t, "scores": scores, **summarize(scores, labels, classes)})
+        if t != "none" and len(bundles) == 1:  # the same model without TTA, side by side
+            plain.append(summarize(bundle_scores(bundle, tta="none", average="logits", **common)[0], labels,
+                                   classes)["accuracy"])
+    if len(bundles) == 1:
+        m = {k: v for k, v in members[0].items() if k != "scores"}
+        if plain:
+            m["accuracy_without_tta"] = plain[0]
+    else:
+        probs = [r["scores"].softmax(1) for r in members]
+        m = summarize(combine(probs, vote), labels, classes)
+        if vote == "hard":
+            m["loss"] = None  # vote counts, not log-probabilities
+        errors = [1 - r["accuracy"] for r in members]
+        m.update(vote=vote, members=[{k: r[k] for k in ("bundle", "tta", "accuracy", "balanced_accuracy")}
+                                     for r in members],
+                 best_member_accuracy=max(r["accuracy"] for r in members),
+                 independent_error=independent_error(sum(errors) / len(errors), len(members)),
+                 observed_error=1 - m["accuracy"], disagreement=disagreement([p.argmax(1) for p in probs]))
+    return {**m, "classes": classes, "first_bundle": str(bundles[0].path)}
+
+
+def train_ensemble(cfg, opts, members: int, kind: str) -> dict:
+    """Train `members` runs into OUT/member-i (seeds: seed+i; bagging: seed+i and bootstrap sample i+1), write
+    OUT/ensemble.json (which `imagefit evaluate --bundle OUT` reads), and evaluate the ensemble on the test split."""
+    import copy
+
+    from .files import atomic_write_text
+    from .train import train
+    if members < 2:
+        raise ImagefitError(f"--members must be 2 or more for an ensemble (got {members})")
+    if kind not in ("seeds", "bagging"):
+        raise ImagefitError(f"--kind must be seeds or bagging (got {kind!r})")
+    out, names = Path(opts.out), []
+    for i in range(members):
+        member = copy.deepcopy(cfg)
+        member.train.seed = cfg.train.seed + i
+        if kind == "bagging":
+            member.data.bootstrap = i + 1
+        member_opts = copy.copy(opts)
+        member_opts.out = out / f"member-{i + 1}"
+        result = train(member.validate(), member_opts)
+        if result.get("stopped") == "interrupted":
+            raise ImagefitError(f"member {i + 1} was interrupted; resume it with 'imagefit train --resume "
+                                f"{member_opts.out}', then evaluate with --bundle for each member")
+        names.append(f"member-{i + 1}/bundle.safetensors")
+    atomic_write_text(out / MANIFEST, json.dumps({"kind": kind, "members": names}, indent=1))
+    return evaluate_bundles([str(out)], data=cfg.data.data, vote="soft")
