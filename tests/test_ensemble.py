@@ -9,7 +9,7 @@ from imagefit.ensemble import combine, disagreement, independent_error
 from imagefit.evaluate import tta_views
 
 from .conftest import TINY
-from .test_train import fails, run
+from .test_train import fails, run, same_weights
 
 
 def test_independent_error_is_the_binomial_majority():
@@ -82,3 +82,14 @@ def test_bootstrap_draws_with_replacement_and_a_seed(cifar_dir):
     b = load_splits(DataConfig(data=str(cifar_dir), val_fraction=0, bootstrap=2), 0).train
     assert len(a) == len(plain) and len(torch.unique(a.images.flatten(1), dim=0)) < len(plain)  # repeats
     assert not a.images.equal(b.images)
+
+
+def test_snapshot_ensemble_is_one_cyclic_run_with_a_bundle_per_cycle(capsys, cifar_dir):
+    r = run(capsys, "ensemble", "--data", str(cifar_dir), *TINY, "--members", "2", "--kind", "snapshot",
+            "--out", "runs/snap")
+    assert [m["bundle"].split("runs/snap/")[1] for m in r["members"]] == [
+        "run/snapshots/cycle-1/bundle.safetensors", "run/snapshots/cycle-2/bundle.safetensors"]
+    from imagefit.bundle import load_bundle
+    assert load_bundle("runs/snap/run").config.schedule.cycles == 2
+    # the last cycle's snapshot is the run's final model
+    assert same_weights("runs/snap/run/bundle.safetensors", "runs/snap/run/snapshots/cycle-2/bundle.safetensors")

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from imagefit.config import Config
+from imagefit.errors import ImagefitError
 from imagefit.models import create_model
 from imagefit.optim import Lookahead, build_optimizer, build_schedule
 
@@ -118,3 +119,20 @@ def test_muon_filter_steps_are_orthogonal_and_of_fixed_size():
     opt.step()
     step = conv.detach() - before * (len(conv) ** 0.5 / before.norm())
     assert torch.allclose(step.norm(), torch.tensor(0.24 * len(conv) ** 0.5), rtol=0.5)
+
+
+def test_cyclic_schedule_restarts_at_the_peak_each_cycle():
+    cfg = Config()
+    cfg.schedule.schedule, cfg.schedule.cycles, cfg.train.epochs, cfg.optim.lr = "cyclic", 2, 4, 0.1
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = build_schedule(opt, cfg, steps_per_epoch=5)  # 20 steps, cycles of 10
+    rates = []
+    for _ in range(20):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[0] == rates[10] == pytest.approx(0.1) and rates[9] < 0.01 and rates[19] < 0.01
+    assert rates[5] == pytest.approx(0.05)
+    cfg.train.epochs = 5
+    with pytest.raises(ImagefitError, match="not a multiple of --cycles 2"):
+        cfg.validate()

@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "'imagefit evaluate --bundle OUT' evaluates it again (also --vote hard).")
     run = _run_group(p)
     run.add_argument("--members", type=int, default=5, help="number of members (default: 5)")
-    run.add_argument("--kind", choices=("seeds", "bagging"), default="seeds", help="how members differ")
+    run.add_argument("--kind", choices=("seeds", "bagging", "snapshot"), default="seeds",
+                     help="how members differ: seed, bootstrap sample (bagging), or cycle of one cyclic run "
+                          "(snapshot)")
     _add_config_flags(p)
 
     p = sub.add_parser("evaluate", help="evaluate a bundle (or an ensemble of bundles) on a test split")

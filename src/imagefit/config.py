@@ -118,7 +118,9 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     schedule: str = opt("onecycle", "learning-rate schedule",
-                        choices=("onecycle", "triangle", "cosine", "step", "plateau", "constant"))
+                        choices=("onecycle", "triangle", "cosine", "cyclic", "step", "plateau", "constant"))
+    cycles: int = opt(1, "cyclic: cosine cycles (each from the peak rate to 0) over the run; a bundle is saved at "
+                         "the end of each (snapshot ensembles); --epochs must be a multiple", low=1, high=1000)
     warmup: float = opt(0.25, "one-cycle/triangle: share of steps spent warming up to the peak rate", low=0.0,
                         high=0.99)
     div_factor: float = opt(25.0, "one-cycle/triangle: peak rate / starting rate", low=1.0)
@@ -218,6 +220,9 @@ class Config:
         if self.optim.lr == "auto" and self.optim.optimizer == "muon":
             raise ImagefitError("--lr auto finds one rate, and --optimizer muon has two (--lr, --muon-lr): give both "
                                 "as numbers, or use --optimizer sgd/adamw with --lr auto")
+        if self.schedule.schedule == "cyclic" and self.train.epochs % self.schedule.cycles:
+            raise ImagefitError(f"--epochs {self.train.epochs} is not a multiple of --cycles {self.schedule.cycles}; "
+                                f"each cycle needs whole epochs")
         if any(m < 1 for m in self.schedule.milestones):
             raise ImagefitError(f"--milestones must be epochs >= 1 (got {self.schedule.milestones})")
         from .models import check_name  # here: models imports this module

@@ -131,17 +131,29 @@ def evaluate_bundles(paths: list[str], *, data: str | None = None, split: str = 
 
 
 def train_ensemble(cfg, opts, members: int, kind: str) -> dict:
-    """Train `members` runs into OUT/member-i (seeds: seed+i; bagging: seed+i and bootstrap sample i+1), write
-    OUT/ensemble.json (which `imagefit evaluate --bundle OUT` reads), and evaluate the ensemble on the test split."""
+    """Train `members` runs into OUT/member-i (seeds: seed+i; bagging: seed+i and bootstrap sample i+1), or one run
+    into OUT/run whose cyclic schedule leaves a bundle per cycle (snapshot: --epochs per cycle when not a multiple
+    of the members), write OUT/ensemble.json (which `imagefit evaluate --bundle OUT` reads), and evaluate the ensemble on the test split."""
     import copy
 
     from .files import atomic_write_text
     from .train import train
     if members < 2:
         raise ImagefitError(f"--members must be 2 or more for an ensemble (got {members})")
-    if kind not in ("seeds", "bagging"):
-        raise ImagefitError(f"--kind must be seeds or bagging (got {kind!r})")
+    if kind not in ("seeds", "bagging", "snapshot"):
+        raise ImagefitError(f"--kind must be seeds, bagging or snapshot (got {kind!r})")
     out, names = Path(opts.out), []
+    if kind == "snapshot":  # one run, a cosine cycle per member, a bundle at the end of each cycle
+        run = copy.deepcopy(cfg)
+        run.schedule.schedule, run.schedule.cycles = "cyclic", members
+        run.train.epochs = cfg.train.epochs * members if cfg.train.epochs % members else cfg.train.epochs
+        snap_opts = copy.copy(opts)
+        snap_opts.out = out / "run"
+        if train(run.validate(), snap_opts).get("stopped") == "interrupted":
+            raise ImagefitError(f"the run was interrupted; resume it with 'imagefit train --resume {snap_opts.out}'")
+        names = [f"run/snapshots/cycle-{k}/bundle.safetensors" for k in range(1, members + 1)]
+        atomic_write_text(out / MANIFEST, json.dumps({"kind": kind, "members": names}, indent=1))
+        return evaluate_bundles([str(out)], data=cfg.data.data, vote="soft")
     for i in range(members):
         member = copy.deepcopy(cfg)
         member.train.seed = cfg.train.seed + i

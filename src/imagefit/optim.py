@@ -92,6 +92,9 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoc
         return sched.LambdaLR(optimizer, factor)
     if s.schedule == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=total)
+    if s.schedule == "cyclic":  # cosine from the peak to 0 in each cycle, then back to the peak (snapshot ensembles)
+        length = total // s.cycles
+        return sched.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * (step % length) / length)))
     if s.schedule == "step":
         return sched.MultiStepLR(optimizer, [m * steps_per_epoch for m in s.milestones], gamma=s.gamma)
     if s.schedule == "plateau":

@@ -411,6 +411,11 @@ class Trainer:
         self.tracker.metrics(row, step=self.epoch + 1)
         progress.end_epoch(row)
         self.epoch, self.step = self.epoch + 1, 0
+        s = self.cfg.schedule
+        if s.schedule == "cyclic" and s.cycles > 1 and self.epoch % (self.cfg.train.epochs // s.cycles) == 0:
+            cycle = self.epoch // (self.cfg.train.epochs // s.cycles)
+            save_bundle(self.out / "snapshots" / f"cycle-{cycle}" / "bundle.safetensors", self.model,
+                        self.data.classes, self._preprocessing(), self.cfg, {"epoch": self.epoch, "cycle": cycle})
         self.sums = torch.zeros(3, dtype=torch.float64)
 
         if self.val_loader is None:
@@ -449,6 +454,12 @@ class Trainer:
                  f"{table[self.tau]:.4f}; {table[0.0]:.4f} without)")
         return table
 
+    def _preprocessing(self) -> dict:
+        p = {"size": self.cfg.data.size, "resize": self.cfg.data.resize, "mean": self.data.mean, "std": self.data.std}
+        if self.tau:  # the bundle's scores are adjusted wherever it is used
+            p["logit_adjust"] = {"tau": self.tau, "log_prior": self.log_prior.cpu().tolist()}
+        return p
+
     def _finish(self, stopped: str) -> dict:
         """Best weights back in, test evaluation, plots, bundle, tracking; the result as a dict."""
         best = self.out / "checkpoints" / "best.safetensors"
@@ -472,11 +483,7 @@ class Trainer:
         full = {**metrics, "history": self.history, "test": report}
         atomic_write_text(self.out / "metrics.json", json.dumps(full, indent=1))
 
-        preprocessing = {"size": self.cfg.data.size, "resize": self.cfg.data.resize,
-                         "mean": self.data.mean, "std": self.data.std}
-        if self.tau:  # the bundle's scores are adjusted wherever it is used
-            preprocessing["logit_adjust"] = {"tau": self.tau, "log_prior": self.log_prior.cpu().tolist()}
-        bundle = save_bundle(self.out / "bundle.safetensors", self.model, self.data.classes, preprocessing,
+        bundle = save_bundle(self.out / "bundle.safetensors", self.model, self.data.classes, self._preprocessing(),
                              self.cfg, {**metrics, "created": datetime.now().isoformat(timespec="seconds")})
         # End-of-run figures get their own names, so they never extend the per-epoch curves.
         final_names = {"accuracy": "test_accuracy", "top5": "test_top5", "loss": "test_loss",
