@@ -164,8 +164,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_train(args) -> dict:
-    from datetime import datetime
-
     from .train import RunOptions, train
     given = [flag(f.name) for _, f in all_fields() if f.name in vars(args)]
     if args.resume:
@@ -175,7 +173,7 @@ def cmd_train(args) -> dict:
         out, cfg = Path(args.resume), Config()
     else:
         cfg = config_from_args(args)
-        out = Path(args.out or f"runs/{cfg.model.model}-{datetime.now():%Y%m%d-%H%M%S}")
+        out = _out_dir(args, cfg.model.model)
     opts = RunOptions(out=out, resume=bool(args.resume), tracking_uri=args.tracking_uri,
                       experiment=args.experiment, stop_after_steps=args.stop_after_steps, progress=args.progress)
     result = train(cfg, opts)
@@ -186,8 +184,6 @@ def cmd_train(args) -> dict:
 
 
 def cmd_find_lr(args) -> dict:
-    from datetime import datetime
-
     from . import plots
     from .files import atomic_write_text
     from .train import RunOptions, Trainer
@@ -197,7 +193,7 @@ def cmd_find_lr(args) -> dict:
     if cfg.optim.optimizer == "muon":
         raise ImagefitError("find-lr sweeps one rate, and --optimizer muon has two (--lr, --muon-lr); "
                             "use --optimizer sgd or adamw")
-    out = Path(args.out or f"runs/find-lr-{datetime.now():%Y%m%d-%H%M%S}")
+    out = _out_dir(args, "find-lr")
     trainer = Trainer(cfg, RunOptions(out=out, tracking_uri="none"))
     result = trainer.range_test(start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,6 +208,15 @@ def cmd_find_lr(args) -> dict:
             "plot": str(plot), "out": str(out)}
 
 
+def _out_dir(args, name: str, empty: bool = False) -> Path:
+    """--out, else runs/NAME-TIMESTAMP; with `empty`, refuse a folder that already holds something."""
+    from datetime import datetime
+    out = Path(args.out or f"runs/{name}-{datetime.now():%Y%m%d-%H%M%S}")
+    if empty and out.exists() and any(out.iterdir()):
+        raise ImagefitError(f"{out} is not empty; choose another --out")
+    return out
+
+
 def _run_options(args, out: Path):
     from .train import RunOptions
     return RunOptions(out=out, tracking_uri=args.tracking_uri, experiment=args.experiment,
@@ -219,13 +224,9 @@ def _run_options(args, out: Path):
 
 
 def cmd_fine_tune(args) -> dict:
-    from datetime import datetime
-
     from .transfer import fine_tune
     cfg = config_from_args(args)
-    out = Path(args.out or f"runs/fine-tune-{datetime.now():%Y%m%d-%H%M%S}")
-    if out.exists() and any(out.iterdir()):
-        raise ImagefitError(f"{out} is not empty; choose another --out")
+    out = _out_dir(args, "fine-tune", empty=True)
     result = fine_tune(cfg, _run_options(args, out), args.head_epochs, lr_given="lr" in vars(args))
     if not args.json:
         print(f"fine-tuned: test accuracy {result['accuracy']:.4f} (head only: {result['head']['accuracy']:.4f}); "
@@ -234,11 +235,9 @@ def cmd_fine_tune(args) -> dict:
 
 
 def cmd_features(args) -> dict:
-    from datetime import datetime
-
     from .transfer import linear_probe
     cfg = config_from_args(args)
-    out = Path(args.out or f"runs/features-{datetime.now():%Y%m%d-%H%M%S}")
+    out = _out_dir(args, "features")
     if args.c <= 0:
         raise ImagefitError(f"--c must be above 0 (got {args.c:g})")
     result = linear_probe(cfg, out, args.head, args.c)
@@ -250,14 +249,10 @@ def cmd_features(args) -> dict:
 
 
 def cmd_ensemble(args) -> dict:
-    from datetime import datetime
-
     from .ensemble import train_ensemble
     from .evaluate import format_report
     cfg = config_from_args(args)
-    out = Path(args.out or f"runs/ensemble-{datetime.now():%Y%m%d-%H%M%S}")
-    if out.exists() and any(out.iterdir()):
-        raise ImagefitError(f"{out} is not empty; choose another --out")
+    out = _out_dir(args, "ensemble", empty=True)
     m = train_ensemble(cfg, _run_options(args, out), args.members, args.kind)
     classes = m.pop("classes")
     m.pop("first_bundle")
