@@ -68,9 +68,18 @@ def main() -> None:
     p.add_argument("--grid-low", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--grid-from", help="reuse the grid rows of an earlier JSON of the same settings (the runs are "
+                                       "deterministic for a seed); only the finder's run is trained")
     args = p.parse_args()
     grid = [args.grid_low * 10 ** (3 * i / 5) for i in range(6)]
-    rows = [one_run(args, "auto")] + [one_run(args, lr) for lr in grid]
+    if args.grid_from:
+        earlier = json.loads(Path(args.grid_from).read_text())
+        same = ("model", "per_class", "epochs", "batch_size", "test_images", "grid_low", "seed", "data")
+        if any(earlier["args"][k] != vars(args)[k] for k in same):
+            raise SystemExit(f"{args.grid_from} was run with other settings; drop --grid-from")
+        rows = [one_run(args, "auto")] + [r for r in earlier["rows"] if not r["auto"]]
+    else:
+        rows = [one_run(args, "auto")] + [one_run(args, lr) for lr in grid]
     best = max(rows[1:], key=lambda r: r["accuracy"])
     gap = 100 * (best["accuracy"] - rows[0]["accuracy"])
     print(f"\n{args.model}, {args.per_class}/class x {args.epochs} epochs, batch {args.batch_size}, seed {args.seed}")

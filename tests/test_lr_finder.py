@@ -36,6 +36,16 @@ def test_steepest_descent_is_found_and_the_spike_ignored():
     assert 10 ** -2.6 < rules["valley"] < 10 ** -1.4  # the middle of the fall, between 10% of it and the minimum
 
 
+def test_a_rebound_after_a_blow_up_is_not_a_descent():
+    lrs = exponential_rates(1e-6, 10, 100)
+    losses = curve(lrs, blow_up=False)
+    for i, lr in enumerate(lrs):  # past 0.1 the loss jumps up, then falls back steeply as BatchNorm re-adapts
+        if lr > 0.1:
+            losses[i] += 3.0 - 2.0 * min(1.0, math.log10(lr / 0.1))  # back down, not below the minimum
+    rules = suggest(lrs, smooth(losses, beta=0.5))
+    assert 10 ** -2.3 < rules["steepest"] < 10 ** -1.6
+
+
 def test_non_finite_losses_never_shape_the_answer():
     lrs = exponential_rates(1e-6, 10, 100)
     losses = curve(lrs)

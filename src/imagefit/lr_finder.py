@@ -12,7 +12,8 @@ What users of other finders trip over, and what this one does instead:
 - a different answer each run: the test uses the run's seeded weights and batches, so a seed gives one answer;
 - a curve that never falls: an error that says so and proposes a range, never a meaningless rate.
 
-Three rules are reported; `steepest` (the steepest descent of the smoothed loss per decade) is the suggestion.
+Three rules are reported; `steepest` (the steepest descent of the smoothed loss per decade, on the way down to
+its minimum) is the suggestion.
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ def suggest(lrs: list[float], smoothed: list[float], skip_start: int = 10, skip_
         raise ImagefitError(f"the range test recorded {len(lr)} usable points (it diverged almost at once); rerun "
                             f"with a lower range, e.g. --start-lr {lrs[0] / 100:.0e} --end-lr {lrs[-1] / 10:.0e}")
     slope = np.gradient(loss, np.log10(lr))  # loss change per decade of rate
-    steepest = int(np.argmin(slope))
+    lowest = int(np.argmin(loss))
+    # The descent that leads to the minimum: after it the loss only rises, and a fall there is a rebound from a
+    # blow-up (BatchNorm re-adapting), never a rate to train at.
+    steepest = int(np.argmin(slope[: lowest + 1]))
     if slope[steepest] >= 0 or loss.min() >= loss[0] * (1 - 1e-3):
         rose = loss[-1] > loss[0]
         hint = (f"every rate from {lr[0]:.1e} up was too high: try --start-lr {lrs[0] / 1000:.0e} "
@@ -84,7 +88,6 @@ def suggest(lrs: list[float], smoothed: list[float], skip_start: int = 10, skip_
     # Valley: the stretch where the loss does most of its falling, from where it has fallen a tenth of its total
     # drop to its minimum; its middle on the log axis. (fastai's valley, the longest decreasing subsequence, runs
     # through any long flat and noisy start, and lands there.)
-    lowest = int(np.argmin(loss))
     falling = np.nonzero(loss[: lowest + 1] <= loss[0] - 0.1 * (loss[0] - loss[lowest]))[0]
     begin = int(falling[0]) if len(falling) else lowest
     valley = float(np.sqrt(lr[begin] * lr[lowest]))
