@@ -1,5 +1,6 @@
 """Ensembles of bundles (soft and hard voting, the independent-error formula) and TTA side by side."""
 
+import json
 import math
 
 import pytest
@@ -93,3 +94,19 @@ def test_snapshot_ensemble_is_one_cyclic_run_with_a_bundle_per_cycle(capsys, cif
     assert load_bundle("runs/snap/run").config.schedule.cycles == 2
     # the last cycle's snapshot is the run's final model
     assert same_weights("runs/snap/run/bundle.safetensors", "runs/snap/run/snapshots/cycle-2/bundle.safetensors")
+
+
+def test_boosting_weights_members_by_their_weighted_error(capsys, cifar_dir):
+    r = run(capsys, "ensemble", "--data", str(cifar_dir), *TINY, "--members", "3", "--kind", "boosting",
+            "--out", "runs/boost")
+    manifest = json.load(open("runs/boost/ensemble.json"))
+    assert manifest["kind"] == "boosting" and manifest["vote"] == "hard" and r["vote"] == "hard"
+    assert len(manifest["weights"]) == len(manifest["members"]) >= 2
+    assert all(w > 0 for w in manifest["weights"]) and [m["weight"] for m in r["members"]] == manifest["weights"]
+    assert run(capsys, "evaluate", "--bundle", "runs/boost")["accuracy"] == r["accuracy"]
+
+
+def test_weighted_hard_vote_follows_the_heavier_member():
+    a, b, c = (torch.tensor([[0.9, 0.1]]), torch.tensor([[0.2, 0.8]]), torch.tensor([[0.3, 0.7]]))
+    assert combine([a, b, c], "hard").argmax(1).item() == 1
+    assert combine([a, b, c], "hard", [5.0, 1.0, 1.0]).argmax(1).item() == 0

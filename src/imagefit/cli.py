@@ -114,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "'imagefit evaluate --bundle OUT' evaluates it again (also --vote hard).")
     run = _run_group(p)
     run.add_argument("--members", type=int, default=5, help="number of members (default: 5)")
-    run.add_argument("--kind", choices=("seeds", "bagging", "snapshot"), default="seeds",
-                     help="how members differ: seed, bootstrap sample (bagging), or cycle of one cyclic run "
-                          "(snapshot)")
+    run.add_argument("--kind", choices=("seeds", "bagging", "snapshot", "boosting"), default="seeds",
+                     help="how members differ: seed, bootstrap sample (bagging), cycle of one cyclic run "
+                          "(snapshot), or images reweighted toward the previous members' errors (boosting, SAMME)")
     _add_config_flags(p)
 
     p = sub.add_parser("evaluate", help="evaluate a bundle (or an ensemble of bundles) on a test split")
@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=TTA_MODES,
                    help="test-time augmentation (default: the one each bundle was trained with)")
     p.add_argument("--tta-average", choices=("logits", "probs"), help="how views combine (default: the bundle's)")
-    p.add_argument("--vote", choices=("soft", "hard"), default="soft",
-                   help="ensembles: mean probability (soft) or majority (hard, ties broken by probability)")
+    p.add_argument("--vote", choices=("soft", "hard"),
+                   help="ensembles: mean probability (soft) or majority (hard, ties broken by probability); "
+                        "default: the ensemble folder's (boosting: hard), else soft")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     _add_json(p)
 

@@ -29,17 +29,20 @@ def check_same_classes(names: list[str], class_lists: list[list[str]]) -> None:
                                 f"classes in the same order")
 
 
-def combine(probs: list[torch.Tensor], vote: str) -> torch.Tensor:
-    """Ensemble scores (N×K, argmax = the ensemble's answer) from each member's N×K probabilities. Soft voting
-    returns the log of the mean probability; hard voting the vote count plus half the mean probability, which
-    only breaks ties (a vote is worth 1, the probability term less than 1)."""
-    mean = torch.stack(probs).mean(0)
+def combine(probs: list[torch.Tensor], vote: str, weights: list[float] | None = None) -> torch.Tensor:
+    """Ensemble scores (N×K, argmax = the ensemble's answer) from each member's N×K probabilities, members
+    weighted by `weights` (boosting's α; default equal). Soft voting returns the log of the weighted mean
+    probability; hard voting the weighted vote count plus a probability term smaller than the lightest vote,
+    which only breaks ties."""
+    w = torch.tensor(weights or [1.0] * len(probs), dtype=torch.float32)
+    w = w / w.sum()
+    mean = sum(wi * p for wi, p in zip(w, probs))
     if vote == "soft":
         return mean.clamp_min(1e-30).log()
     if vote == "hard":
         k = mean.shape[1]
-        votes = sum(torch.nn.functional.one_hot(p.argmax(1), k).float() for p in probs)
-        return votes + 0.5 * mean
+        votes = sum(wi * torch.nn.functional.one_hot(p.argmax(1), k).float() for wi, p in zip(w, probs))
+        return votes + 0.5 * float(w.min()) * mean
     raise ImagefitError(f"--vote must be soft or hard (got {vote!r})")
 
 
@@ -58,16 +61,22 @@ def disagreement(predictions: list[torch.Tensor]) -> float:
     return sum((a != b).float().mean().item() for a, b in pairs) / len(pairs)
 
 
-def expand(paths: list[str]) -> list[str]:
-    """Bundle paths, with ensemble folders (an `ensemble.json` beside member runs) replaced by their members."""
-    out = []
+def expand(paths: list[str]) -> tuple[list[str], list[float], str | None]:
+    """Bundle paths and member weights, ensemble folders (an `ensemble.json` beside member runs) replaced by
+    their members and the weights they were saved with (boosting's α; 1 otherwise), and the vote a folder asks
+    for (boosting: hard), if any."""
+    out, weights, vote = [], [], None
     for p in paths:
         manifest = Path(p) / MANIFEST
         if manifest.is_file():
-            out += [str(Path(p) / m) for m in json.loads(manifest.read_text())["members"]]
+            m = json.loads(manifest.read_text())
+            out += [str(Path(p) / name) for name in m["members"]]
+            weights += m.get("weights") or [1.0] * len(m["members"])
+            vote = vote or m.get("vote")
         else:
             out.append(p)
-    return out
+            weights.append(1.0)
+    return out, weights, vote
 
 
 def bundle_scores(bundle, *, data: str | None, split: str, batch_size: int, tta: str, average: str):
@@ -95,13 +104,15 @@ def bundle_scores(bundle, *, data: str | None, split: str, batch_size: int, tta:
 
 
 def evaluate_bundles(paths: list[str], *, data: str | None = None, split: str = "test", batch_size: int = 256,
-                     tta: str | None = None, tta_average: str | None = None, vote: str = "soft",
+                     tta: str | None = None, tta_average: str | None = None, vote: str | None = None,
                      device: torch.device = torch.device("cpu")) -> dict:
     """Metrics of one bundle (with and without its TTA), or of an ensemble with its members and the figures of
     the module docstring. Every bundle uses its own TTA unless `tta` is given."""
     from .bundle import load_bundle
     from .evaluate import summarize
-    bundles = [load_bundle(b, device) for b in expand(paths)]
+    members_paths, weights, asked = expand(paths)
+    vote = vote or asked or "soft"
+    bundles = [load_bundle(b, device) for b in members_paths]
     check_same_classes([str(b.path) for b in bundles], [b.classes for b in bundles])
     classes, members, plain = bundles[0].classes, [], []
     common = dict(data=data, split=split, batch_size=batch_size)
@@ -118,12 +129,12 @@ def evaluate_bundles(paths: list[str], *, data: str | None = None, split: str = 
             m["accuracy_without_tta"] = plain[0]
     else:
         probs = [r["scores"].softmax(1) for r in members]
-        m = summarize(combine(probs, vote), labels, classes)
+        m = summarize(combine(probs, vote, weights), labels, classes)
         if vote == "hard":
             m["loss"] = None  # vote counts, not log-probabilities
         errors = [1 - r["accuracy"] for r in members]
-        m.update(vote=vote, members=[{k: r[k] for k in ("bundle", "tta", "accuracy", "balanced_accuracy")}
-                                     for r in members],
+        m.update(vote=vote, members=[{**{k: r[k] for k in ("bundle", "tta", "accuracy", "balanced_accuracy")},
+                                      "weight": w} for r, w in zip(members, weights)],
                  best_member_accuracy=max(r["accuracy"] for r in members),
                  independent_error=independent_error(sum(errors) / len(errors), len(members)),
                  observed_error=1 - m["accuracy"], disagreement=disagreement([p.argmax(1) for p in probs]))
@@ -140,8 +151,10 @@ def train_ensemble(cfg, opts, members: int, kind: str) -> dict:
     from .train import train
     if members < 2:
         raise ImagefitError(f"--members must be 2 or more for an ensemble (got {members})")
-    if kind not in ("seeds", "bagging", "snapshot"):
-        raise ImagefitError(f"--kind must be seeds, bagging or snapshot (got {kind!r})")
+    if kind not in ("seeds", "bagging", "snapshot", "boosting"):
+        raise ImagefitError(f"--kind must be seeds, bagging, snapshot or boosting (got {kind!r})")
+    if kind == "boosting":
+        return _boost(cfg, opts, members)
     out, names = Path(opts.out), []
     if kind == "snapshot":  # one run, a cosine cycle per member, a bundle at the end of each cycle
         run = copy.deepcopy(cfg)
@@ -168,3 +181,45 @@ def train_ensemble(cfg, opts, members: int, kind: str) -> dict:
         names.append(f"member-{i + 1}/bundle.safetensors")
     atomic_write_text(out / MANIFEST, json.dumps({"kind": kind, "members": names}, indent=1))
     return evaluate_bundles([str(out)], data=cfg.data.data, vote="soft")
+
+
+def _boost(cfg, opts, members: int) -> dict:
+    """SAMME (Zhu et al. 2009) by resampling: member m trains on images drawn in proportion to the weights w;
+    its weighted training error e gives α = log((1 − e)/e) + log(K − 1); the images it gets wrong have their
+    weight multiplied by exp(α). The ensemble votes with the α's (hard voting)."""
+    import copy
+
+    from .evaluate import gather_logits
+    from .files import atomic_write_text
+    from .loader import Loader
+    from .train import Trainer
+    out, names, alphas, w = Path(opts.out), [], [], None
+    for i in range(members):
+        member = copy.deepcopy(cfg)
+        member.train.seed = cfg.train.seed + i
+        member_opts = copy.copy(opts)
+        member_opts.out = out / f"member-{i + 1}"
+        trainer = Trainer(member.validate(), member_opts)
+        train_set, k = trainer.data.train, len(trainer.data.classes)
+        if w is None:
+            w = torch.full((len(train_set),), 1.0 / len(train_set), dtype=torch.float64)
+        trainer.train_loader.weights = w.float()
+        if trainer.fit().get("stopped") == "interrupted":
+            raise ImagefitError(f"member {i + 1} was interrupted; boosting needs each member whole: start again")
+        loader = Loader(train_set, 500, trainer.normalize, device=trainer.device)
+        scores, labels = gather_logits(trainer.model, loader)
+        wrong = (scores.argmax(1) != labels).double()
+        error = float((w * wrong).sum() / w.sum())
+        alpha = math.log(max(1 - error, 1e-10) / max(error, 1e-10)) + math.log(k - 1)
+        if alpha <= 0:  # no better than chance on the weighted set: SAMME stops here
+            break
+        names.append(f"member-{i + 1}/bundle.safetensors")
+        alphas.append(alpha)
+        w = w * torch.exp(alpha * wrong)
+        w = w / w.sum()
+    if len(names) < 2:
+        raise ImagefitError(f"boosting kept {len(names)} member(s) (the next was no better than chance on the "
+                            f"reweighted images); use --kind seeds or bagging")
+    atomic_write_text(out / MANIFEST, json.dumps({"kind": "boosting", "members": names, "weights": alphas,
+                                                  "vote": "hard"}, indent=1))
+    return evaluate_bundles([str(out)], data=cfg.data.data, vote="hard")

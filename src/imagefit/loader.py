@@ -46,6 +46,7 @@ class Loader:
         self.shuffle, self.seed, self.device, self.workers = shuffle, seed, device, workers
         self.balance = balance if balance in ("oversample", "undersample") else "none"  # reweight: the loss's job
         self.epoch_size = epoch_size(data.labels, self.balance)
+        self.weights: torch.Tensor | None = None  # per-image draw probabilities (boosting), set by the caller
         # Dropping the last partial batch keeps batch statistics steady, unless it would leave no batch at all.
         self.drop_last = drop_last and self.epoch_size >= batch_size
         if isinstance(data, ImageSet):
@@ -60,6 +61,8 @@ class Loader:
         if not self.shuffle:
             return torch.arange(len(self.data))
         gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+        if self.weights is not None:  # as many draws as images, with replacement, in proportion to the weights
+            return torch.multinomial(self.weights, len(self.data), replacement=True, generator=gen)
         if self.balance != "none":
             return resampled_order(self.data.labels, self.balance, gen)
         return torch.randperm(len(self.data), generator=gen)
