@@ -119,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "(snapshot), or images reweighted toward the previous members' errors (boosting, SAMME)")
     _add_config_flags(p)
 
+    p = sub.add_parser("report", help="error-analysis report of a run: one HTML page with its figures",
+                       description="Write RUN/report/index.html: curves, confusion matrix, per-class metrics, most "
+                                   "confused pairs, highest-loss test images, calibration, the finder's plot, "
+                                   "and a robustness probe (rotated, blurred, shrunk, darkened, brightened).")
+    p.add_argument("run", help="run folder (or its bundle.safetensors)")
+    p.add_argument("--data", help="data folder (default: the one the run was trained on)")
+    p.add_argument("--top", type=int, default=16, help="highest-loss images to show (default: 16)")
+    _add_json(p)
+
     p = sub.add_parser("evaluate", help="evaluate a bundle (or an ensemble of bundles) on a test split")
     p.add_argument("--bundle", required=True, action="append",
                    help="run folder or bundle.safetensors; repeat it to evaluate an ensemble")
@@ -262,6 +271,17 @@ def cmd_ensemble(args) -> dict:
     return {**m, "ensemble": str(out)}
 
 
+def cmd_report(args) -> dict:
+    from .report import build_report
+    if args.top < 1:
+        raise ImagefitError(f"--top must be 1 or more (got {args.top})")
+    page = build_report(args.run, data=args.data, top=args.top)
+    summary = json.loads((page.parent / "report.json").read_text())
+    if not args.json:
+        print(f"report {page} (accuracy {summary['accuracy']:.4f}, calibration error {summary['ece']:.4f})")
+    return {"report": str(page), **summary}
+
+
 def cmd_evaluate(args) -> dict:
     from . import plots
     from .ensemble import evaluate_bundles
@@ -343,7 +363,7 @@ def cmd_models(args) -> dict:
 
 
 COMMANDS = {"train": cmd_train, "find-lr": cmd_find_lr, "fine-tune": cmd_fine_tune, "features": cmd_features,
-            "ensemble": cmd_ensemble,
+            "ensemble": cmd_ensemble, "report": cmd_report,
             "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models}
 
 

@@ -1,4 +1,5 @@
-"""PNG plots saved beside the run: training curves, the confusion matrix, the learning-rate range test."""
+"""PNG plots saved beside the run: training curves, the confusion matrix, the learning-rate range test, the
+reliability diagram and image thumbnails."""
 
 from __future__ import annotations
 
@@ -74,3 +75,29 @@ def lr_finder(result, path: Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def reliability(cal: dict, path: Path) -> Path:
+    """Accuracy against confidence per bin (bars), the diagonal a calibrated model would follow."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for b in cal["bins"]:
+        ax.bar((b["low"] + b["high"]) / 2, b["accuracy"], width=b["high"] - b["low"], color="C0", alpha=0.7,
+               edgecolor="white")
+    ax.plot([0, 1], [0, 1], "--", color="0.4", label="calibrated")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"expected calibration error {100 * cal['ece']:.2f}%")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def thumbnail(image, path: Path, scale: int = 3) -> Path:
+    """One uint8 C×H×W image as a PNG, enlarged `scale` times with nearest-neighbour (pixels stay visible)."""
+    from PIL import Image
+    array = image.permute(1, 2, 0).cpu().numpy()
+    im = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+    return path

@@ -1,0 +1,178 @@
+"""The error-analysis report: `imagefit report RUN` writes RUN/report/index.html, one static page with its PNGs.
+
+What a practitioner looks at after a baseline, in one place: training curves, the confusion matrix, per-class
+precision/recall/F1, the most confused class pairs, the test images with the highest loss, calibration (expected
+calibration error and a reliability diagram), the learning-rate finder's plot when the run has one, and a
+robustness probe: accuracy on the test images rotated, blurred, shrunk, darkened and brightened, which says what
+augmentation the model lacks. The figures are also logged to the run's MLflow store when it had one.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import plots
+from .errors import ImagefitError
+
+PROBES = ("rotated 15°", "blurred", "shrunk to half", "darkened ×0.5", "brightened ×1.5")
+
+
+def calibration(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict:
+    """Expected calibration error over equal-width confidence bins, and the bins (confidence, accuracy, count)."""
+    confidence, predicted = probs.max(1)
+    correct = (predicted == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    rows, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (confidence > lo) & (confidence <= hi)
+        n = int(inside.sum())
+        if n:
+            conf, acc = confidence[inside].mean().item(), correct[inside].mean().item()
+            ece += n / len(labels) * abs(acc - conf)
+            rows.append({"low": lo.item(), "high": hi.item(), "confidence": conf, "accuracy": acc, "n": n})
+    return {"ece": ece, "bins": rows}
+
+
+def probe(images: torch.Tensor, kind: str) -> torch.Tensor:
+    """A uint8 N×C×H×W batch, altered as the robustness probe `kind` says."""
+    x = images.float()
+    if kind.startswith("rotated"):
+        from torchvision.transforms.v2.functional import rotate
+        return rotate(images, 15.0)
+    if kind == "blurred":
+        from torchvision.transforms.v2.functional import gaussian_blur
+        return gaussian_blur(images, [3, 3], [1.0, 1.0])
+    if kind == "shrunk to half":
+        h, w = images.shape[-2:]
+        small = F.interpolate(x, size=(h // 2, w // 2), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    elif kind == "darkened ×0.5":
+        x = x * 0.5
+    elif kind == "brightened ×1.5":
+        x = x * 1.5
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def build_report(run: str | Path, data: str | None = None, top: int = 16) -> Path:
+    from .bundle import load_bundle
+    from .data import align_classes, load_test_split
+    from .ensemble import bundle_scores
+    from .evaluate import gather_logits, summarize
+    from .loader import Loader
+    run = Path(run)
+    bundle = load_bundle(run)
+    run = bundle.path.parent
+    out = run / "report"
+    out.mkdir(exist_ok=True)
+    cfg = bundle.config.data
+    if data:
+        cfg.data = data
+    tta = bundle.config.train.tta
+    scores, labels = bundle_scores(bundle, data=data, split="test", batch_size=256, tta=tta,
+                                   average=bundle.config.train.tta_average)
+    classes = bundle.classes
+    m = summarize(scores, labels, classes)
+    probs = scores.softmax(1)
+    test = align_classes(load_test_split(cfg), classes)
+    if not hasattr(test, "images"):
+        raise ImagefitError(f"{cfg.data} streams its test images from disk; the report needs them in memory "
+                            f"(--in-memory yes)")
+
+    figures = {}
+    history = run / "metrics.json"
+    if history.is_file():
+        figures["training curves"] = plots.training_curves(json.loads(history.read_text())["history"],
+                                                           out / "curves.png")
+    figures["confusion matrix"] = plots.confusion_matrix(m["confusion"], classes, out / "confusion.png")
+    cal = calibration(probs, labels)
+    figures["reliability diagram"] = plots.reliability(cal, out / "reliability.png")
+    if (run / "lr_finder.png").is_file():
+        figures["learning-rate finder"] = Path(shutil.copy(run / "lr_finder.png", out / "lr_finder.png"))
+
+    confusion = np.asarray(m["confusion"])
+    np.fill_diagonal(confusion, 0)
+    pairs = [(classes[i], classes[j], int(confusion[i, j])) for i, j in
+             zip(*np.unravel_index(np.argsort(-confusion, axis=None)[:8], confusion.shape)) if confusion[i, j]]
+
+    losses = F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="none")
+    gallery = []
+    for rank, i in enumerate(losses.argsort(descending=True)[:top].tolist()):
+        path = plots.thumbnail(test.images[i], out / f"top-loss-{rank + 1}.png")
+        gallery.append({"file": path.name, "true": classes[int(labels[i])],
+                        "predicted": classes[int(probs[i].argmax())], "probability": float(probs[i].max()),
+                        "p_true": float(probs[i, labels[i]])})
+
+    device = next(bundle.model.parameters()).device
+    robustness = {"unaltered (no TTA)": None, **{k: None for k in PROBES}}
+    for kind in robustness:
+        images = test.images if kind.startswith("unaltered") else probe(test.images, kind)
+        altered = type(test)(images, test.labels, test.classes, test.source)
+        s, y = gather_logits(bundle.model, Loader(altered, 256, bundle.normalizer(device), device=device))
+        robustness[kind] = (bundle.adjust(s).argmax(1) == y).float().mean().item()
+
+    page = out / "index.html"
+    page.write_text(_html(run, m, classes, pairs, gallery, cal, robustness, figures, tta))
+    summary = {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "ece": cal["ece"],
+               "robustness": robustness, "confused_pairs": pairs, "top_loss": gallery}
+    (out / "report.json").write_text(json.dumps(summary, indent=1))
+    _log_to_mlflow(run, out)
+    return page
+
+
+def _log_to_mlflow(run: Path, out: Path) -> None:
+    """Attach the report to the run's MLflow record, when the run was tracked."""
+    last = run / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return
+    from .checkpoint import load_checkpoint
+    from .tracking import make_tracker
+    state = load_checkpoint(last)
+    if not state.get("tracking_run_id") or state.get("tracking_uri") in (None, "", "none"):
+        return
+    tracker = make_tracker(state["tracking_uri"])
+    tracker.start(run.name, {}, run_id=state["tracking_run_id"])
+    for f in sorted(out.iterdir()):
+        tracker.artifact(f, "report")
+    tracker.end("FINISHED")
+
+
+def _html(run, m, classes, pairs, gallery, cal, robustness, figures, tta) -> str:
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(c)}</td><td>{r['precision']:.3f}</td><td>{r['recall']:.3f}</td><td>{r['f1']:.3f}"
+                   f"</td><td>{r['support']}</td></tr>" for c, r in m["per_class"].items())
+    pair_rows = "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td><td>{n}</td></tr>" for a, b, n in pairs)
+    tiles = "".join(f'<figure><img src="{e(g["file"])}" alt="{e(g["true"])}"><figcaption>true {e(g["true"])}<br>'
+                    f'said {e(g["predicted"])} ({g["probability"]:.2f})</figcaption></figure>' for g in gallery)
+    robust = "".join(f"<tr><td>{e(k)}</td><td>{100 * v:.2f}%</td></tr>" for k, v in robustness.items())
+    figs = "".join(f'<figure><img src="{e(p.name)}" alt="{e(name)}"><figcaption>{e(name)}</figcaption></figure>'
+                   for name, p in figures.items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>imagefit report: {e(run.name)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+figure{{display:inline-block;margin:6px;text-align:center;font-size:12px}}.gallery img{{width:96px;
+image-rendering:pixelated}}</style></head>
+<body><h1>{e(run.name)}</h1>
+<p>Test accuracy <b>{100 * m['accuracy']:.2f}%</b> (TTA {e(tta)}), balanced {100 * m['balanced_accuracy']:.2f}%,
+macro-F1 {100 * m['macro_f1']:.2f}%, top-5 {100 * m['top5']:.2f}%, {m['n']} images.
+Expected calibration error {100 * cal['ece']:.2f}%.</p>
+<h2>Figures</h2>{figs}
+<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>
+{rows}</table>
+<h2>Most confused pairs (true → predicted)</h2><table><tr><th>true</th><th>predicted</th><th>images</th></tr>
+{pair_rows}</table>
+<h2>Highest-loss test images</h2><div class="gallery">{tiles}</div>
+<h2>Robustness probe (no TTA)</h2><table><tr><th>test images</th><th>accuracy</th></tr>{robust}</table>
+<script>window.addEventListener("load", () => {{
+  const imgs = [...document.images];
+  document.body.dataset.images = imgs.filter(i => i.complete && i.naturalWidth > 0).length + "/" + imgs.length;
+}});</script>
+</body></html>
+"""
