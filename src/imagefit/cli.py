@@ -15,8 +15,6 @@ from .config import (TTA_MODES, Config, all_fields, check_fixed, coerce, field_t
                      recipe_names)
 from .errors import ImagefitError
 
-RUN_OPTIONS = ("out", "resume", "tracking_uri", "experiment", "stop_after_steps", "progress", "json", "recipe")
-
 
 def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")

@@ -52,7 +52,6 @@ def fine_tune(cfg: Config, opts: RunOptions, head_epochs: int, lr_given: bool) -
     for name, stage_cfg in (("head", head), ("all", body)):
         stage_opts = copy.copy(opts)
         stage_opts.out = out / ("1-head" if name == "head" else "2-all")
-        stage_opts.experiment = opts.experiment
         stages[name] = train(stage_cfg.validate(), stage_opts)
         if stages[name].get("stopped") == "interrupted":
             raise ImagefitError(f"stage '{name}' was interrupted; run fine-tune again with a new --out "
