@@ -105,11 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(run)
     _add_config_flags(p)
 
-    p = sub.add_parser("ensemble", help="train an ensemble (seeds or bagging) and evaluate it",
-                       description="Train --members runs (different seeds; bagging: each on its own bootstrap "
-                                   "sample of the training split) into OUT/member-i, write OUT/ensemble.json and "
-                                   "report members and ensemble (soft voting) on the test split. "
-                                   "'imagefit evaluate --bundle OUT' evaluates it again (also --vote hard).")
+    p = sub.add_parser("ensemble", help="train an ensemble (seeds, bagging, snapshot, boosting) and evaluate it",
+                       description="Train --members members into OUT (seeds: different seeds; bagging: each on its "
+                                   "own bootstrap sample; snapshot: the cycles of one cyclic run; boosting: SAMME, "
+                                   "images reweighted toward earlier members' errors), write OUT/ensemble.json and "
+                                   "report members and ensemble on the test split (soft voting; boosting: "
+                                   "α-weighted hard voting). 'imagefit evaluate --bundle OUT' evaluates it again.")
     run = _run_group(p)
     run.add_argument("--members", type=int, default=5, help="number of members (default: 5)")
     run.add_argument("--kind", choices=("seeds", "bagging", "snapshot", "boosting"), default="seeds",
