@@ -110,3 +110,20 @@ def test_weighted_hard_vote_follows_the_heavier_member():
     a, b, c = (torch.tensor([[0.9, 0.1]]), torch.tensor([[0.2, 0.8]]), torch.tensor([[0.3, 0.7]]))
     assert combine([a, b, c], "hard").argmax(1).item() == 1
     assert combine([a, b, c], "hard", [5.0, 1.0, 1.0]).argmax(1).item() == 0
+
+
+def test_predict_uses_the_bundle_tta_unless_told(capsys, cifar_dir, tmp_path):
+    from PIL import Image
+
+    from .conftest import class_images
+    x, _ = class_images(1, 3, seed=5)
+    files = []
+    for i, img in enumerate(x):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(img).save(files[-1])
+    run(capsys, "train", "--data", str(cifar_dir), *TINY, "--tta", "flip", "--out", "runs/t")
+
+    def probs(*extra):
+        out = run(capsys, "predict", "--bundle", "runs/t", "--top-k", "10", *files, *extra)["predictions"]
+        return [{t["class"]: t["probability"] for t in p["top"]} for p in out]
+    assert probs() == probs("--tta", "flip") != probs("--tta", "none")

@@ -55,9 +55,14 @@ class Bundle:
         return scores - la["tau"] * torch.tensor(la["log_prior"], device=scores.device) if la else scores
 
     @torch.inference_mode()
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, images: torch.Tensor, tta: str | None = None) -> torch.Tensor:
+        """Class probabilities for uint8 images, with the test-time augmentation training used unless `tta` says
+        otherwise (so predictions agree with `imagefit evaluate`)."""
+        from .evaluate import predict_logits
         device = next(self.model.parameters()).device
-        return self.adjust(self.model(self.normalizer(device)(images.to(device))).float()).softmax(1).cpu()
+        t = self.config.train
+        scores = predict_logits(self.model, self.normalizer(device)(images.to(device)), tta or t.tta, t.tta_average)
+        return self.adjust(scores).softmax(1).cpu()
 
 
 def save_bundle(path: str | Path, model: nn.Module, classes: list[str], preprocessing: dict, config: Config,

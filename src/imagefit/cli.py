@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="image files or folders of images")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable files instead of stopping")
+    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the bundle's; none is "
+                                                    "fastest)")
     _add_json(p)
 
     p = sub.add_parser("models", help="list the model registry with parameter counts (10 classes)")
@@ -339,7 +341,7 @@ def cmd_predict(args) -> dict:
     k = min(args.top_k, len(bundle.classes))
     results = []
     for start in range(0, len(keep), 256):
-        probs = bundle.probabilities(images[start:start + 256])
+        probs = bundle.probabilities(images[start:start + 256], args.tta)
         top = probs.topk(k, dim=1)
         for i, (values, indices) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
             results.append({"file": files[keep[start + i]],
