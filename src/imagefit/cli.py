@@ -127,6 +127,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=16, help="highest-loss images to show (default: 16)")
     _add_json(p)
 
+    gen = sub.add_parser("generate", help="a diffusion model of the training images, and synthetic images from it")
+    gsub = gen.add_subparsers(dest="generate_command", required=True, metavar="STEP")
+    p = gsub.add_parser("train", help="train a class-conditional DDPM (resumes when OUT holds a checkpoint)")
+    p.add_argument("--data", help="data folder (default: $IMAGEFIT_DATA)")
+    p.add_argument("--out", required=True, help="folder for the checkpoint and its sample grids")
+    p.add_argument("--preset", choices=("tiny", "small", "base"), default="small",
+                   help="network size: tiny (tests), small (CPU-hours), base (the DDPM paper's, for GPUs)")
+    p.add_argument("--classes", help="only these classes (comma-separated names)")
+    p.add_argument("--steps", type=int, default=20000, help="optimizer steps in all (default: 20000)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--schedule", choices=("linear", "cosine"), default="cosine", help="noise schedule")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-after-steps", type=int, default=0, help="stop as if interrupted (resume later)")
+    _add_json(p)
+    p = gsub.add_parser("sample", help="write synthetic images as an ImageFolder tree (resumable)")
+    p.add_argument("--model", required=True, help="the folder 'generate train' wrote")
+    p.add_argument("--out", required=True, help="folder for train/<class>/*.png")
+    p.add_argument("--per-class", type=int, default=500)
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
+    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (default: 2)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    _add_json(p)
+
     p = sub.add_parser("evaluate", help="evaluate a bundle (or an ensemble of bundles) on a test split")
     p.add_argument("--bundle", required=True, action="append",
                    help="run folder or bundle.safetensors; repeat it to evaluate an ensemble")
@@ -283,6 +310,35 @@ def cmd_report(args) -> dict:
     return {"report": str(page), **summary}
 
 
+def cmd_generate(args) -> dict:
+    from . import generate
+    if args.generate_command == "sample":
+        r = generate.sample_folder(args.model, args.out, args.per_class, steps=args.steps, guidance=args.guidance,
+                                   sampler=args.sampler, batch=args.batch_size, seed=args.seed,
+                                   log=lambda m: print(m, file=sys.stderr, flush=True))
+        if not args.json:
+            print(f"{r['written']} images in {r['seconds']} s ({r['images_per_s']:.2f}/s) under {r['out']}")
+        return r
+    from .config import DataConfig
+    from .data import ImageSet, load_splits
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else []
+    for name, value, low in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
+                             ("--checkpoint-every", args.checkpoint_every, 1)):
+        if value < low:
+            raise ImagefitError(f"{name} must be {low} or more (got {value})")
+    data = load_splits(DataConfig(data=args.data, val_fraction=0.0, classes=classes), args.seed)
+    if not isinstance(data.train, ImageSet):
+        raise ImagefitError(f"{data.source} is streamed from disk; 'generate train' needs it in memory")
+    cfg = generate.DiffusionConfig(preset=args.preset, size=data.train.images.shape[-1], classes=tuple(data.classes),
+                                   schedule=args.schedule, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                   checkpoint_every=args.checkpoint_every, seed=args.seed)
+    r = generate.train_diffusion(data.train.images, data.train.labels, cfg, Path(args.out), args.stop_after_steps,
+                                 log=lambda m: print(m, file=sys.stderr, flush=True))
+    if not args.json:
+        print(f"{r['stopped']} at step {r['step']}; checkpoint in {r['out']}")
+    return r
+
+
 def cmd_evaluate(args) -> dict:
     from . import plots
     from .ensemble import evaluate_bundles
@@ -364,7 +420,7 @@ def cmd_models(args) -> dict:
 
 
 COMMANDS = {"train": cmd_train, "find-lr": cmd_find_lr, "fine-tune": cmd_fine_tune, "features": cmd_features,
-            "ensemble": cmd_ensemble, "report": cmd_report,
+            "ensemble": cmd_ensemble, "report": cmd_report, "generate": cmd_generate,
             "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models}
 
 

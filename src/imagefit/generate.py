@@ -1,0 +1,242 @@
+"""Generative augmentation: a class-conditional diffusion model (DDPM) that learns the training images, and
+the sampler that turns it into an ImageFolder of synthetic ones.
+
+The network is diffusers' `UNet2DModel` with a class embedding (one extra "no class" index for classifier-free
+guidance: labels are dropped to it with probability `label_dropout` while training); the noise schedules and the
+DDPM/DDIM steps are diffusers' schedulers. What is ours: the presets, the loop (seeded per step so a stopped run
+resumes bitwise, like the classifier's), EMA weights, checkpoints with per-class sample grids, and a guided,
+batched, resumable sampler that writes class folders.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ImagefitError
+from .files import atomic_write_text
+
+# Channels per resolution level, residual blocks per level, which levels get self-attention, GroupNorm groups.
+PRESETS = {
+    "tiny": dict(block_out_channels=(16, 32), layers_per_block=1, attention=(False, False), groups=8),  # tests
+    "small": dict(block_out_channels=(64, 128, 128), layers_per_block=2, attention=(False, True, False),  # CPU
+                  groups=32),
+    "base": dict(block_out_channels=(128, 256, 256, 256), layers_per_block=2,  # ≈ the DDPM paper's CIFAR net
+                 attention=(False, True, False, False), groups=32),
+}
+CHECKPOINT = "diffusion.pt"
+
+
+@dataclass
+class DiffusionConfig:
+    preset: str = "small"
+    size: int = 32
+    classes: tuple = ()
+    schedule: str = "cosine"  # linear (DDPM) or cosine (Nichol & Dhariwal)
+    train_timesteps: int = 1000
+    steps: int = 20000
+    batch_size: int = 64
+    lr: float = 2e-4
+    ema: float = 0.999
+    label_dropout: float = 0.1
+    checkpoint_every: int = 1000
+    seed: int = 0
+
+
+def make_unet(cfg: DiffusionConfig):
+    from diffusers import UNet2DModel
+    if cfg.preset not in PRESETS:
+        raise ImagefitError(f"unknown preset '{cfg.preset}'; choose {', '.join(PRESETS)}")
+    p = PRESETS[cfg.preset]
+    levels = len(p["block_out_channels"])
+    if cfg.size % 2 ** (levels - 1):
+        raise ImagefitError(f"--size {cfg.size} must be a multiple of {2 ** (levels - 1)} for preset {cfg.preset}")
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in p["attention"])
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(p["attention"]))
+    return UNet2DModel(sample_size=cfg.size, in_channels=3, out_channels=3, block_out_channels=p["block_out_channels"],
+                       layers_per_block=p["layers_per_block"], down_block_types=down, up_block_types=up,
+                       num_class_embeds=len(cfg.classes) + 1, add_attention=any(p["attention"]),
+                       norm_num_groups=p["groups"])
+
+
+def make_scheduler(cfg: DiffusionConfig, sampler: str = "ddpm"):
+    from diffusers import DDIMScheduler, DDPMScheduler
+    if cfg.schedule not in ("linear", "cosine"):
+        raise ImagefitError(f"--schedule must be linear or cosine (got {cfg.schedule!r})")
+    beta = "linear" if cfg.schedule == "linear" else "squaredcos_cap_v2"
+    cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
+    return cls(num_train_timesteps=cfg.train_timesteps, beta_schedule=beta, clip_sample=True)
+
+
+def _to_unit(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 127.5 - 1
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _seed_for(seed: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, step, 7]).generate_state(1)[0])
+
+
+def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionConfig, out: Path,
+                    stop_after: int = 0, log=print) -> dict:
+    """Train (or resume, when OUT holds a checkpoint) on uint8 N×3×H×W images. Each step's batch, flips, noise and
+    timesteps come from a generator seeded by (seed, step): a resumed run takes exactly the steps it would have."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)  # the initial weights; everything after is seeded per step
+    unet = make_unet(cfg)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    scheduler = make_scheduler(cfg)
+    step, history = 0, []
+    ckpt = out / CHECKPOINT
+    if ckpt.exists():
+        state = _load(ckpt)
+        if tuple(state["config"]["classes"]) != tuple(cfg.classes) or state["config"]["size"] != cfg.size:
+            raise ImagefitError(f"{ckpt} was trained on {state['config']['size']} px images of classes "
+                                f"{', '.join(state['config']['classes'])}; resume it with the same data")
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+        log(f"resuming at step {step}")
+    null = len(cfg.classes)
+    unet.train()
+    start, since = time.perf_counter(), 0.0
+    while step < cfg.steps:
+        g = torch.Generator().manual_seed(_seed_for(cfg.seed, step))
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
+        x0 = _to_unit(images[idx])
+        flip = torch.rand(cfg.batch_size, generator=g) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        y = labels[idx].clone()
+        y[torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout] = null  # classifier-free guidance
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(cfg.train_timesteps, (cfg.batch_size,), generator=g)
+        pred = unet(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), unet.parameters()):
+                e.lerp_(p, 1 - cfg.ema)
+        step += 1
+        history.append(loss.item())
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after:
+            since += time.perf_counter() - start
+            start = time.perf_counter()
+            _save(ckpt, {"config": asdict(cfg), "unet": unet.state_dict(), "ema": ema.state_dict(),
+                         "optimizer": opt.state_dict(), "step": step, "history": history})
+            save_grid(ema, cfg, out / f"samples-step{step:07d}.png")
+            recent = history[-min(len(history), cfg.checkpoint_every):]
+            log(f"step {step}/{cfg.steps}  loss {sum(recent) / len(recent):.4f}  {since:.0f} s")
+        if stop_after and step >= stop_after and step < cfg.steps:
+            return {"stopped": "interrupted", "step": step, "out": str(out)}
+    return {"stopped": "completed", "step": step, "loss": sum(history[-100:]) / len(history[-100:]),
+            "out": str(out)}
+
+
+def save_grid(unet, cfg: DiffusionConfig, path: Path, per_class: int = 4, steps: int = 25) -> Path:
+    """A PNG grid, one row per class, of `per_class` guided DDIM samples (fixed seed: rows compare across
+    checkpoints)."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+    was_training = unet.training
+    unet.eval()
+    labels = torch.arange(len(cfg.classes)).repeat_interleave(per_class)
+    images = sample(unet, cfg, labels, steps=min(steps, cfg.train_timesteps), guidance=2.0, seed=0)
+    unet.train(was_training)
+    grid = make_grid(images, nrow=per_class, padding=1)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+def _save(path: Path, state: dict) -> None:
+    from .checkpoint import save_checkpoint
+    save_checkpoint(path, state)
+
+
+def _load(path: Path) -> dict:
+    from .checkpoint import load_checkpoint
+    return load_checkpoint(path)
+
+
+def load_generator(folder: str | Path):
+    """(EMA UNet, config) from a `generate train` folder."""
+    path = Path(folder) / CHECKPOINT
+    if not path.is_file():
+        raise ImagefitError(f"no diffusion checkpoint at {path}; pass the folder 'imagefit generate train' wrote")
+    state = _load(path)
+    cfg = DiffusionConfig(**{**state["config"], "classes": tuple(state["config"]["classes"])})
+    unet = make_unet(cfg)
+    unet.load_state_dict(state["ema"])
+    return unet.eval(), cfg
+
+
+@torch.inference_mode()
+def sample(unet, cfg: DiffusionConfig, labels: torch.Tensor, *, steps: int = 50, guidance: float = 2.0,
+           sampler: str = "ddim", seed: int = 0) -> torch.Tensor:
+    """uint8 images for `labels`, denoised in `steps` steps; with guidance w the noise estimate is
+    uncond + w·(cond − uncond), both halves in one forward pass."""
+    if not 1 <= steps <= cfg.train_timesteps:
+        raise ImagefitError(f"--steps must be between 1 and {cfg.train_timesteps} (got {steps})")
+    if not 0 <= guidance <= 20:
+        raise ImagefitError(f"--guidance must be between 0 and 20 (got {guidance:g}); 1 is plain conditioning")
+    scheduler = make_scheduler(cfg, sampler)
+    scheduler.set_timesteps(steps)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((len(labels), 3, cfg.size, cfg.size), generator=g)
+    null = torch.full_like(labels, len(cfg.classes))
+    both = torch.cat([labels, null])
+    for t in scheduler.timesteps:
+        eps_cond, eps_uncond = unet(torch.cat([x, x]), t, class_labels=both).sample.chunk(2)
+        eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+        x = scheduler.step(eps, t, x, generator=g).prev_sample
+    return _to_uint8(x)
+
+
+def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps: int = 50, guidance: float = 2.0,
+                  sampler: str = "ddim", batch: int = 100, seed: int = 0, log=print) -> dict:
+    """Write per_class images of every class as OUT/train/<class>/<i>.png (an ImageFolder tree). Batches are
+    seeded by (seed, class, first index), so a stopped run resumes where it stopped without duplicating images."""
+    from PIL import Image
+    unet, cfg = load_generator(folder)
+    out = Path(out)
+    if per_class < 1:
+        raise ImagefitError(f"--per-class must be 1 or more (got {per_class})")
+    written, start = 0, time.perf_counter()
+    for c, name in enumerate(cfg.classes):
+        d = out / "train" / name
+        d.mkdir(parents=True, exist_ok=True)
+        for first in range(0, per_class, batch):
+            n = min(batch, per_class - first)
+            if all((d / f"{i}.png").exists() for i in range(first, first + n)):
+                continue  # done in an earlier run
+            images = sample(unet, cfg, torch.full((n,), c), steps=steps, guidance=guidance, sampler=sampler,
+                            seed=_seed_for(seed, c * 1_000_000 + first))
+            for i, img in enumerate(images):
+                tmp = d / f".{first + i}.png.tmp"
+                Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+                tmp.replace(d / f"{first + i}.png")
+            written += n
+            rate = written / (time.perf_counter() - start)
+            log(f"{name}: {first + n}/{per_class}  ({rate:.2f} images/s)")
+    meta = {"generator": str(folder), "per_class": per_class, "steps": steps, "guidance": guidance,
+            "sampler": sampler, "seed": seed, "classes": list(cfg.classes)}
+    atomic_write_text(out / "synthetic.json", json.dumps(meta, indent=1))
+    seconds = time.perf_counter() - start
+    return {**meta, "written": written, "seconds": round(seconds, 1),
+            "images_per_s": written / seconds if written else math.nan, "out": str(out)}
