@@ -46,3 +46,39 @@ def test_bad_generator_options(capsys, cifar_dir):
     assert "no diffusion checkpoint" in fails(capsys, "generate", "sample", "--model", "nowhere", "--out", "s")
     assert "resume it with the same data" in fails(capsys, *TRAIN[:4], "--classes", "cat,dog", "--steps", "2",
                                                    "--data", str(cifar_dir), "--out", "gen/g")
+
+
+def test_synthetic_images_mix_into_training(capsys, cifar_dir, tmp_path):
+    from PIL import Image
+
+    from imagefit.augment import Normalize
+    from imagefit.config import DataConfig
+    from imagefit.data import load_splits
+    from imagefit.loader import Loader
+
+    from .conftest import class_images
+    x, y = class_images(5, 3, seed=9)
+    names = ["cat", "dog", "frog"]
+    for i, (img, label) in enumerate(zip(x, y)):
+        d = tmp_path / "syn" / "train" / names[label]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{i}.png")
+    cfg = DataConfig(data=str(cifar_dir), val_fraction=0, synthetic=str(tmp_path / "syn"))
+    real = load_splits(DataConfig(data=str(cifar_dir), val_fraction=0), 0)
+    mixed = load_splits(cfg, 0)
+    assert len(mixed.synthetic) == 15 and mixed.synthetic.labels.max() <= 6  # relabelled to CIFAR's order
+    assert mixed.mean == real.mean  # normalized by the real images only
+    loader = Loader(mixed.train, 16, Normalize(real.mean, real.std, torch.device("cpu"), False), shuffle=True,
+                    synthetic=mixed.synthetic, synthetic_ratio=0.25, drop_last=True)
+    assert len(loader) == 120 // 12
+    labels = next(loader.batches())[2]
+    assert len(labels) == 16 and set(labels[12:].tolist()) <= {3, 5, 6}  # the last 4 are synthetic cats/dogs/frogs
+    cfg.synthetic_mode = "extra"
+    assert len(load_splits(cfg, 0).train) == 120 + 15
+    args = ["train", "--data", str(cifar_dir), "--model", "resnet", "--blocks", "1", "--widths", "8", "--epochs",
+            "2", "--batch-size", "16", "--tracking-uri", "none", "--synthetic", str(tmp_path / "syn")]
+    run(capsys, *args, "--out", "runs/mix")
+    run(capsys, *args, "--out", "runs/cut", "--stop-after-steps", "3")
+    run(capsys, "train", "--resume", "runs/cut")
+    from .test_train import same_weights
+    assert same_weights("runs/mix/bundle.safetensors", "runs/cut/bundle.safetensors")

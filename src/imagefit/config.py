@@ -48,6 +48,13 @@ class DataConfig:
     skip_bad_images: bool = opt(False, "skip unreadable image files (with a warning) instead of stopping")
     classes: list[str] = opt([], "use only these classes (names, comma-separated; labels follow this order); "
                                  "empty: all")
+    synthetic: str | None = opt(None, "a folder of synthetic training images (imagefit generate sample writes one: "
+                                      "train/<class>/*.png) to mix with the real ones")
+    synthetic_ratio: float = opt(0.3, "--synthetic: share of each training batch drawn from the synthetic images "
+                                      "(the epoch stays one pass over the real ones)", low=0.0, high=0.9)
+    synthetic_mode: str = opt("ratio", "--synthetic: ratio (a share of every batch, equal compute per epoch) or "
+                                       "extra (the synthetic images join the training set: longer epochs)",
+                              choices=("ratio", "extra"))
     imbalance: str = opt("none", "make the training set imbalanced for study: exp:RATIO (long-tailed, largest/"
                                  "smallest class = RATIO) or step:RATIO (half the classes cut to 1/RATIO); seeded, "
                                  "the test split untouched")

@@ -81,6 +81,7 @@ class Splits:
     mean: list[float]
     std: list[float]
     source: str
+    synthetic: ImageSet | None = None  # --synthetic in ratio mode: drawn into every training batch
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -419,8 +420,24 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         train = train.subset(torch.randint(len(train), (len(train),), generator=g))
     key = _fingerprint(fingerprint, cfg.size, cfg.resize, cfg.val_fraction, seed, cfg.classes, cfg.per_class,
                        cfg.imbalance, cfg.bootstrap)
-    mean, std = _cached_stats(train, key)
-    return Splits(train, val, test, train.classes, mean, std, str(where))
+    mean, std = _cached_stats(train, key)  # the real images' statistics, synthetic ones or not
+    synthetic = _synthetic_set(cfg, train) if cfg.synthetic else None
+    if synthetic is not None and cfg.synthetic_mode == "extra":
+        train, synthetic = ImageSet(torch.cat([train.images, synthetic.images]),
+                                    torch.cat([train.labels, synthetic.labels]), train.classes, train.source), None
+    return Splits(train, val, test, train.classes, mean, std, str(where), synthetic)
+
+
+def _synthetic_set(cfg: DataConfig, train: ImageSet | FileSet) -> ImageSet:
+    """The synthetic tree, decoded into memory at the real images' size, labelled in the real class order."""
+    folder = Path(cfg.synthetic)
+    tree = folder / "train" if (folder / "train").is_dir() else folder
+    if not tree.is_dir():
+        raise ImagefitError(f"--synthetic {folder} is not a folder; pass what 'imagefit generate sample' wrote")
+    if not isinstance(train, ImageSet):
+        raise ImagefitError("--synthetic needs the real images in memory (--in-memory yes)")
+    syn, _ = _imagefolder_set(tree, None, cfg, stream=False)
+    return align_classes(syn, train.classes)
 
 
 def select_classes(data: ImageSet | FileSet, names: list[str]) -> ImageSet | FileSet:

@@ -19,6 +19,7 @@ import torch
 
 from .augment import BatchAugment, Normalize
 from .data import FileSet, ImageSet
+from .errors import ImagefitError
 from .imbalance import epoch_size, resampled_order
 
 
@@ -41,11 +42,22 @@ class _Files(torch.utils.data.Dataset):
 class Loader:
     def __init__(self, data: ImageSet | FileSet, batch_size: int, normalize: Normalize, *,
                  augment: BatchAugment | None = None, shuffle: bool = False, drop_last: bool = False,
-                 seed: int = 0, device: torch.device = torch.device("cpu"), workers: int = 2, balance: str = "none"):
+                 seed: int = 0, device: torch.device = torch.device("cpu"), workers: int = 2, balance: str = "none",
+                 synthetic: ImageSet | None = None, synthetic_ratio: float = 0.0):
         self.data, self.batch_size, self.normalize, self.augment = data, batch_size, normalize, augment
+        # Synthetic images fill a fixed share of every batch; the epoch is still one pass over the real images.
+        self.n_synthetic = round(synthetic_ratio * batch_size) if synthetic is not None else 0
+        if self.n_synthetic:
+            if not isinstance(data, ImageSet):
+                raise ImagefitError("--synthetic needs the real images in memory (--in-memory yes)")
+            self.n_real, self.synthetic_size = len(data), len(synthetic)
+            data = ImageSet(torch.cat([data.images, synthetic.images]), torch.cat([data.labels, synthetic.labels]),
+                            data.classes, data.source)
+            self.data, batch_size = data, batch_size - self.n_synthetic
+            self.batch_size = batch_size
         self.shuffle, self.seed, self.device, self.workers = shuffle, seed, device, workers
         self.balance = balance if balance in ("oversample", "undersample") else "none"  # reweight: the loss's job
-        self.epoch_size = epoch_size(data.labels, self.balance)
+        self.epoch_size = self.n_real if self.n_synthetic else epoch_size(data.labels, self.balance)
         self.weights: torch.Tensor | None = None  # per-image draw probabilities (boosting), set by the caller
         # Dropping the last partial batch keeps batch statistics steady, unless it would leave no batch at all.
         self.drop_last = drop_last and self.epoch_size >= batch_size
@@ -61,6 +73,8 @@ class Loader:
         if not self.shuffle:
             return torch.arange(len(self.data))
         gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+        if self.n_synthetic:
+            return torch.randperm(self.n_real, generator=gen)
         if self.weights is not None:  # as many draws as images, with replacement, in proportion to the weights
             return torch.multinomial(self.weights, len(self.data), replacement=True, generator=gen)
         if self.balance != "none":
@@ -71,6 +85,11 @@ class Loader:
         """(step, images, labels) for the epoch's steps from `start` on; images ready for the model."""
         order = self.order(epoch)[: len(self) * self.batch_size]
         chunks = list(order.split(self.batch_size))[start:]
+        if self.n_synthetic:  # each batch's synthetic share, drawn by (seed, epoch, step) like everything else
+            chunks = [torch.cat([c, self.n_real + torch.randint(
+                self.synthetic_size, (self.n_synthetic,),
+                generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, step, 1)))])
+                for step, c in enumerate(chunks, start=start)]
         for step, (index, (x, y)) in enumerate(zip(chunks, self._raw(chunks)), start=start):
             if self.augment is not None:
                 gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, step))

@@ -188,9 +188,12 @@ class Trainer:
 
         common = dict(seed=t.seed, device=self.device, workers=cfg.data.workers)
         flip_seed = mix_seed(t.seed, 0, 0, 0)  # four parts: apart from every (seed, epoch[, step]) stream
-        augment = BatchAugment(cfg.augment, normalize, len(self.data.train), flip_seed)
+        synthetic = self.data.synthetic
+        augment = BatchAugment(cfg.augment, normalize, len(self.data.train) + (len(synthetic) if synthetic else 0),
+                               flip_seed)
         self.train_loader = Loader(self.data.train, t.batch_size, normalize, augment=augment,
-                                   shuffle=True, drop_last=True, balance=t.balance, **common)
+                                   shuffle=True, drop_last=True, balance=t.balance, synthetic=synthetic,
+                                   synthetic_ratio=cfg.data.synthetic_ratio, **common)
         eval_batch = max(t.batch_size, 256)
         self.val_loader = Loader(self.data.val, eval_batch, normalize, **common) if self.data.val else None
         self.test_loader = Loader(self.data.test, eval_batch, normalize, **common) if self.data.test else None
