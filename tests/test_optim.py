@@ -31,17 +31,22 @@ def test_batchnorm_shifts_get_the_scaled_rate_and_frozen_scales_no_group():
     assert plain[1]["lr"] == 0.5 and plain[1]["weight_decay"] == 0 and plain[2]["weight_decay"] == 0
 
 
-def test_triangle_schedule_warms_up_linearly_and_ends_at_zero():
-    cfg = fastnet_config()
-    cfg.schedule.schedule, cfg.schedule.warmup, cfg.schedule.div_factor, cfg.train.epochs = "triangle", 0.2, 5, 2
-    model = create_model(10, cfg.model)
-    opt = build_optimizer(model, cfg)
-    sched = build_schedule(opt, cfg, steps_per_epoch=25)  # 50 steps, peak at 10
+def schedule_rates(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int, steps: int) -> list[float]:
+    """The first group's rate at each of `steps` steps of the config's schedule."""
+    sched = build_schedule(opt, cfg, steps_per_epoch)
     rates = []
-    for _ in range(51):
+    for _ in range(steps):
         rates.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return rates
+
+
+def test_triangle_schedule_warms_up_linearly_and_ends_at_zero():
+    cfg = fastnet_config()
+    cfg.schedule.schedule, cfg.schedule.warmup, cfg.schedule.div_factor, cfg.train.epochs = "triangle", 0.2, 5, 2
+    opt = build_optimizer(create_model(10, cfg.model), cfg)
+    rates = schedule_rates(opt, cfg, steps_per_epoch=25, steps=51)  # 50 steps, peak at 10
     assert rates[0] == pytest.approx(0.1) and rates[5] == pytest.approx(0.3) and rates[10] == pytest.approx(0.5)
     assert rates[30] == pytest.approx(0.25) and rates[50] == 0.0
     assert max(rates) == pytest.approx(0.5)
@@ -125,12 +130,7 @@ def test_cyclic_schedule_restarts_at_the_peak_each_cycle():
     cfg = Config()
     cfg.schedule.schedule, cfg.schedule.cycles, cfg.train.epochs, cfg.optim.lr = "cyclic", 2, 4, 0.1
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    sched = build_schedule(opt, cfg, steps_per_epoch=5)  # 20 steps, cycles of 10
-    rates = []
-    for _ in range(20):
-        rates.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    rates = schedule_rates(opt, cfg, steps_per_epoch=5, steps=20)  # 20 steps, cycles of 10
     assert rates[0] == rates[10] == pytest.approx(0.1) and rates[9] < 0.01 and rates[19] < 0.01
     assert rates[5] == pytest.approx(0.05)
     cfg.train.epochs = 5

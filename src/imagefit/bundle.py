@@ -51,8 +51,9 @@ class Bundle:
 
     def adjust(self, scores: torch.Tensor) -> torch.Tensor:
         """The logit adjustment training chose (--logit-adjust), if any."""
+        from .imbalance import adjust
         la = self.preprocessing.get("logit_adjust")
-        return scores - la["tau"] * torch.tensor(la["log_prior"], device=scores.device) if la else scores
+        return adjust(scores, torch.tensor(la["log_prior"]), la["tau"]) if la else scores
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor, tta: str | None = None) -> torch.Tensor:

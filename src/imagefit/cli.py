@@ -25,21 +25,29 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                        description="Train a model, evaluate it on the test split, and save a bundle.")
     run = _run_group(p)
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly where it stopped")
-    _add_config_flags(p)
     return p
 
 
+def _config_command(p: argparse.ArgumentParser, title: str, out_help: str):
+    """The options of a command that builds a config: --recipe, --out and --json in group `title`, every config
+    field after them. Returns the group, for the command's own options."""
+    group = p.add_argument_group(title)
+    group.add_argument("--recipe", help=f"recipe name ({', '.join(recipe_names())}) or path to a YAML file")
+    group.add_argument("--out", help=out_help)
+    _add_json(group)
+    _add_config_flags(p)
+    return group
+
+
 def _run_group(p: argparse.ArgumentParser):
-    run = p.add_argument_group("run")
-    run.add_argument("--recipe", help=f"recipe name ({', '.join(recipe_names())}) or path to a YAML file")
-    run.add_argument("--out", help="run folder (default: runs/MODEL-TIMESTAMP)")
+    """_config_command for the commands that train (and so track, stop and resume)."""
+    run = _config_command(p, "run", "run folder (default: runs/MODEL-TIMESTAMP)")
     run.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///mlflow.db here; 'none': off)")
     run.add_argument("--experiment", default="imagefit", help="MLflow experiment name")
     run.add_argument("--stop-after-steps", type=int, default=0,
                      help="stop as if interrupted after this many optimizer steps (resume later)")
     run.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
                      help="live bar (terminal) or one line per epoch")
-    _add_json(run)
     return run
 
 
@@ -74,14 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("find-lr", help="learning-rate range test: plot, suggestion, and two other rules",
                        description="Train briefly at exponentially growing rates and suggest the rate at the "
                                    "steepest descent of the smoothed loss (weights and optimizer are restored).")
-    run = p.add_argument_group("range test")
-    run.add_argument("--recipe", help=f"recipe name ({', '.join(recipe_names())}) or path to a YAML file")
-    run.add_argument("--out", help="folder for lr_finder.png and lr_finder.json (default: runs/find-lr-TIMESTAMP)")
+    run = _config_command(p, "range test", "folder for lr_finder.png and lr_finder.json (default: "
+                                           "runs/find-lr-TIMESTAMP)")
     run.add_argument("--start-lr", type=float, default=1e-7, help="first rate (default: 1e-7)")
     run.add_argument("--end-lr", type=float, default=10.0, help="last rate (default: 10)")
     run.add_argument("--steps", type=int, default=100, help="mini-batches at most (default: 100)")
-    _add_json(run)
-    _add_config_flags(p)
 
     p = sub.add_parser("fine-tune", help="transfer learning: train the head on a frozen body, then all layers",
                        description="fastai's recipe from trained weights (--pretrained imagenet or --init-from): "
@@ -91,19 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = _run_group(p)
     run.add_argument("--head-epochs", type=int, default=1, help="epochs of stage 1 (default: 1); --epochs sets "
                                                                  "stage 2")
-    _add_config_flags(p)
 
     p = sub.add_parser("features", help="linear probe: a scikit-learn head on a frozen model's features",
                        description="Penultimate features of a frozen model (--pretrained imagenet or --init-from), "
                                    "then a linear SVM or logistic regression fitted on the training split and "
                                    "reported on the test split like any model.")
-    run = p.add_argument_group("probe")
-    run.add_argument("--recipe", help=f"recipe name ({', '.join(recipe_names())}) or path to a YAML file")
-    run.add_argument("--out", help="folder for linear_probe.json (default: runs/features-TIMESTAMP)")
+    run = _config_command(p, "probe", "folder for linear_probe.json (default: runs/features-TIMESTAMP)")
     run.add_argument("--head", choices=("svm", "logistic"), default="svm", help="the classifier (default: svm)")
     run.add_argument("--c", type=float, default=1.0, help="inverse regularization strength C (default: 1)")
-    _add_json(run)
-    _add_config_flags(p)
 
     p = sub.add_parser("ensemble", help="train an ensemble (seeds, bagging, snapshot, boosting) and evaluate it",
                        description="Train --members members into OUT (seeds: different seeds; bagging: each on its "
@@ -116,7 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kind", choices=("seeds", "bagging", "snapshot", "boosting"), default="seeds",
                      help="how members differ: seed, bootstrap sample (bagging), cycle of one cyclic run "
                           "(snapshot), or images reweighted toward the previous members' errors (boosting, SAMME)")
-    _add_config_flags(p)
 
     p = sub.add_parser("report", help="error-analysis report of a run: one HTML page with its figures",
                        description="Write RUN/report/index.html: curves, confusion matrix, per-class metrics, most "
@@ -288,14 +287,11 @@ def cmd_features(args) -> dict:
 
 def cmd_ensemble(args) -> dict:
     from .ensemble import train_ensemble
-    from .evaluate import format_report
     cfg = config_from_args(args)
     out = _out_dir(args, "ensemble", empty=True)
-    m = train_ensemble(cfg, _run_options(args, out), args.members, args.kind)
-    classes = m.pop("classes")
-    m.pop("first_bundle")
+    m, first = train_ensemble(cfg, _run_options(args, out), args.members, args.kind)
     if not args.json:
-        _print_evaluation(m, classes, format_report)
+        _print_evaluation(m, first.classes)
     return {**m, "ensemble": str(out)}
 
 
@@ -342,22 +338,22 @@ def cmd_generate(args) -> dict:
 def cmd_evaluate(args) -> dict:
     from . import plots
     from .ensemble import evaluate_bundles
-    from .evaluate import format_report
     from .train import resolve_device
-    m = evaluate_bundles(args.bundle, data=args.data, split=args.split, batch_size=args.batch_size, tta=args.tta,
-                         tta_average=args.tta_average, vote=args.vote, device=resolve_device(args.device))
-    classes, run_dir = m.pop("classes"), Path(m.pop("first_bundle")).parent
+    m, first = evaluate_bundles(args.bundle, data=args.data, split=args.split, batch_size=args.batch_size,
+                                tta=args.tta, tta_average=args.tta_average, vote=args.vote,
+                                device=resolve_device(args.device))
     try:
-        m["confusion_png"] = str(plots.confusion_matrix(m["confusion"], classes,
-                                                        run_dir / f"confusion-{args.split}.png"))
+        m["confusion_png"] = str(plots.confusion_matrix(m["confusion"], first.classes,
+                                                        first.path.parent / f"confusion-{args.split}.png"))
     except OSError:
         pass  # a read-only bundle folder: the numbers still print
     if not args.json:
-        _print_evaluation(m, classes, format_report)
+        _print_evaluation(m, first.classes)
     return {**m, "split": args.split, "bundle": args.bundle[0] if len(args.bundle) == 1 else args.bundle}
 
 
-def _print_evaluation(m: dict, classes: list[str], format_report) -> None:
+def _print_evaluation(m: dict, classes: list[str]) -> None:
+    from .evaluate import format_report
     if "members" in m:
         for r in m["members"]:
             print(f"member {r['bundle']}: accuracy {r['accuracy']:.4f} (tta {r['tta']})")

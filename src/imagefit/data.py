@@ -31,6 +31,13 @@ CIFAR_DIR = "cifar-10-batches-py"
 Image.MAX_IMAGE_PIXELS = 64_000_000
 
 
+def choice_generator(*parts: int) -> torch.Generator:
+    """A generator for a seeded data choice (per-class subsets, imbalance, bootstrap samples), its seed hashed
+    from `parts` (NumPy's SeedSequence, 32 bits); each kind of choice adds its own constant part, so choices made
+    with one seed are independent of each other and of the validation split."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(parts)).generate_state(1)[0]))
+
+
 def cache_dir() -> Path:
     """imagefit's cache: $IMAGEFIT_CACHE, else $XDG_CACHE_HOME/imagefit, else ~/.cache/imagefit."""
     root = os.environ.get("IMAGEFIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imagefit"
@@ -49,6 +56,11 @@ class ImageSet:
 
     def subset(self, index: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[index], self.labels[index], self.classes, self.source)
+
+    def concat(self, other: ImageSet) -> ImageSet:
+        """These images, then `other`'s (same classes): e.g. real then synthetic."""
+        return ImageSet(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]),
+                        self.classes, self.source)
 
 
 @dataclass
@@ -416,15 +428,13 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     val = train.subset(held) if len(held) else None
     train = train.subset(keep)
     if cfg.bootstrap:
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.bootstrap, 3]).generate_state(1)[0]))
-        train = train.subset(torch.randint(len(train), (len(train),), generator=g))
+        train = train.subset(torch.randint(len(train), (len(train),), generator=choice_generator(cfg.bootstrap, 3)))
     key = _fingerprint(fingerprint, cfg.size, cfg.resize, cfg.val_fraction, seed, cfg.classes, cfg.per_class,
                        cfg.imbalance, cfg.bootstrap)
     mean, std = _cached_stats(train, key)  # the real images' statistics, synthetic ones or not
     synthetic = _synthetic_set(cfg, train) if cfg.synthetic else None
     if synthetic is not None and cfg.synthetic_mode == "extra":
-        train, synthetic = ImageSet(torch.cat([train.images, synthetic.images]),
-                                    torch.cat([train.labels, synthetic.labels]), train.classes, train.source), None
+        train, synthetic = train.concat(synthetic), None
     return Splits(train, val, test, train.classes, mean, std, str(where), synthetic)
 
 
@@ -459,7 +469,7 @@ def select_classes(data: ImageSet | FileSet, names: list[str]) -> ImageSet | Fil
 
 def per_class_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """Sorted indices of at most `n` images per class, chosen by `seed`."""
-    g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))  # apart from val
+    g = choice_generator(seed, 1)
     keep = [idx[torch.randperm(len(idx), generator=g)[:n]] for c in labels.unique().tolist()
             for idx in [torch.nonzero(labels == c).flatten()]]
     return torch.cat(keep).sort().values

@@ -5,13 +5,16 @@ the observed error, and how often members disagree.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .errors import ImagefitError
+from .files import atomic_write_text
 
 MANIFEST = "ensemble.json"
 
@@ -79,12 +82,10 @@ def expand(paths: list[str]) -> tuple[list[str], list[float], str | None]:
     return out, weights, vote
 
 
-def bundle_scores(bundle, *, data: str | None, split: str, batch_size: int, tta: str, average: str):
-    """One bundle's scores (its logit adjustment applied) and the labels, on a split read through the bundle's
-    own preprocessing and class order."""
+def split_images(bundle, data: str | None, split: str):
+    """The bundle's test or validation split (from `data` if given), prepared as in training and labelled in the
+    bundle's class order."""
     from .data import align_classes, load_splits, load_test_split
-    from .evaluate import gather_logits
-    from .loader import Loader
     cfg = bundle.config.data
     if data:
         cfg.data = data
@@ -95,7 +96,13 @@ def bundle_scores(bundle, *, data: str | None, split: str, batch_size: int, tta:
         if images is None:
             raise ImagefitError(f"{bundle.path} was trained without a validation split (--val-fraction 0); "
                                 f"use --split test")
-    images = align_classes(images, bundle.classes)
+    return align_classes(images, bundle.classes)
+
+
+def bundle_scores(bundle, images, *, batch_size: int, tta: str, average: str):
+    """One bundle's scores (its logit adjustment applied) and the labels, on `images` (see `split_images`)."""
+    from .evaluate import gather_logits
+    from .loader import Loader
     device = next(bundle.model.parameters()).device
     loader = Loader(images, batch_size, bundle.normalizer(device), device=device)
     with torch.inference_mode():
@@ -105,9 +112,9 @@ def bundle_scores(bundle, *, data: str | None, split: str, batch_size: int, tta:
 
 def evaluate_bundles(paths: list[str], *, data: str | None = None, split: str = "test", batch_size: int = 256,
                      tta: str | None = None, tta_average: str | None = None, vote: str | None = None,
-                     device: torch.device = torch.device("cpu")) -> dict:
-    """Metrics of one bundle (with and without its TTA), or of an ensemble with its members and the figures of
-    the module docstring. Every bundle uses its own TTA unless `tta` is given."""
+                     device: torch.device = torch.device("cpu")):
+    """(metrics, first bundle): the metrics of one bundle (with and without its TTA), or of an ensemble with its
+    members and the figures of the module docstring. Every bundle uses its own TTA unless `tta` is given."""
     from .bundle import load_bundle
     from .evaluate import summarize
     members_paths, weights, asked = expand(paths)
@@ -115,14 +122,14 @@ def evaluate_bundles(paths: list[str], *, data: str | None = None, split: str = 
     bundles = [load_bundle(b, device) for b in members_paths]
     check_same_classes([str(b.path) for b in bundles], [b.classes for b in bundles])
     classes, members, plain = bundles[0].classes, [], []
-    common = dict(data=data, split=split, batch_size=batch_size)
     for bundle in bundles:
-        t = tta or bundle.config.train.tta
-        scores, labels = bundle_scores(bundle, tta=t, average=tta_average or bundle.config.train.tta_average, **common)
+        t, images = tta or bundle.config.train.tta, split_images(bundle, data, split)
+        scores, labels = bundle_scores(bundle, images, batch_size=batch_size, tta=t,
+                                       average=tta_average or bundle.config.train.tta_average)
         members.append({"bundle": str(bundle.path), "tta": t, "scores": scores, **summarize(scores, labels, classes)})
         if t != "none" and len(bundles) == 1:  # the same model without TTA, side by side
-            plain.append(summarize(bundle_scores(bundle, tta="none", average="logits", **common)[0], labels,
-                                   classes)["accuracy"])
+            scores = bundle_scores(bundle, images, batch_size=batch_size, tta="none", average="logits")[0]
+            plain.append(summarize(scores, labels, classes)["accuracy"])
     if len(bundles) == 1:
         m = {k: v for k, v in members[0].items() if k != "scores"}
         if plain:
@@ -138,68 +145,57 @@ def evaluate_bundles(paths: list[str], *, data: str | None = None, split: str = 
                  best_member_accuracy=max(r["accuracy"] for r in members),
                  independent_error=independent_error(sum(errors) / len(errors), len(members)),
                  observed_error=1 - m["accuracy"], disagreement=disagreement([p.argmax(1) for p in probs]))
-    return {**m, "classes": classes, "first_bundle": str(bundles[0].path)}
+    return m, bundles[0]
 
 
-def train_ensemble(cfg, opts, members: int, kind: str) -> dict:
+def train_ensemble(cfg, opts, members: int, kind: str):
     """Train `members` runs into OUT/member-i (seeds: seed+i; bagging: seed+i and bootstrap sample i+1), or one run
     into OUT/run whose cyclic schedule leaves a bundle per cycle (snapshot: --epochs per cycle when not a multiple
-    of the members), write OUT/ensemble.json (which `imagefit evaluate --bundle OUT` reads), and evaluate the ensemble on the test split."""
-    import copy
-
-    from .files import atomic_write_text
+    of the members), or boost (see `_boost`); write OUT/ensemble.json (which `imagefit evaluate --bundle OUT`
+    reads) and evaluate the ensemble on the test split, as `evaluate_bundles` does."""
     from .train import train
     if members < 2:
         raise ImagefitError(f"--members must be 2 or more for an ensemble (got {members})")
     if kind not in ("seeds", "bagging", "snapshot", "boosting"):
         raise ImagefitError(f"--kind must be seeds, bagging, snapshot or boosting (got {kind!r})")
+    out, manifest = Path(opts.out), {"kind": kind}
     if kind == "boosting":
-        return _boost(cfg, opts, members)
-    out, names = Path(opts.out), []
-    if kind == "snapshot":  # one run, a cosine cycle per member, a bundle at the end of each cycle
+        manifest.update(_boost(cfg, opts, members), vote="hard")
+    elif kind == "snapshot":  # one run, a cosine cycle per member, a bundle at the end of each cycle
         run = copy.deepcopy(cfg)
         run.schedule.schedule, run.schedule.cycles = "cyclic", members
         run.train.epochs = cfg.train.epochs * members if cfg.train.epochs % members else cfg.train.epochs
-        snap_opts = copy.copy(opts)
-        snap_opts.out = out / "run"
-        if train(run.validate(), snap_opts).get("stopped") == "interrupted":
-            raise ImagefitError(f"the run was interrupted; resume it with 'imagefit train --resume {snap_opts.out}'")
-        names = [f"run/snapshots/cycle-{k}/bundle.safetensors" for k in range(1, members + 1)]
-        atomic_write_text(out / MANIFEST, json.dumps({"kind": kind, "members": names}, indent=1))
-        return evaluate_bundles([str(out)], data=cfg.data.data, vote="soft")
-    for i in range(members):
-        member = copy.deepcopy(cfg)
-        member.train.seed = cfg.train.seed + i
-        if kind == "bagging":
-            member.data.bootstrap = i + 1
-        member_opts = copy.copy(opts)
-        member_opts.out = out / f"member-{i + 1}"
-        result = train(member.validate(), member_opts)
-        if result.get("stopped") == "interrupted":
-            raise ImagefitError(f"member {i + 1} was interrupted; resume it with 'imagefit train --resume "
-                                f"{member_opts.out}', then evaluate with --bundle for each member")
-        names.append(f"member-{i + 1}/bundle.safetensors")
-    atomic_write_text(out / MANIFEST, json.dumps({"kind": kind, "members": names}, indent=1))
-    return evaluate_bundles([str(out)], data=cfg.data.data, vote="soft")
+        if train(run.validate(), replace(opts, out=out / "run")).get("stopped") == "interrupted":
+            raise ImagefitError(f"the run was interrupted; resume it with 'imagefit train --resume {out / 'run'}'")
+        manifest["members"] = [f"run/snapshots/cycle-{k}/bundle.safetensors" for k in range(1, members + 1)]
+    else:
+        manifest["members"] = []
+        for i in range(members):
+            member = copy.deepcopy(cfg)
+            member.train.seed = cfg.train.seed + i
+            if kind == "bagging":
+                member.data.bootstrap = i + 1
+            if train(member.validate(), replace(opts, out=out / f"member-{i + 1}")).get("stopped") == "interrupted":
+                raise ImagefitError(f"member {i + 1} was interrupted; resume it with 'imagefit train --resume "
+                                    f"{out / f'member-{i + 1}'}', then evaluate with --bundle for each member")
+            manifest["members"].append(f"member-{i + 1}/bundle.safetensors")
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    return evaluate_bundles([str(out)], data=cfg.data.data)
 
 
 def _boost(cfg, opts, members: int) -> dict:
     """SAMME (Zhu et al. 2009) by resampling: member m trains on images drawn in proportion to the weights w;
     its weighted training error e gives α = log((1 − e)/e) + log(K − 1); the images it gets wrong have their
-    weight multiplied by exp(α). The ensemble votes with the α's (hard voting)."""
-    import copy
-
+    weight multiplied by exp(α). The ensemble votes with the α's (hard voting). Returns the manifest's members
+    and weights."""
     from .evaluate import gather_logits
-    from .files import atomic_write_text
     from .loader import Loader
     from .train import Trainer
     out, names, alphas, w = Path(opts.out), [], [], None
     for i in range(members):
         member = copy.deepcopy(cfg)
         member.train.seed = cfg.train.seed + i
-        member_opts = copy.copy(opts)
-        member_opts.out = out / f"member-{i + 1}"
-        trainer = Trainer(member.validate(), member_opts)
+        trainer = Trainer(member.validate(), replace(opts, out=out / f"member-{i + 1}"))
         train_set, k = trainer.data.train, len(trainer.data.classes)
         if w is None:
             w = torch.full((len(train_set),), 1.0 / len(train_set), dtype=torch.float64)
@@ -220,6 +216,4 @@ def _boost(cfg, opts, members: int) -> dict:
     if len(names) < 2:
         raise ImagefitError(f"boosting kept {len(names)} member(s) (the next was no better than chance on the "
                             f"reweighted images); use --kind seeds or bagging")
-    atomic_write_text(out / MANIFEST, json.dumps({"kind": "boosting", "members": names, "weights": alphas,
-                                                  "vote": "hard"}, indent=1))
-    return evaluate_bundles([str(out)], data=cfg.data.data, vote="hard")
+    return {"members": names, "weights": alphas}

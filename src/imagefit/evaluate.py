@@ -24,8 +24,6 @@ def tta_views(x: torch.Tensor, tta: str) -> list[tuple[float, torch.Tensor]]:
     6 forward passes per batch."""
     if tta not in TTA_MODES:
         raise ImagefitError(f"unknown test-time augmentation '{tta}'; choose one of {', '.join(TTA_MODES)}")
-    if tta == "none":
-        return [(1.0, x)]
     views = [(1.0, x)]
     if tta in ("crops", "flip+crops"):
         h, w = x.shape[-2:]

@@ -17,10 +17,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import choice_generator
 from .errors import ImagefitError
 from .files import atomic_write_text
 
@@ -84,10 +85,6 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def _seed_for(seed: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, step, 7]).generate_state(1)[0])
-
-
 def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionConfig, out: Path,
                     stop_after: int = 0, log=print) -> dict:
     """Train (or resume, when OUT holds a checkpoint) on uint8 N×3×H×W images. Each step's batch, flips, noise and
@@ -101,7 +98,7 @@ def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionCo
     step, history = 0, []
     ckpt = out / CHECKPOINT
     if ckpt.exists():
-        state = _load(ckpt)
+        state = load_checkpoint(ckpt)
         if tuple(state["config"]["classes"]) != tuple(cfg.classes) or state["config"]["size"] != cfg.size:
             raise ImagefitError(f"{ckpt} was trained on {state['config']['size']} px images of classes "
                                 f"{', '.join(state['config']['classes'])}; resume it with the same data")
@@ -114,7 +111,7 @@ def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionCo
     unet.train()
     start, since = time.perf_counter(), 0.0
     while step < cfg.steps:
-        g = torch.Generator().manual_seed(_seed_for(cfg.seed, step))
+        g = choice_generator(cfg.seed, step, 7)
         idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
         x0 = _to_unit(images[idx])
         flip = torch.rand(cfg.batch_size, generator=g) < 0.5
@@ -136,7 +133,7 @@ def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionCo
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after:
             since += time.perf_counter() - start
             start = time.perf_counter()
-            _save(ckpt, {"config": asdict(cfg), "unet": unet.state_dict(), "ema": ema.state_dict(),
+            save_checkpoint(ckpt, {"config": asdict(cfg), "unet": unet.state_dict(), "ema": ema.state_dict(),
                          "optimizer": opt.state_dict(), "step": step, "history": history})
             save_grid(ema, cfg, out / f"samples-step{step:07d}.png")
             recent = history[-min(len(history), cfg.checkpoint_every):]
@@ -155,7 +152,7 @@ def save_grid(unet, cfg: DiffusionConfig, path: Path, per_class: int = 4, steps:
     was_training = unet.training
     unet.eval()
     labels = torch.arange(len(cfg.classes)).repeat_interleave(per_class)
-    images = sample(unet, cfg, labels, steps=min(steps, cfg.train_timesteps), guidance=2.0, seed=0)
+    images = sample(unet, cfg, labels, steps=min(steps, cfg.train_timesteps), guidance=2.0)
     unet.train(was_training)
     grid = make_grid(images, nrow=per_class, padding=1)
     tmp = path.with_name(path.name + ".tmp")
@@ -164,22 +161,12 @@ def save_grid(unet, cfg: DiffusionConfig, path: Path, per_class: int = 4, steps:
     return path
 
 
-def _save(path: Path, state: dict) -> None:
-    from .checkpoint import save_checkpoint
-    save_checkpoint(path, state)
-
-
-def _load(path: Path) -> dict:
-    from .checkpoint import load_checkpoint
-    return load_checkpoint(path)
-
-
 def load_generator(folder: str | Path):
     """(EMA UNet, config) from a `generate train` folder."""
     path = Path(folder) / CHECKPOINT
     if not path.is_file():
         raise ImagefitError(f"no diffusion checkpoint at {path}; pass the folder 'imagefit generate train' wrote")
-    state = _load(path)
+    state = load_checkpoint(path)
     cfg = DiffusionConfig(**{**state["config"], "classes": tuple(state["config"]["classes"])})
     unet = make_unet(cfg)
     unet.load_state_dict(state["ema"])
@@ -188,16 +175,16 @@ def load_generator(folder: str | Path):
 
 @torch.inference_mode()
 def sample(unet, cfg: DiffusionConfig, labels: torch.Tensor, *, steps: int = 50, guidance: float = 2.0,
-           sampler: str = "ddim", seed: int = 0) -> torch.Tensor:
+           sampler: str = "ddim", generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 images for `labels`, denoised in `steps` steps; with guidance w the noise estimate is
-    uncond + w·(cond − uncond), both halves in one forward pass."""
+    uncond + w·(cond − uncond), both halves in one forward pass. `generator` draws the noise (default: seed 0)."""
     if not 1 <= steps <= cfg.train_timesteps:
         raise ImagefitError(f"--steps must be between 1 and {cfg.train_timesteps} (got {steps})")
     if not 0 <= guidance <= 20:
         raise ImagefitError(f"--guidance must be between 0 and 20 (got {guidance:g}); 1 is plain conditioning")
     scheduler = make_scheduler(cfg, sampler)
     scheduler.set_timesteps(steps)
-    g = torch.Generator().manual_seed(seed)
+    g = generator or torch.Generator().manual_seed(0)
     x = torch.randn((len(labels), 3, cfg.size, cfg.size), generator=g)
     null = torch.full_like(labels, len(cfg.classes))
     both = torch.cat([labels, null])
@@ -226,7 +213,7 @@ def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps:
             if all((d / f"{i}.png").exists() for i in range(first, first + n)):
                 continue  # done in an earlier run
             images = sample(unet, cfg, torch.full((n,), c), steps=steps, guidance=guidance, sampler=sampler,
-                            seed=_seed_for(seed, c * 1_000_000 + first))
+                            generator=choice_generator(seed, c * 1_000_000 + first, 7))
             for i, img in enumerate(images):
                 tmp = d / f".{first + i}.png.tmp"
                 Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp, format="PNG")

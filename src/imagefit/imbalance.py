@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from .data import choice_generator
 from .errors import ImagefitError
 
 TAU_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
@@ -52,7 +52,7 @@ def imbalanced_subset(labels: torch.Tensor, spec: str, num_classes: int, seed: i
     """Sorted indices of a seeded imbalanced subset."""
     sizes = [int((labels == c).sum()) for c in range(num_classes)]
     keep = counts_for(spec, sizes)
-    g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 2]).generate_state(1)[0]))
+    g = choice_generator(seed, 2)
     parts = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
     return torch.cat([idx[torch.randperm(len(idx), generator=g)[:n]] for idx, n in zip(parts, keep)]).sort().values
 

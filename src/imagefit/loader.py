@@ -44,17 +44,15 @@ class Loader:
                  augment: BatchAugment | None = None, shuffle: bool = False, drop_last: bool = False,
                  seed: int = 0, device: torch.device = torch.device("cpu"), workers: int = 2, balance: str = "none",
                  synthetic: ImageSet | None = None, synthetic_ratio: float = 0.0):
-        self.data, self.batch_size, self.normalize, self.augment = data, batch_size, normalize, augment
-        # Synthetic images fill a fixed share of every batch; the epoch is still one pass over the real images.
+        # Synthetic images fill a fixed share of every batch (indices past the real ones); the epoch is still one
+        # pass over the real images, `batch_size - n_synthetic` at a time.
         self.n_synthetic = round(synthetic_ratio * batch_size) if synthetic is not None else 0
         if self.n_synthetic:
             if not isinstance(data, ImageSet):
                 raise ImagefitError("--synthetic needs the real images in memory (--in-memory yes)")
             self.n_real, self.synthetic_size = len(data), len(synthetic)
-            data = ImageSet(torch.cat([data.images, synthetic.images]), torch.cat([data.labels, synthetic.labels]),
-                            data.classes, data.source)
-            self.data, batch_size = data, batch_size - self.n_synthetic
-            self.batch_size = batch_size
+            data, batch_size = data.concat(synthetic), batch_size - self.n_synthetic
+        self.data, self.batch_size, self.normalize, self.augment = data, batch_size, normalize, augment
         self.shuffle, self.seed, self.device, self.workers = shuffle, seed, device, workers
         self.balance = balance if balance in ("oversample", "undersample") else "none"  # reweight: the loss's job
         self.epoch_size = self.n_real if self.n_synthetic else epoch_size(data.labels, self.balance)

@@ -92,7 +92,7 @@ def suggest(lrs: list[float], smoothed: list[float], skip_start: int = 10, skip_
     begin = int(falling[0]) if len(falling) else lowest
     valley = float(np.sqrt(lr[begin] * lr[lowest]))
     return {"steepest": float(lr[steepest]), "valley": valley,
-            "minimum_10": float(lr[int(np.argmin(loss))] / 10)}
+            "minimum_10": float(lr[lowest] / 10)}
 
 
 def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
@@ -112,6 +112,7 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
     was_training = model.training
     ratios = [g["lr"] / base_lr for g in optimizer.param_groups]
     lrs, losses, best, stopped = exponential_rates(start_lr, end_lr, steps), [], math.inf, "end of range"
+    beta, avg = 0.98, 0.0  # the running form of `smooth`, for the divergence check
     try:
         model.train()
         for lr, (x, y) in zip(lrs, batches):
@@ -127,7 +128,8 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
                 break
             loss.backward()
             optimizer.step()
-            current = smooth(losses)[-1]
+            avg = beta * avg + (1 - beta) * value
+            current = avg / (1 - beta ** len(losses))
             best = min(best, current)
             if len(losses) > 10 and current > diverge * best:
                 stopped = "diverged"

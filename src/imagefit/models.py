@@ -53,6 +53,14 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def norm_parameter_ids(model: nn.Module) -> set[int]:
+    """ids of the normalization layers' parameters (their own rates in optim, still learning under freezing)."""
+    return {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
+
+
 def is_head(name: str) -> bool:
     """Every registry model names its classifier `fc` (a Linear, or Dropout + Linear)."""
     return name.startswith("fc.")

@@ -15,16 +15,15 @@ import torch
 import torch.nn as nn
 
 from .config import Config
-
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
-
+from .models import layer_groups, norm_parameter_ids
 
 def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
     o = cfg.optim
-    norm_ids = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
+    norm_ids = norm_parameter_ids(model)
     params = [p for p in model.parameters() if p.requires_grad]
     filters = [p for p in params if p.ndim == 4] if o.optimizer == "muon" else []
-    weights = [p for p in params if p.ndim > 1 and id(p) not in norm_ids and not any(p is f for f in filters)]
+    filter_ids = {id(p) for p in filters}
+    weights = [p for p in params if p.ndim > 1 and id(p) not in norm_ids and id(p) not in filter_ids]
     norms = [p for p in params if id(p) in norm_ids]
     biases = [p for p in params if p.ndim <= 1 and id(p) not in norm_ids]
     decay = o.weight_decay if o.decay_biases else 0.0
@@ -43,7 +42,6 @@ def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
 def _discriminative(model: nn.Module, groups: list[dict], decay: float) -> list[dict]:
     """Split each group by layer group (models.layer_groups): the head keeps the rate, each group before it
     learns `decay` times slower than the next (fastai's discriminative rates; ULMFiT used 2.6)."""
-    from .models import layer_groups
     names = {id(p): n for n, p in model.named_parameters()}
     layers = layer_groups(model)
     depth = {n: len(layers) - 1 - k for k, group in enumerate(layers) for n in group}

@@ -62,28 +62,22 @@ def probe(images: torch.Tensor, kind: str) -> torch.Tensor:
 
 def build_report(run: str | Path, data: str | None = None, top: int = 16) -> Path:
     from .bundle import load_bundle
-    from .data import align_classes, load_test_split
-    from .ensemble import bundle_scores
-    from .evaluate import gather_logits, summarize
-    from .loader import Loader
-    run = Path(run)
+    from .data import ImageSet
+    from .ensemble import bundle_scores, split_images
+    from .evaluate import summarize
     bundle = load_bundle(run)
     run = bundle.path.parent
     out = run / "report"
     out.mkdir(exist_ok=True)
-    cfg = bundle.config.data
-    if data:
-        cfg.data = data
+    test = split_images(bundle, data, "test")
+    if not isinstance(test, ImageSet):
+        raise ImagefitError(f"{test.source} streams its test images from disk; the report needs them in memory "
+                            f"(--in-memory yes)")
     tta = bundle.config.train.tta
-    scores, labels = bundle_scores(bundle, data=data, split="test", batch_size=256, tta=tta,
-                                   average=bundle.config.train.tta_average)
+    scores, labels = bundle_scores(bundle, test, batch_size=256, tta=tta, average=bundle.config.train.tta_average)
     classes = bundle.classes
     m = summarize(scores, labels, classes)
     probs = scores.softmax(1)
-    test = align_classes(load_test_split(cfg), classes)
-    if not hasattr(test, "images"):
-        raise ImagefitError(f"{cfg.data} streams its test images from disk; the report needs them in memory "
-                            f"(--in-memory yes)")
 
     figures = {}
     history = run / "metrics.json"
@@ -109,13 +103,12 @@ def build_report(run: str | Path, data: str | None = None, top: int = 16) -> Pat
                         "predicted": classes[int(probs[i].argmax())], "probability": float(probs[i].max()),
                         "p_true": float(probs[i, labels[i]])})
 
-    device = next(bundle.model.parameters()).device
-    robustness = {"unaltered (no TTA)": None, **{k: None for k in PROBES}}
-    for kind in robustness:
+    robustness = {}
+    for kind in ("unaltered (no TTA)", *PROBES):
         images = test.images if kind.startswith("unaltered") else probe(test.images, kind)
-        altered = type(test)(images, test.labels, test.classes, test.source)
-        s, y = gather_logits(bundle.model, Loader(altered, 256, bundle.normalizer(device), device=device))
-        robustness[kind] = (bundle.adjust(s).argmax(1) == y).float().mean().item()
+        altered = ImageSet(images, test.labels, test.classes, test.source)
+        s, y = bundle_scores(bundle, altered, batch_size=256, tta="none", average="logits")
+        robustness[kind] = (s.argmax(1) == y).float().mean().item()
 
     page = out / "index.html"
     page.write_text(_html(run, m, classes, pairs, gallery, cal, robustness, figures, tta))

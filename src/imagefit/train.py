@@ -42,7 +42,7 @@ from .files import atomic_path, atomic_write_text
 from .imbalance import TAU_GRID, adjust, class_weights, log_priors
 from .loader import Loader, mix_seed
 from .lr_finder import FinderResult, range_test
-from .models import IMAGENET_STATS, count_params, create_model, is_head
+from .models import IMAGENET_STATS, count_params, create_model, is_head, norm_parameter_ids
 from .optim import Lookahead, build_optimizer, build_schedule
 from .progress import Progress
 from .tracking import default_uri, make_tracker
@@ -181,7 +181,7 @@ class Trainer:
             cfg.optim.lr = 1.0  # a placeholder: the range test needs only the groups' ratios to it
         self.optimizer = build_optimizer(self.model, cfg)
         k, labels = len(self.data.classes), self.data.train.labels
-        self.log_prior = log_priors(labels, k).to(self.device)  # for --logit-adjust
+        self.log_prior = log_priors(labels, k)  # for --logit-adjust, applied to scores gathered on the CPU
         self.tau = 0.0 if t.logit_adjust == "auto" else t.logit_adjust  # auto: chosen at the end, on validation
         self.loss_fn = make_loss(cfg, class_weights(labels, k).to(self.device) if t.balance == "reweight" else None)
         self.autocast, self.scaler = autocast_for(self.device, t.amp)
@@ -222,7 +222,7 @@ class Trainer:
         bundle = load_bundle(self.cfg.model.init_from)
         if not load:
             return bundle
-        weights = {k: v for k, v in bundle.model.state_dict().items()}
+        weights = dict(bundle.model.state_dict())
         if bundle.classes != self.data.classes:
             own = self.model.state_dict()
             weights = {k: own[k] if is_head(k) else v for k, v in weights.items()}
@@ -230,8 +230,7 @@ class Trainer:
         return bundle
 
     def _freeze_body(self) -> None:
-        norm_params = {id(p) for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                       for p in m.parameters()}
+        norm_params = norm_parameter_ids(self.model)
         fresh = getattr(self.model, "fresh_parameters", set())
         for name, p in self.model.named_parameters():
             if not is_head(name) and id(p) not in norm_params and name not in fresh:
@@ -414,9 +413,9 @@ class Trainer:
         self.tracker.metrics(row, step=self.epoch + 1)
         progress.end_epoch(row)
         self.epoch, self.step = self.epoch + 1, 0
-        s = self.cfg.schedule
-        if s.schedule == "cyclic" and s.cycles > 1 and self.epoch % (self.cfg.train.epochs // s.cycles) == 0:
-            cycle = self.epoch // (self.cfg.train.epochs // s.cycles)
+        s, cycle_epochs = self.cfg.schedule, self.cfg.train.epochs // self.cfg.schedule.cycles
+        if s.schedule == "cyclic" and s.cycles > 1 and self.epoch % cycle_epochs == 0:
+            cycle = self.epoch // cycle_epochs
             save_bundle(self.out / "snapshots" / f"cycle-{cycle}" / "bundle.safetensors", self.model,
                         self.data.classes, self._preprocessing(), self.cfg, {"epoch": self.epoch, "cycle": cycle})
         self.sums = torch.zeros(3, dtype=torch.float64)
@@ -444,23 +443,21 @@ class Trainer:
     def _scores(self, loader: Loader, tau: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.cfg.train
         scores, labels = gather_logits(self.model, loader, self.autocast, t.tta, t.tta_average)
-        return adjust(scores, self.log_prior.cpu(), self.tau if tau is None else tau), labels
+        return adjust(scores, self.log_prior, self.tau if tau is None else tau), labels
 
-    def _choose_tau(self) -> dict[str, float]:
+    def _choose_tau(self) -> None:
         """--logit-adjust auto: the strength with the best validation balanced accuracy (ties: the smaller)."""
-        t = self.cfg.train
-        scores, labels = gather_logits(self.model, self.val_loader, self.autocast, t.tta, t.tta_average)
-        table = {tau: summarize(adjust(scores, self.log_prior.cpu(), tau), labels, self.data.classes)["balanced_accuracy"]
+        scores, labels = self._scores(self.val_loader, tau=0.0)
+        table = {tau: summarize(adjust(scores, self.log_prior, tau), labels, self.data.classes)["balanced_accuracy"]
                  for tau in TAU_GRID}
         self.tau = max(TAU_GRID, key=lambda tau: (table[tau], -tau))
         self.log(f"logit adjustment: strength {self.tau:g} (validation balanced accuracy "
                  f"{table[self.tau]:.4f}; {table[0.0]:.4f} without)")
-        return table
 
     def _preprocessing(self) -> dict:
         p = {"size": self.cfg.data.size, "resize": self.cfg.data.resize, "mean": self.data.mean, "std": self.data.std}
         if self.tau:  # the bundle's scores are adjusted wherever it is used
-            p["logit_adjust"] = {"tau": self.tau, "log_prior": self.log_prior.cpu().tolist()}
+            p["logit_adjust"] = {"tau": self.tau, "log_prior": self.log_prior.tolist()}
         return p
 
     def _finish(self, stopped: str) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +50,14 @@ def fine_tune(cfg: Config, opts: RunOptions, head_epochs: int, lr_given: bool) -
     if not lr_given:
         head.optim.lr = body.optim.lr = "auto"
     stages = {}
-    for name, stage_cfg in (("head", head), ("all", body)):
-        stage_opts = copy.copy(opts)
-        stage_opts.out = out / ("1-head" if name == "head" else "2-all")
-        stages[name] = train(stage_cfg.validate(), stage_opts)
+    for name, folder, stage_cfg in (("head", "1-head", head), ("all", "2-all", body)):
+        stages[name] = train(stage_cfg.validate(), replace(opts, out=out / folder))
         if stages[name].get("stopped") == "interrupted":
             raise ImagefitError(f"stage '{name}' was interrupted; run fine-tune again with a new --out "
                                 f"(stages restart from their first epoch)")
     result = {"accuracy": stages["all"].get("accuracy"), "n": stages["all"].get("n"),
-              "bundle": stages["all"]["bundle"], "head": stages["head"], "all": stages["all"], "layer_lr_decay": body.optim.layer_lr_decay}
+              "bundle": stages["all"]["bundle"], "head": stages["head"], "all": stages["all"],
+              "layer_lr_decay": body.optim.layer_lr_decay}
     atomic_write_text(out / "fine_tune.json", json.dumps(result, indent=1, default=str))
     return result
 
