@@ -43,7 +43,7 @@ def test_bad_generator_options(capsys, cifar_dir):
                                                           "--out", "s", "--guidance", "50")
     assert "--steps must be between 1 and 1000" in fails(capsys, "generate", "sample", "--model", "gen/g",
                                                         "--out", "s", "--steps", "0")
-    assert "no diffusion checkpoint" in fails(capsys, "generate", "sample", "--model", "nowhere", "--out", "s")
+    assert "no diffusion or GAN checkpoint" in fails(capsys, "generate", "sample", "--model", "nowhere", "--out", "s")
     assert "resume it with the same data" in fails(capsys, *TRAIN[:4], "--classes", "cat,dog", "--steps", "2",
                                                    "--data", str(cifar_dir), "--out", "gen/g")
 
@@ -82,3 +82,90 @@ def test_synthetic_images_mix_into_training(capsys, cifar_dir, tmp_path):
     run(capsys, "train", "--resume", "runs/cut")
     from .test_train import same_weights
     assert same_weights("runs/mix/bundle.safetensors", "runs/cut/bundle.safetensors")
+
+
+GAN = ["generate", "train", "--family", "gan", "--preset", "tiny", "--classes", "cat,dog,frog", "--steps", "4",
+       "--batch-size", "8", "--checkpoint-every", "2"]
+
+
+def test_gan_trains_resumes_and_samples(capsys, cifar_dir):
+    from imagefit.gan import CHECKPOINT as GAN_CKPT
+    data = ["--data", str(cifar_dir)]
+    full = run(capsys, *GAN, *data, "--out", "gan/full")
+    assert full["stopped"] == "completed" and os.path.exists("gan/full/samples-step0000004.png")
+    run(capsys, *GAN, *data, "--out", "gan/cut", "--stop-after-steps", "2")
+    run(capsys, *GAN, *data, "--out", "gan/cut")
+    a, b = torch.load(f"gan/full/{GAN_CKPT}"), torch.load(f"gan/cut/{GAN_CKPT}")
+    assert all(a["generator"][k].equal(b["generator"][k]) for k in a["generator"]) and a["history"] == b["history"]
+    r = run(capsys, "generate", "sample", "--model", "gan/full", "--out", "gsyn", "--per-class", "3")
+    assert r["written"] == 9 and r["family"] == "gan" and sorted(os.listdir("gsyn/train/cat")) == ["0.png", "1.png",
+                                                                                                    "2.png"]
+    assert "holds a GAN run" in fails(capsys, *TRAIN, *data, "--out", "gan/full")
+    assert "need a diffusion model" in fails(capsys, "generate", "vary", "--model", "gan/full", *data,
+                                             "--out", "v", "--classes", "cat")
+
+
+def test_diffuse_and_denoise_variations(capsys, cifar_dir):
+    data = ["--data", str(cifar_dir)]
+    run(capsys, *TRAIN, *data, "--out", "gen/g")
+    r = run(capsys, "generate", "vary", "--model", "gen/g", *data, "--classes", "cat,dog", "--per-class", "3",
+            "--strength", "0.3", "--steps", "10", "--batch-size", "4", "--out", "var")
+    assert r["written"] == 6 and sorted(os.listdir("var/train")) == ["cat", "dog"]
+    again = run(capsys, "generate", "vary", "--model", "gen/g", *data, "--classes", "cat,dog", "--per-class", "3",
+                "--strength", "0.3", "--steps", "10", "--batch-size", "4", "--out", "var")
+    assert again["written"] == 0  # resumed: nothing left to do
+    # a low strength keeps the image close to the original; strength 1 forgets it
+    from imagefit.generate import load_generator, vary
+    unet, cfg = load_generator("gen/g")
+    from imagefit.config import DataConfig
+    from imagefit.data import load_splits
+    real = load_splits(DataConfig(data=str(cifar_dir), val_fraction=0, classes=["cat", "dog", "frog"]), 0).train
+    images, labels = real.images[:8], real.labels[:8]
+    near = vary(unet, cfg, images, labels, 0.05, steps=20)
+    far = vary(unet, cfg, images, labels, 1.0, steps=20)
+    dist = lambda a: (a.float() - images.float()).abs().mean().item()  # noqa: E731
+    assert dist(near) < dist(far)
+    assert "--strength must be in (0, 1]" in fails(capsys, "generate", "vary", "--model", "gen/g", *data,
+                                                   "--strength", "0", "--out", "v")
+
+
+def test_quality_scores_and_cas(capsys, cifar_dir, tmp_path):
+    """FID/KID/IS on a classifier's features rank real images above noise; per-checkpoint FID is plotted; CAS
+    trains on the synthetic folder and tests on the real test split."""
+    from PIL import Image
+
+    from imagefit.bundle import load_bundle
+    from imagefit.config import DataConfig
+    from imagefit.data import load_splits
+    from imagefit.quality import scores
+
+    data = ["--data", str(cifar_dir)]
+    run(capsys, "train", *data, "--model", "resnet", "--blocks", "1", "--widths", "8", "--epochs", "2",
+        "--batch-size", "16", "--tracking-uri", "none", "--out", "runs/clf")
+    bundle = load_bundle("runs/clf")
+    real = load_splits(DataConfig(data=str(cifar_dir), val_fraction=0), 0).train
+    half = len(real) // 2
+    like = scores(real.images[:half], real.images[half:], bundle, fake_labels=real.labels[half:], kid_subset=20)
+    noise = torch.randint(0, 256, real.images[half:].shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    unlike = scores(real.images[:half], noise, bundle, kid_subset=20)
+    assert 0 <= like["fid"] < unlike["fid"] and like["kid"] < unlike["kid"]
+    assert 0 <= like["label_accuracy"] <= 1 and like["inception_score"] >= 1
+
+    run(capsys, *TRAIN, *data, "--out", "gen/g")
+    r = run(capsys, "generate", "eval", "--model", "gen/g", *data, "--classifier", "runs/clf", "--per-class", "4",
+            "--steps", "2", "--per-checkpoint")
+    assert [row["step"] for row in r["per_checkpoint"]] == [2, 4] and os.path.exists("gen/g/fid-per-step.png")
+    assert r["fid"] == r["per_checkpoint"][-1]["fid"]  # the last snapshot is the final EMA weights
+
+    syn = tmp_path / "syn" / "train"
+    for i, (img, label) in enumerate(zip(real.images, real.labels)):
+        (syn / real.classes[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(syn / real.classes[label] / f"{i}.png")
+    r = run(capsys, "generate", "eval", "--synthetic", str(tmp_path / "syn"), *data, "--classifier", "runs/clf",
+            "--cas", "--cas-epochs", "2", "--tracking-uri", "none")
+    assert r["cas_n"] == 40 and 0 <= r["cas"] <= 1  # CIFAR fixture's test split: 4 per class
+
+    assert "give --model GEN" in fails(capsys, "generate", "eval", *data, "--classifier", "runs/clf")
+    assert "need --classifier" in fails(capsys, "generate", "eval", "--synthetic", str(tmp_path / "syn"), *data)
+    assert "its classes: airplane" in fails(capsys, "generate", "vary", "--model", "gen/g", *data,
+                                            "--classes", "cat,zebra", "--out", "v")

@@ -126,11 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=16, help="highest-loss images to show (default: 16)")
     _add_json(p)
 
-    gen = sub.add_parser("generate", help="a diffusion model of the training images, and synthetic images from it")
+    gen = sub.add_parser("generate", help="generative models (diffusion, GAN) of the training images: train, sample, "
+                                          "vary real images, score")
     gsub = gen.add_subparsers(dest="generate_command", required=True, metavar="STEP")
-    p = gsub.add_parser("train", help="train a class-conditional DDPM (resumes when OUT holds a checkpoint)")
+    p = gsub.add_parser("train", help="train a class-conditional DDPM or DCGAN (resumes when OUT holds a checkpoint)")
     p.add_argument("--data", help="data folder (default: $IMAGEFIT_DATA)")
     p.add_argument("--out", required=True, help="folder for the checkpoint and its sample grids")
+    p.add_argument("--family", choices=("diffusion", "gan"), default="diffusion", help="generator family")
     p.add_argument("--preset", choices=("tiny", "small", "base"), default="small",
                    help="network size: tiny (tests), small (CPU-hours), base (the DDPM paper's, for GPUs)")
     p.add_argument("--classes", help="only these classes (comma-separated names)")
@@ -150,6 +152,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (default: 2)")
     p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    _add_json(p)
+    p = gsub.add_parser("vary", help="diffuse-and-denoise variations of the real training images (resumable); "
+                                     "mix them in with train --synthetic")
+    p.add_argument("--model", required=True, help="the folder 'generate train' wrote (diffusion)")
+    p.add_argument("--data", help="data folder whose training images to vary (default: $IMAGEFIT_DATA)")
+    p.add_argument("--out", required=True, help="folder for train/<class>/<index>.png")
+    p.add_argument("--strength", type=float, default=0.3, help="noise level as a share of the schedule (0, 1]")
+    p.add_argument("--classes", help="only these classes (comma-separated names)")
+    p.add_argument("--per-class", type=int, default=0, help="vary at most this many images per class (0: all)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps of the full schedule (default: 50)")
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    _add_json(p)
+    p = gsub.add_parser("eval", help="FID, KID, Inception Score and CAS of a generator or of a folder of its images")
+    p.add_argument("--model", help="a 'generate train' folder: sample --per-class images per class from it")
+    p.add_argument("--synthetic", help="or: a folder 'generate sample' wrote")
+    p.add_argument("--data", help="the real data (training images for FID/KID; test split for CAS)")
+    p.add_argument("--classifier", help="bundle trained on the real images: its features for FID/KID, its "
+                                        "probabilities for IS")
+    p.add_argument("--features", choices=("classifier", "inception"), default="classifier",
+                   help="feature network (inception needs torch-fidelity and its downloaded weights)")
+    p.add_argument("--per-class", type=int, default=100, help="--model: images sampled per class (default: 100)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--per-checkpoint", action="store_true", help="also the FID of every kept checkpoint, plotted")
+    p.add_argument("--cas", action="store_true", help="also the Classification Accuracy Score (trains a classifier "
+                                                      "on --synthetic, tests on --data's test split)")
+    p.add_argument("--cas-recipe", default="fast", help="recipe of the CAS classifier (default: fast)")
+    p.add_argument("--cas-epochs", type=int, default=0, help="its epochs (0: the recipe's)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store of the CAS run (none: off)")
     p.add_argument("--seed", type=int, default=0)
     _add_json(p)
 
@@ -308,10 +342,18 @@ def cmd_report(args) -> dict:
 
 def cmd_generate(args) -> dict:
     from . import generate
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    if args.generate_command == "eval":
+        return _generate_eval(args, log)
+    if args.generate_command == "vary":
+        return _generate_vary(args, log)
     if args.generate_command == "sample":
         r = generate.sample_folder(args.model, args.out, args.per_class, steps=args.steps, guidance=args.guidance,
                                    sampler=args.sampler, batch=args.batch_size, seed=args.seed,
-                                   log=lambda m: print(m, file=sys.stderr, flush=True))
+                                   log=log)
         if not args.json:
             print(f"{r['written']} images in {r['seconds']} s ({r['images_per_s']:.2f}/s) under {r['out']}")
         return r
@@ -325,13 +367,73 @@ def cmd_generate(args) -> dict:
     data = load_splits(DataConfig(data=args.data, val_fraction=0.0, classes=classes), args.seed)
     if not isinstance(data.train, ImageSet):
         raise ImagefitError(f"{data.source} is streamed from disk; 'generate train' needs it in memory")
-    cfg = generate.DiffusionConfig(preset=args.preset, size=data.train.images.shape[-1], classes=tuple(data.classes),
-                                   schedule=args.schedule, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                   checkpoint_every=args.checkpoint_every, seed=args.seed)
-    r = generate.train_diffusion(data.train.images, data.train.labels, cfg, Path(args.out), args.stop_after_steps,
-                                 log=lambda m: print(m, file=sys.stderr, flush=True))
+    common = dict(preset=args.preset, size=data.train.images.shape[-1], classes=tuple(data.classes), steps=args.steps,
+                  batch_size=args.batch_size, lr=args.lr, checkpoint_every=args.checkpoint_every, seed=args.seed)
+    from . import gan
+    other = Path(args.out) / (generate.CHECKPOINT if args.family == "gan" else gan.CHECKPOINT)
+    if other.exists():
+        raise ImagefitError(f"{args.out} holds a {'diffusion' if args.family == 'gan' else 'GAN'} run "
+                            f"({other.name}); pass its --family to resume it, or a new --out")
+    if args.family == "gan":
+        from .gan import GanConfig, train_gan
+        r = train_gan(data.train.images, data.train.labels, GanConfig(**common), Path(args.out),
+                      args.stop_after_steps, log=log, save_grid=generate.save_grid)
+    else:
+        cfg = generate.DiffusionConfig(**common, schedule=args.schedule)
+        r = generate.train_diffusion(data.train.images, data.train.labels, cfg, Path(args.out), args.stop_after_steps,
+                                     log=log)
     if not args.json:
         print(f"{r['stopped']} at step {r['step']}; checkpoint in {r['out']}")
+    return r
+
+
+def _generate_vary(args, log) -> dict:
+    from . import generate
+    from .config import DataConfig
+    from .data import ImageSet, load_splits, per_class_subset
+    if not 0 < args.strength <= 1:
+        raise ImagefitError(f"--strength must be in (0, 1] (got {args.strength:g}); 0.3 keeps the layout, 1 is a "
+                            f"new sample")
+    if args.per_class < 0:
+        raise ImagefitError(f"--per-class must be 0 (all) or more (got {args.per_class})")
+    # the generator's classes unless --classes narrows them
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else \
+        list(generate.load_generator(args.model)[1].classes)
+    data = load_splits(DataConfig(data=args.data, val_fraction=0.0, classes=classes), args.seed)
+    if not isinstance(data.train, ImageSet):
+        raise ImagefitError(f"{data.source} is streamed from disk; 'generate vary' needs it in memory")
+    train = data.train.subset(per_class_subset(data.train.labels, args.per_class, args.seed)) if args.per_class \
+        else data.train
+    r = generate.vary_folder(args.model, train.images, train.labels, data.classes, args.out, args.strength,
+                             steps=args.steps, guidance=args.guidance, batch=args.batch_size, seed=args.seed, log=log)
+    if not args.json:
+        print(f"{r['written']} variations at strength {args.strength:g} in {r['seconds']} s under {r['out']}")
+    return r
+
+
+def _generate_eval(args, log) -> dict:
+    from . import quality
+    r = quality.evaluate_generator(model=args.model, synthetic=args.synthetic, data=args.data,
+                                   classifier=args.classifier, features=args.features, per_class=args.per_class,
+                                   steps=args.steps, guidance=args.guidance, per_checkpoint=args.per_checkpoint,
+                                   seed=args.seed, log=log)
+    if args.cas:
+        synthetic = args.synthetic
+        if synthetic is None:
+            from .generate import sample_folder
+            synthetic = str(Path(args.model) / "cas-samples")
+            sample_folder(args.model, synthetic, args.per_class, steps=args.steps, guidance=args.guidance,
+                          seed=args.seed, log=log)
+        r.update(quality.classification_accuracy_score(synthetic, args.data, Path(synthetic) / "cas-run",
+                                                       recipe=args.cas_recipe, tracking_uri=args.tracking_uri,
+                                                       epochs=args.cas_epochs))
+    if not args.json:
+        line = f"FID {r['fid']:.2f}  KID {r['kid']:.4f} ± {r['kid_std']:.4f}  IS {r['inception_score']:.2f}"
+        if "label_accuracy" in r:
+            line += f"  label accuracy {r['label_accuracy']:.4f}"
+        if "cas" in r:
+            line += f"  CAS {r['cas']:.4f}"
+        print(f"{line}  ({r['features']})")
     return r
 
 

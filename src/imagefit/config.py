@@ -37,6 +37,8 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, low: float | N
 class DataConfig:
     data: str | None = opt(None, "data folder: CIFAR-10 batches or an ImageFolder tree "
                                  "(else $IMAGEFIT_DATA, else the download cache)")
+    test_data: str | None = opt(None, "evaluate on this folder's test split instead of --data's (same classes); e.g. "
+                                      "train on synthetic images, test on real ones")
     download: bool = opt(False, "download CIFAR-10 through torchvision when the folder has no data")
     size: int = opt(32, "image side in pixels after resizing", low=8, high=1024)
     resize: str = opt("crop", "how other sizes are resized: crop (shorter side, centre crop) or squish",

@@ -8,13 +8,14 @@ loader and augmentation, so both yield the same batches.
 
 from __future__ import annotations
 
+
 import hashlib
 import io
 import json
 import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -416,6 +417,13 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         test_dir = next((where / s for s in ("test", "val") if has_train and (where / s).is_dir()), None)
         test = _imagefolder_set(test_dir, train.classes, cfg, stream)[0] if test_dir else None
 
+    if cfg.test_data:
+        test = _load_test_split(replace(cfg, data=cfg.test_data))
+        missing = [c for c in train.classes if c not in test.classes]
+        if missing:
+            raise ImagefitError(f"--test-data {cfg.test_data} has no class {', '.join(missing)} of {where}; "
+                                f"test on a folder with the same class names")
+        test = select_classes(test, train.classes)
     if cfg.classes:
         train = select_classes(train, cfg.classes)
         test = select_classes(test, cfg.classes) if test is not None else None
@@ -438,16 +446,20 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     return Splits(train, val, test, train.classes, mean, std, str(where), synthetic)
 
 
-def _synthetic_set(cfg: DataConfig, train: ImageSet | FileSet) -> ImageSet:
-    """The synthetic tree, decoded into memory at the real images' size, labelled in the real class order."""
-    folder = Path(cfg.synthetic)
+def synthetic_tree(folder: str | Path, cfg: DataConfig) -> ImageSet:
+    """A folder 'imagefit generate sample' wrote (train/<class>/*.png), decoded into memory at `cfg.size`."""
+    folder = Path(folder)
     tree = folder / "train" if (folder / "train").is_dir() else folder
     if not tree.is_dir():
         raise ImagefitError(f"--synthetic {folder} is not a folder; pass what 'imagefit generate sample' wrote")
+    return _imagefolder_set(tree, None, cfg, stream=False)[0]
+
+
+def _synthetic_set(cfg: DataConfig, train: ImageSet | FileSet) -> ImageSet:
+    """The synthetic tree at the real images' size, labelled in the real class order."""
     if not isinstance(train, ImageSet):
         raise ImagefitError("--synthetic needs the real images in memory (--in-memory yes)")
-    syn, _ = _imagefolder_set(tree, None, cfg, stream=False)
-    return align_classes(syn, train.classes)
+    return align_classes(synthetic_tree(cfg.synthetic, cfg), train.classes)
 
 
 def select_classes(data: ImageSet | FileSet, names: list[str]) -> ImageSet | FileSet:
@@ -484,8 +496,9 @@ def resize_set(data: ImageSet, cfg: DataConfig) -> ImageSet:
 
 
 def load_test_split(cfg: DataConfig) -> ImageSet | FileSet:
-    """Only the test split (CIFAR's test_batch, or the tree's test/, else val/), for evaluating a bundle."""
-    test = _load_test_split(cfg)
+    """Only the test split (CIFAR's test_batch, or the tree's test/, else val/; --test-data's when it was given),
+    for evaluating a bundle."""
+    test = _load_test_split(replace(cfg, data=cfg.test_data) if cfg.test_data else cfg)
     return select_classes(test, cfg.classes) if cfg.classes else test
 
 

@@ -88,7 +88,7 @@ def split_images(bundle, data: str | None, split: str):
     from .data import align_classes, load_splits, load_test_split
     cfg = bundle.config.data
     if data:
-        cfg.data = data
+        cfg.data, cfg.test_data = data, None
     if split == "test":
         images = load_test_split(cfg)
     else:

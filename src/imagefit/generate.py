@@ -5,7 +5,8 @@ The network is diffusers' `UNet2DModel` with a class embedding (one extra "no cl
 guidance: labels are dropped to it with probability `label_dropout` while training); the noise schedules and the
 DDPM/DDIM steps are diffusers' schedulers. What is ours: the presets, the loop (seeded per step so a stopped run
 resumes bitwise, like the classifier's), EMA weights, checkpoints with per-class sample grids, and a guided,
-batched, resumable sampler that writes class folders.
+batched, resumable sampler that writes class folders, and diffuse-and-denoise variations of real images. The GAN
+family (gan.py) plugs into the same train/sample/grid functions.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from .files import atomic_write_text
 # Channels per resolution level, residual blocks per level, which levels get self-attention, GroupNorm groups.
 PRESETS = {
     "tiny": dict(block_out_channels=(16, 32), layers_per_block=1, attention=(False, False), groups=8),  # tests
-    "small": dict(block_out_channels=(64, 128, 128), layers_per_block=2, attention=(False, True, False),  # CPU
-                  groups=32),
+    # CPU-hours: 1.1M parameters, 0.50 GFLOP per evaluation (the first draft, 64/128/128 with two blocks per level,
+    # was 3.0 GFLOP: 20 s per batch-64 step on one core, ~500 steps in 3 CPU-hours, and 0.1 sampled images/s).
+    "small": dict(block_out_channels=(32, 64, 64), layers_per_block=1, attention=(False, False, True), groups=8),
     "base": dict(block_out_channels=(128, 256, 256, 256), layers_per_block=2,  # ≈ the DDPM paper's CIFAR net
                  attention=(False, True, False, False), groups=32),
 }
@@ -50,6 +52,7 @@ class DiffusionConfig:
     label_dropout: float = 0.1
     checkpoint_every: int = 1000
     seed: int = 0
+    family: str = "diffusion"
 
 
 def make_unet(cfg: DiffusionConfig):
@@ -89,7 +92,7 @@ def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionCo
                     stop_after: int = 0, log=print) -> dict:
     """Train (or resume, when OUT holds a checkpoint) on uint8 N×3×H×W images. Each step's batch, flips, noise and
     timesteps come from a generator seeded by (seed, step): a resumed run takes exactly the steps it would have."""
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "snapshots").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # the initial weights; everything after is seeded per step
     unet = make_unet(cfg)
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -135,6 +138,7 @@ def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionCo
             start = time.perf_counter()
             save_checkpoint(ckpt, {"config": asdict(cfg), "unet": unet.state_dict(), "ema": ema.state_dict(),
                          "optimizer": opt.state_dict(), "step": step, "history": history})
+            save_checkpoint(out / "snapshots" / f"ema-step{step:07d}.pt", ema.state_dict())  # for FID per step
             save_grid(ema, cfg, out / f"samples-step{step:07d}.png")
             recent = history[-min(len(history), cfg.checkpoint_every):]
             log(f"step {step}/{cfg.steps}  loss {sum(recent) / len(recent):.4f}  {since:.0f} s")
@@ -144,16 +148,16 @@ def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionCo
             "out": str(out)}
 
 
-def save_grid(unet, cfg: DiffusionConfig, path: Path, per_class: int = 4, steps: int = 25) -> Path:
-    """A PNG grid, one row per class, of `per_class` guided DDIM samples (fixed seed: rows compare across
-    checkpoints)."""
+def save_grid(model, cfg, path: Path, per_class: int = 4, steps: int = 25) -> Path:
+    """A PNG grid, one row per class, of `per_class` samples (guided DDIM for diffusion; fixed seed: rows compare
+    across checkpoints)."""
     from PIL import Image
     from torchvision.utils import make_grid
-    was_training = unet.training
-    unet.eval()
+    was_training = model.training
+    model.eval()
     labels = torch.arange(len(cfg.classes)).repeat_interleave(per_class)
-    images = sample(unet, cfg, labels, steps=min(steps, cfg.train_timesteps), guidance=2.0)
-    unet.train(was_training)
+    images = draw(model, cfg, labels, steps=min(steps, getattr(cfg, "train_timesteps", steps)), guidance=2.0)
+    model.train(was_training)
     grid = make_grid(images, nrow=per_class, padding=1)
     tmp = path.with_name(path.name + ".tmp")
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
@@ -161,16 +165,47 @@ def save_grid(unet, cfg: DiffusionConfig, path: Path, per_class: int = 4, steps:
     return path
 
 
-def load_generator(folder: str | Path):
-    """(EMA UNet, config) from a `generate train` folder."""
-    path = Path(folder) / CHECKPOINT
+def load_generator(folder: str | Path, snapshot: str | Path | None = None):
+    """(model, config) from a `generate train` folder: the EMA UNet of a diffusion run or a GAN's generator; with
+    `snapshot`, the weights of that checkpoint (folder/snapshots/*.pt) instead of the last ones."""
+    from . import gan
+    folder = Path(folder)
+    if (folder / gan.CHECKPOINT).is_file():
+        return gan.load_gan(folder / gan.CHECKPOINT, Path(snapshot) if snapshot else None)
+    path = folder / CHECKPOINT
     if not path.is_file():
-        raise ImagefitError(f"no diffusion checkpoint at {path}; pass the folder 'imagefit generate train' wrote")
+        raise ImagefitError(f"no diffusion or GAN checkpoint in {folder}; pass the folder 'imagefit generate train' "
+                            f"wrote")
     state = load_checkpoint(path)
     cfg = DiffusionConfig(**{**state["config"], "classes": tuple(state["config"]["classes"])})
     unet = make_unet(cfg)
-    unet.load_state_dict(state["ema"])
+    unet.load_state_dict(load_checkpoint(Path(snapshot)) if snapshot else state["ema"])
     return unet.eval(), cfg
+
+
+def snapshots(folder: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint's weights a training run kept, in step order."""
+    found = sorted(Path(folder, "snapshots").glob("*-step*.pt"))
+    return [(int(p.stem.rsplit("step", 1)[1]), p) for p in found]
+
+
+def check_options(cfg, steps: int, guidance: float) -> None:
+    if not hasattr(cfg, "train_timesteps"):
+        return  # a GAN: one forward per image, no steps or guidance
+    if not 1 <= steps <= cfg.train_timesteps:
+        raise ImagefitError(f"--steps must be between 1 and {cfg.train_timesteps} (got {steps})")
+    if not 0 <= guidance <= 20:
+        raise ImagefitError(f"--guidance must be between 0 and 20 (got {guidance:g}); 1 is plain conditioning")
+
+
+def draw(model, cfg, labels: torch.Tensor, *, steps: int = 50, guidance: float = 2.0, sampler: str = "ddim",
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 images of `labels` from either family."""
+    from .gan import GanConfig, sample_gan
+    g = generator or torch.Generator().manual_seed(0)
+    if isinstance(cfg, GanConfig):
+        return sample_gan(model, cfg, labels, g)
+    return sample(model, cfg, labels, steps=steps, guidance=guidance, sampler=sampler, generator=g)
 
 
 @torch.inference_mode()
@@ -178,32 +213,52 @@ def sample(unet, cfg: DiffusionConfig, labels: torch.Tensor, *, steps: int = 50,
            sampler: str = "ddim", generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 images for `labels`, denoised in `steps` steps; with guidance w the noise estimate is
     uncond + w·(cond − uncond), both halves in one forward pass. `generator` draws the noise (default: seed 0)."""
-    if not 1 <= steps <= cfg.train_timesteps:
-        raise ImagefitError(f"--steps must be between 1 and {cfg.train_timesteps} (got {steps})")
-    if not 0 <= guidance <= 20:
-        raise ImagefitError(f"--guidance must be between 0 and 20 (got {guidance:g}); 1 is plain conditioning")
+    check_options(cfg, steps, guidance)
     scheduler = make_scheduler(cfg, sampler)
     scheduler.set_timesteps(steps)
     g = generator or torch.Generator().manual_seed(0)
     x = torch.randn((len(labels), 3, cfg.size, cfg.size), generator=g)
+    return _to_uint8(_denoise(unet, cfg, scheduler, x, labels, scheduler.timesteps, guidance, g))
+
+
+def _denoise(unet, cfg, scheduler, x, labels, timesteps, guidance, g):
     null = torch.full_like(labels, len(cfg.classes))
     both = torch.cat([labels, null])
-    for t in scheduler.timesteps:
+    for t in timesteps:
         eps_cond, eps_uncond = unet(torch.cat([x, x]), t, class_labels=both).sample.chunk(2)
         eps = eps_uncond + guidance * (eps_cond - eps_uncond)
         x = scheduler.step(eps, t, x, generator=g).prev_sample
-    return _to_uint8(x)
+    return x
+
+
+@torch.inference_mode()
+def vary(unet, cfg: DiffusionConfig, images: torch.Tensor, labels: torch.Tensor, strength: float, *,
+         steps: int = 50, guidance: float = 2.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Diffuse-and-denoise (SDEdit, Meng et al. 2022): noise real uint8 images with the forward process to
+    t ≈ strength·T, q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I), then run the last strength·steps DDIM steps back.
+    Strength 0 returns the images; 1 forgets them (a plain sample of their class)."""
+    if not 0 < strength <= 1:
+        raise ImagefitError(f"--strength must be in (0, 1] (got {strength:g}); 0.3 keeps the layout, 1 is a new sample")
+    check_options(cfg, steps, guidance)
+    scheduler = make_scheduler(cfg, "ddim")
+    scheduler.set_timesteps(steps)
+    g = generator or torch.Generator().manual_seed(0)
+    timesteps = scheduler.timesteps[steps - max(1, round(strength * steps)):]
+    x0 = _to_unit(images)
+    noise = torch.randn(x0.shape, generator=g)
+    x = scheduler.add_noise(x0, noise, timesteps[:1].repeat(len(x0)))
+    return _to_uint8(_denoise(unet, cfg, scheduler, x, labels, timesteps, guidance, g))
 
 
 def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps: int = 50, guidance: float = 2.0,
                   sampler: str = "ddim", batch: int = 100, seed: int = 0, log=print) -> dict:
     """Write per_class images of every class as OUT/train/<class>/<i>.png (an ImageFolder tree). Batches are
     seeded by (seed, class, first index), so a stopped run resumes where it stopped without duplicating images."""
-    from PIL import Image
     unet, cfg = load_generator(folder)
     out = Path(out)
     if per_class < 1:
         raise ImagefitError(f"--per-class must be 1 or more (got {per_class})")
+    check_options(cfg, steps, guidance)
     written, start = 0, time.perf_counter()
     for c, name in enumerate(cfg.classes):
         d = out / "train" / name
@@ -212,18 +267,64 @@ def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps:
             n = min(batch, per_class - first)
             if all((d / f"{i}.png").exists() for i in range(first, first + n)):
                 continue  # done in an earlier run
-            images = sample(unet, cfg, torch.full((n,), c), steps=steps, guidance=guidance, sampler=sampler,
-                            generator=choice_generator(seed, c * 1_000_000 + first, 7))
-            for i, img in enumerate(images):
-                tmp = d / f".{first + i}.png.tmp"
-                Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
-                tmp.replace(d / f"{first + i}.png")
+            images = draw(unet, cfg, torch.full((n,), c), steps=steps, guidance=guidance, sampler=sampler,
+                          generator=choice_generator(seed, c * 1_000_000 + first, 7))
+            _write_pngs(images, d, first)
             written += n
             rate = written / (time.perf_counter() - start)
             log(f"{name}: {first + n}/{per_class}  ({rate:.2f} images/s)")
-    meta = {"generator": str(folder), "per_class": per_class, "steps": steps, "guidance": guidance,
-            "sampler": sampler, "seed": seed, "classes": list(cfg.classes)}
+    meta = {"generator": str(folder), "family": getattr(cfg, "family", "diffusion"), "per_class": per_class,
+            "steps": steps, "guidance": guidance, "sampler": sampler, "seed": seed, "classes": list(cfg.classes)}
     atomic_write_text(out / "synthetic.json", json.dumps(meta, indent=1))
     seconds = time.perf_counter() - start
     return {**meta, "written": written, "seconds": round(seconds, 1),
             "images_per_s": written / seconds if written else math.nan, "out": str(out)}
+
+
+def _write_pngs(images: torch.Tensor, folder: Path, first: int) -> None:
+    from PIL import Image
+    for i, img in enumerate(images):
+        tmp = folder / f".{first + i}.png.tmp"
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+        tmp.replace(folder / f"{first + i}.png")
+
+
+def vary_folder(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, classes: list[str], out: str | Path,
+                strength: float, *, steps: int = 50, guidance: float = 2.0, batch: int = 100, seed: int = 0,
+                log=print) -> dict:
+    """Diffuse-and-denoise variations of real images as OUT/train/<class>/<index>.png, the index being the real
+    image's position in its split: resumable like `sample_folder`. Mixed in with `train --synthetic OUT
+    --synthetic-ratio p`, this is the augmentation 'replace an image by a variation with probability p'
+    (precomputed: denoising on the fly would cost ~30 network evaluations per image on a CPU)."""
+    unet, cfg = load_generator(folder)
+    if not hasattr(cfg, "train_timesteps"):
+        raise ImagefitError(f"{folder} holds a GAN; diffuse-and-denoise variations need a diffusion model")
+    missing = [c for c in classes if c not in cfg.classes]
+    if missing:
+        raise ImagefitError(f"{folder} was trained on classes {', '.join(cfg.classes)}; it cannot vary images of "
+                            f"{', '.join(missing)} (pass --classes to choose among its classes)")
+    if images.shape[-1] != cfg.size:
+        raise ImagefitError(f"{folder} makes {cfg.size} px images; these are {images.shape[-1]} px "
+                            f"(pass --size {cfg.size})")
+    remap = torch.tensor([cfg.classes.index(c) for c in classes])
+    out = Path(out)
+    for name in classes:
+        (out / "train" / name).mkdir(parents=True, exist_ok=True)
+    written, start = 0, time.perf_counter()
+    for first in range(0, len(images), batch):
+        idx = torch.arange(first, min(first + batch, len(images)))
+        paths = [out / "train" / classes[labels[i]] / f"{i}.png" for i in idx.tolist()]
+        if all(p.exists() for p in paths):
+            continue
+        y = remap[labels[idx]]
+        varied = vary(unet, cfg, images[idx], y, strength, steps=steps, guidance=guidance,
+                      generator=choice_generator(seed, first, 13))
+        for i, img, path in zip(idx.tolist(), varied, paths):
+            _write_pngs(img[None], path.parent, i)
+        written += len(idx)
+        log(f"{first + len(idx)}/{len(images)}  ({written / (time.perf_counter() - start):.2f} images/s)")
+    meta = {"generator": str(folder), "family": "diffusion", "variations": True, "strength": strength,
+            "steps": steps, "guidance": guidance, "seed": seed, "classes": list(classes)}
+    atomic_write_text(out / "synthetic.json", json.dumps(meta, indent=1))
+    seconds = time.perf_counter() - start
+    return {**meta, "written": written, "seconds": round(seconds, 1), "out": str(out)}

@@ -101,3 +101,13 @@ def thumbnail(image, path: Path, scale: int = 3) -> Path:
     with atomic_path(path) as tmp:
         im.save(tmp, format="PNG")
     return path
+
+
+def fid_per_step(rows: list[dict], path: Path) -> Path:
+    """A generator's FID at each checkpoint it kept (the figure should fall as training goes on)."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot([r["step"] for r in rows], [r["fid"] for r in rows], marker="o")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"FID ({rows[0]['features'].split()[0]} features)" if rows else "FID")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

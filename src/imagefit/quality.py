@@ -1,0 +1,219 @@
+"""How good are a generator's images: FID, KID, Inception Score and Classification Accuracy Score.
+
+FID/KID/IS are torchmetrics' implementations. Their default feature network is Inception-v3, whose weights
+torch-fidelity downloads on first use; offline (and always available) the features are instead the penultimate
+activations of an imagefit classifier trained on the real images, and IS uses its class probabilities. The two
+kinds of figure are not comparable with each other, nor classifier-feature FIDs across classifiers: the report
+names the feature network beside every figure. CAS (Ravuri & Vinyals 2019) trains a fresh classifier on the
+synthetic images only and tests it on real held-out images.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+
+import torch
+import torch.nn as nn
+
+from .errors import ImagefitError
+
+
+class ClassifierFeatures(nn.Module):
+    """uint8 N×3×H×W images → a bundle's penultimate features (or its logits): the `feature=` network torchmetrics
+    calls where it would call Inception."""
+
+    def __init__(self, bundle, logits: bool = False):
+        super().__init__()
+        self.model = copy.deepcopy(bundle.model).eval()
+        if not logits:
+            self.model.fc = nn.Identity()
+        self.normalize = bundle.normalizer()
+        self.size = bundle.preprocessing["size"]
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, self.size, self.size, dtype=torch.uint8)
+            self.num_features = self.model(self.normalize(probe)).flatten(1).shape[1]
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.size:
+            raise ImagefitError(f"the classifier takes {self.size} px images; these are {x.shape[-1]} px")
+        return self.model(self.normalize(x)).flatten(1).double()
+
+
+def _require_fidelity() -> None:
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        raise ImagefitError("--features inception needs torch-fidelity (pip install torch-fidelity; its weights "
+                            "download on first use); offline, use --features classifier") from None
+
+
+def _batched(metric, images: torch.Tensor, real: bool | None, batch: int = 500) -> None:
+    for i in range(0, len(images), batch):
+        if real is None:
+            metric.update(images[i:i + batch])
+        else:
+            metric.update(images[i:i + batch], real=real)
+
+
+def scores(real: torch.Tensor, fake: torch.Tensor, bundle=None, features: str = "classifier",
+           fake_labels: torch.Tensor | None = None, kid_subset: int = 1000, seed: int = 0) -> dict:
+    """FID, KID (mean ± std over subsets) and IS of uint8 `fake` images against uint8 `real` ones; with a
+    classifier, also how often it names the class each fake image was drawn for ('label accuracy')."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.inception import InceptionScore
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    if features == "classifier":
+        if bundle is None:
+            raise ImagefitError("classifier features need --classifier BUNDLE (a run trained on the real images)")
+        feature, logits = ClassifierFeatures(bundle), ClassifierFeatures(bundle, logits=True)
+    elif features == "inception":
+        _require_fidelity()
+        feature, logits = 2048, "logits_unbiased"
+    else:
+        raise ImagefitError(f"--features must be classifier or inception (got {features!r})")
+    torch.manual_seed(seed)  # KID's subsets and IS's split order
+    warnings.filterwarnings("ignore", "Metric `.*` will save all extracted features", UserWarning)
+    try:
+        fid = FrechetInceptionDistance(feature=feature, reset_real_features=False)
+        kid = KernelInceptionDistance(feature=feature, subset_size=min(kid_subset, len(real), len(fake)))
+        inception = InceptionScore(feature=logits, splits=10)
+        for metric in (fid, kid):
+            _batched(metric, real, True)
+            _batched(metric, fake, False)
+        _batched(inception, fake, None)
+        kid_mean, kid_std = kid.compute()
+        is_mean, is_std = inception.compute()
+        result = {"features": features if features == "inception" else f"classifier {bundle.path}",
+                  "fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std),
+                  "inception_score": float(is_mean), "inception_score_std": float(is_std),
+                  "real_images": len(real), "fake_images": len(fake)}
+    except (OSError, RuntimeError) as e:
+        if features != "inception":
+            raise
+        raise ImagefitError(f"Inception-v3 weights could not be loaded ({str(e)[:80]}); they download on first use "
+                            f"into torch's hub cache (~/.cache/torch/hub); offline, use --features classifier") \
+            from None
+    if features == "classifier" and fake_labels is not None:
+        with torch.inference_mode():
+            predicted = torch.cat([logits(fake[i:i + 500]).argmax(1) for i in range(0, len(fake), 500)])
+        result["label_accuracy"] = float((predicted == fake_labels).double().mean())
+    return result
+
+
+def _real_train(data: str | None, classes: tuple, size: int):
+    from .config import DataConfig
+    from .data import ImageSet, align_classes, load_splits
+    splits = load_splits(DataConfig(data=data, val_fraction=0.0, classes=list(classes)), 0)
+    if not isinstance(splits.train, ImageSet):
+        raise ImagefitError(f"{splits.source} is streamed from disk; generator metrics need it in memory")
+    if splits.train.images.shape[-1] != size:
+        raise ImagefitError(f"the generator makes {size} px images and {splits.source} holds "
+                            f"{splits.train.images.shape[-1]} px ones; compare like with like")
+    return align_classes(splits.train, list(classes)), splits.source
+
+
+def _draw_set(model, cfg, per_class: int, steps: int, guidance: float, seed: int, batch: int = 250):
+    from .data import choice_generator
+    from .generate import draw
+    labels = torch.arange(len(cfg.classes)).repeat_interleave(per_class)
+    parts = [draw(model, cfg, labels[i:i + batch], steps=steps, guidance=guidance,
+                  generator=choice_generator(seed, i, 17)) for i in range(0, len(labels), batch)]
+    return torch.cat(parts), labels
+
+
+def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | None, classifier: str | None,
+                       features: str = "classifier", per_class: int = 100, steps: int = 50, guidance: float = 2.0,
+                       per_checkpoint: bool = False, real_limit: int = 10000, seed: int = 0, log=print) -> dict:
+    """Scores of a generator (`model`, sampled here) or of a folder of its images (`synthetic`) against the real
+    training images (at most `real_limit` of them, a seeded choice). With `per_checkpoint`, the FID of every
+    snapshot the run kept, plotted beside the run (`fid-per-step.png`)."""
+    import json
+    from pathlib import Path
+
+    from . import plots
+    from .bundle import load_bundle
+    from .data import choice_generator
+    from .files import atomic_write_text
+    from .generate import check_options, load_generator, snapshots
+
+    if (model is None) == (synthetic is None):
+        raise ImagefitError("give --model GEN (sample from it) or --synthetic SYN (score its images), not both")
+    if per_class < 2:
+        raise ImagefitError(f"--per-class must be 2 or more (got {per_class}): FID needs a covariance")
+    bundle = load_bundle(classifier) if classifier else None
+    if model is not None:
+        gen, cfg = load_generator(model)
+        check_options(cfg, steps, guidance)
+        classes, size = cfg.classes, cfg.size
+    else:
+        from .config import DataConfig
+        from .data import synthetic_tree
+        syn = synthetic_tree(synthetic, DataConfig(size=bundle.preprocessing["size"] if bundle else 32))
+        classes, size = tuple(syn.classes), syn.images.shape[-1]
+    if bundle is not None and list(classes) != list(bundle.classes):
+        missing = [c for c in classes if c not in bundle.classes]
+        if missing:
+            raise ImagefitError(f"the classifier {bundle.path} has no class {', '.join(missing)}; use one trained "
+                                f"on the generator's classes")
+    real, source = _real_train(data, classes, size)
+    if len(real) > real_limit:
+        real = real.subset(torch.randperm(len(real), generator=choice_generator(seed, 19))[:real_limit])
+    if bundle is not None and list(classes) != list(bundle.classes):
+        order = torch.tensor([bundle.classes.index(c) for c in classes])  # labels in the classifier's order
+    else:
+        order = torch.arange(len(classes))
+    start = time.perf_counter()
+    if model is not None:
+        fake, labels = _draw_set(gen, cfg, per_class, steps, guidance, seed)
+    else:
+        fake, labels = syn.images, syn.labels
+    seconds = time.perf_counter() - start
+    result = scores(real.images, fake, bundle, features, order[labels], seed=seed)
+    result.update(real_source=source, classes=list(classes))
+    if model is not None:
+        result.update(model=model, steps=steps, guidance=guidance, per_class=per_class,
+                      sampling_images_per_s=len(fake) / seconds)
+    log(f"FID {result['fid']:.2f}  KID {result['kid']:.4f}  IS {result['inception_score']:.2f}  "
+        f"({result['features']})")
+    if per_checkpoint:
+        if model is None:
+            raise ImagefitError("--per-checkpoint scores a training run's snapshots; pass --model GEN")
+        rows = []
+        for step, path in snapshots(model):
+            snap, _ = load_generator(model, path)
+            images, snap_labels = _draw_set(snap, cfg, per_class, steps, guidance, seed)
+            r = scores(real.images, images, bundle, features, order[snap_labels], seed=seed)
+            rows.append({"step": step, **{k: r[k] for k in ("fid", "kid", "inception_score", "features")},
+                         **({"label_accuracy": r["label_accuracy"]} if "label_accuracy" in r else {})})
+            log(f"step {step}: FID {r['fid']:.2f}")
+        result["per_checkpoint"] = rows
+        if rows:
+            result["plot"] = str(plots.fid_per_step(rows, Path(model) / "fid-per-step.png"))
+    where = Path(model if model is not None else synthetic)
+    atomic_write_text(where / "quality.json", json.dumps(result, indent=1))
+    return result
+
+
+def classification_accuracy_score(synthetic: str, data: str | None, out, *, recipe: str = "fast",
+                                  tracking_uri: str | None = None, epochs: int = 0) -> dict:
+    """CAS: a fresh classifier (the `recipe`'s) trained on the synthetic tree only, normalized by its statistics,
+    tested on the real test split of `data`."""
+    from .config import Config, load_recipe
+    from .train import RunOptions, train
+    cfg = Config.from_dict(load_recipe(recipe), where=f"recipe {recipe}")
+    cfg.data.data, cfg.data.test_data, cfg.data.val_fraction = synthetic, data or _default_data(), 0.0
+    if epochs:
+        cfg.train.epochs = epochs
+        cfg.augment.progressive_sizes = []  # the recipe's size schedule is laid out for its own epoch count
+    result = train(cfg.validate(), RunOptions(out=out, tracking_uri=tracking_uri))
+    return {"cas": result["accuracy"], "cas_n": result["n"], "cas_recipe": recipe, "cas_bundle": result["bundle"]}
+
+
+def _default_data() -> str:
+    from .config import DataConfig
+    from .data import data_root
+    return str(data_root(DataConfig()))
