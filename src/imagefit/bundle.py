@@ -111,6 +111,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         raise ImagefitError(f"{path} is damaged ({type(e).__name__}: {str(e)[:80]}); "
                             f"copy it again or re-run 'imagefit train'") from None
     config = Config.from_dict(meta["config"], where=str(path))
+    if config.train.tta == "flip-translate":  # the name flip+crops had before 2026-11-24
+        config.train.tta = "flip+crops"
     # The architecture only: the weights come from the file, not from where training started.
     arch = {**meta["config"]["model"], "pretrained": "none", "init_from": None}
     model = create_model(len(meta["classes"]), ModelConfig(**arch))

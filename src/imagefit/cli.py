@@ -203,13 +203,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
 
     p = sub.add_parser("predict", help="top-k classes for image files or folders")
-    p.add_argument("--bundle", required=True, help="run folder or bundle.safetensors")
+    p.add_argument("--bundle", required=True, help="run folder, bundle.safetensors or an exported .onnx file")
     p.add_argument("paths", nargs="+", help="image files or folders of images")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable files instead of stopping")
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the bundle's; none is "
                                                     "fastest)")
+    p.add_argument("--backend", choices=("auto", "onnx", "pytorch"), default="auto",
+                   help="auto: ONNX Runtime when the run folder holds an export of this bundle, else PyTorch")
+    p.add_argument("--format", choices=("text", "json", "csv"), default="text", help="output format")
+    p.add_argument("--batch-size", type=int, default=256)
     _add_json(p)
+
+    p = sub.add_parser("export", help="export a bundle to ONNX or TorchScript (checked for parity on real images)")
+    p.add_argument("--bundle", required=True, help="run folder or bundle.safetensors")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--out", help="output file (default: model.onnx / model.torchscript.pt beside the bundle, where "
+                                 "predict and serve find it)")
+    p.add_argument("--data", help="data folder for the parity images (default: the bundle's)")
+    p.add_argument("--parity-images", type=int, default=64)
+    _add_json(p)
+
+    p = sub.add_parser("serve", help="a web app and JSON API for a bundle (FastAPI under uvicorn)")
+    p.add_argument("--bundle", required=True, help="run folder, bundle.safetensors or an exported .onnx file")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", choices=("auto", "onnx", "pytorch"), default="auto")
+    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the bundle's)")
+    p.add_argument("--max-batch", type=int, default=32, help="largest micro-batch of queued images")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a micro-batch waits to fill")
+    p.add_argument("--queue", type=int, default=256, help="images waiting at most; beyond it requests get 503")
+    p.add_argument("--max-files", type=int, default=16, help="images per request at most")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="request body size limit")
+    p.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image (width × height) decoded")
+    p.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+    p.set_defaults(json=False)
 
     p = sub.add_parser("models", help="list the model registry with parameter counts (10 classes)")
     _add_json(p)
@@ -484,27 +512,62 @@ def _image_files(paths: list[str]) -> list[str]:
 
 
 def cmd_predict(args) -> dict:
-    from .bundle import load_bundle
     from .data import decode_files
+    from .inference import load_predictor
     if args.top_k < 1:
         raise ImagefitError(f"--top-k must be at least 1 (got {args.top_k})")
-    bundle = load_bundle(args.bundle)
+    if args.batch_size < 1:
+        raise ImagefitError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    predictor = load_predictor(args.bundle, args.backend)
     files = _image_files(args.paths)
-    p = bundle.preprocessing
-    images, keep = decode_files(files, p["size"], p["resize"], args.skip_bad_images)
-    k = min(args.top_k, len(bundle.classes))
+    p = predictor.preprocessing
+    k = min(args.top_k, len(predictor.classes))
     results = []
-    for start in range(0, len(keep), 256):
-        probs = bundle.probabilities(images[start:start + 256], args.tta)
-        top = probs.topk(k, dim=1)
-        for i, (values, indices) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
-            results.append({"file": files[keep[start + i]],
-                            "top": [{"class": bundle.classes[c], "probability": round(v, 6)}
-                                    for v, c in zip(values, indices)]})
+    chunks = range(0, len(files), args.batch_size)
+    if sys.stderr.isatty() and len(chunks) > 1:
+        from rich.progress import track
+        from rich.console import Console
+        chunks = track(chunks, description="predicting", console=Console(file=sys.stderr), transient=True)
+    for start in chunks:
+        names = files[start:start + args.batch_size]
+        images, keep = decode_files(names, p["size"], p["resize"], args.skip_bad_images)
+        if not keep:
+            continue
+        top = predictor.probabilities(images, args.tta).topk(k, dim=1)
+        for i, (values, indices) in zip(keep, zip(top.values.tolist(), top.indices.tolist())):
+            results.append({"file": names[i], "top": [{"class": predictor.classes[c], "probability": round(v, 6)}
+                                                      for v, c in zip(values, indices)]})
     if not args.json:
-        for r in results:
-            print(f"{r['file']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"]))
-    return {"predictions": results, "n": len(results), "bundle": str(bundle.path)}
+        if args.format == "json":
+            print(json.dumps(results, indent=1))
+        elif args.format == "csv":
+            import csv
+            writer = csv.writer(sys.stdout)
+            writer.writerow(["file"] + [f"{kind}{j + 1}" for j in range(k) for kind in ("class", "probability")])
+            for r in results:
+                writer.writerow([r["file"]] + [v for t in r["top"] for v in (t["class"], t["probability"])])
+        else:
+            for r in results:
+                print(f"{r['file']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"]))
+    return {"predictions": results, "n": len(results), "bundle": str(args.bundle), "backend": predictor.backend}
+
+
+def cmd_export(args) -> dict:
+    from .export import export
+    r = export(args.bundle, args.format, args.out, args.data, args.parity_images)
+    if not args.json:
+        print(f"{r['export']} ({r['bytes'] / 1e6:.1f} MB); parity on {r['parity_images']} real images: max |logit "
+              f"difference| {r['parity_max_abs_diff']:.1e}")
+    return r
+
+
+def cmd_serve(args) -> dict:
+    from .serve import ServeOptions, run_server
+    opts = ServeOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
+                        max_files=args.max_files, max_upload_bytes=int(args.max_upload_mb * 1e6),
+                        max_pixels=args.max_pixels, tta=args.tta)
+    run_server(args.bundle, args.host, args.port, opts, backend=args.backend, threads=args.threads)
+    return {}
 
 
 def cmd_models(args) -> dict:
@@ -519,7 +582,8 @@ def cmd_models(args) -> dict:
 
 COMMANDS = {"train": cmd_train, "find-lr": cmd_find_lr, "fine-tune": cmd_fine_tune, "features": cmd_features,
             "ensemble": cmd_ensemble, "report": cmd_report, "generate": cmd_generate,
-            "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models}
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve,
+            "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,15 +99,22 @@ class Splits:
 
 # ---------------------------------------------------------------------------------------------- images
 
-def load_image(source, size: int, resize: str = "crop") -> np.ndarray:
+class ImageTooLarge(ValueError):
+    """An image whose header promises more pixels than the caller allows (a decompression bomb, or a mistake)."""
+
+
+def load_image(source, size: int, resize: str = "crop", max_pixels: int | None = None) -> np.ndarray:
     """Decode one image file (path or bytes) to uint8 H×W×3 RGB at `size`×`size`.
 
     The one preprocessing function: ImageFolder loading, predict and serve all call it, so a served model sees
     exactly what it was trained on. `crop` scales the shorter side to `size` and takes the centre; `squish`
-    scales both sides. Grayscale, palette and alpha images become RGB.
+    scales both sides. Grayscale, palette and alpha images become RGB. With `max_pixels`, an image whose header
+    declares more pixels is refused before any decoding (ImageTooLarge).
     """
     fh = io.BytesIO(source) if isinstance(source, bytes) else source
     with Image.open(fh) as im:
+        if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+            raise ImageTooLarge(f"{im.size[0]}×{im.size[1]} pixels")
         im = im.convert("RGB")
         w, h = im.size
         if (w, h) != (size, size):

@@ -109,7 +109,7 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, cfg: GanConfig, out: P
     gen, disc = make_gan(cfg)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    step, history = 0, []
+    step, history, seconds = 0, [], 0.0
     ckpt = out / CHECKPOINT
     if ckpt.exists():
         state = load_checkpoint(ckpt)
@@ -118,11 +118,11 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, cfg: GanConfig, out: P
                                 f"{', '.join(state['config']['classes'])}; resume it with the same data")
         for module, key in ((gen, "generator"), (disc, "discriminator"), (opt_g, "opt_g"), (opt_d, "opt_d")):
             module.load_state_dict(state[key])
-        step, history = state["step"], state["history"]
+        step, history, seconds = state["step"], state["history"], state.get("seconds", 0.0)
         log(f"resuming at step {step}")
     gen.train()
     disc.train()
-    start, since = time.perf_counter(), 0.0
+    start = time.perf_counter()
     while step < cfg.steps:
         g = choice_generator(cfg.seed, step, 11)
         idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
@@ -148,22 +148,23 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, cfg: GanConfig, out: P
         step += 1
         history.append((loss_d.item(), loss_g.item()))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after:
-            since += time.perf_counter() - start
-            start = time.perf_counter()
+            seconds += time.perf_counter() - start  # training time over all sessions, grids excluded
             save_checkpoint(ckpt, {"config": asdict(cfg), "generator": gen.state_dict(),
                                    "discriminator": disc.state_dict(), "opt_g": opt_g.state_dict(),
-                                   "opt_d": opt_d.state_dict(), "step": step, "history": history})
+                                   "opt_d": opt_d.state_dict(), "step": step, "history": history,
+                                   "seconds": seconds})
             save_checkpoint(out / "snapshots" / f"generator-step{step:07d}.pt", gen.state_dict())
             if save_grid is not None:
                 save_grid(gen, cfg, out / f"samples-step{step:07d}.png")
             recent = history[-min(len(history), cfg.checkpoint_every):]
             ld, lg = (sum(v) / len(recent) for v in zip(*recent))
-            log(f"step {step}/{cfg.steps}  loss D {ld:.4f}  G {lg:.4f}  {since:.0f} s")
+            log(f"step {step}/{cfg.steps}  loss D {ld:.4f}  G {lg:.4f}  {seconds:.0f} s")
+            start = time.perf_counter()
         if stop_after and step >= stop_after and step < cfg.steps:
             return {"stopped": "interrupted", "step": step, "out": str(out)}
     recent = history[-100:]
     return {"stopped": "completed", "step": step, "loss_d": sum(v[0] for v in recent) / len(recent),
-            "loss_g": sum(v[1] for v in recent) / len(recent), "out": str(out)}
+            "loss_g": sum(v[1] for v in recent) / len(recent), "train_seconds": round(seconds, 1), "out": str(out)}
 
 
 def load_gan(path: Path, snapshot: Path | None = None) -> tuple[Generator, GanConfig]:

@@ -98,7 +98,7 @@ def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionCo
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     scheduler = make_scheduler(cfg)
-    step, history = 0, []
+    step, history, seconds = 0, [], 0.0
     ckpt = out / CHECKPOINT
     if ckpt.exists():
         state = load_checkpoint(ckpt)
@@ -108,11 +108,11 @@ def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionCo
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
-        step, history = state["step"], state["history"]
+        step, history, seconds = state["step"], state["history"], state.get("seconds", 0.0)
         log(f"resuming at step {step}")
     null = len(cfg.classes)
     unet.train()
-    start, since = time.perf_counter(), 0.0
+    start = time.perf_counter()
     while step < cfg.steps:
         g = choice_generator(cfg.seed, step, 7)
         idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
@@ -134,18 +134,19 @@ def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionCo
         step += 1
         history.append(loss.item())
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after:
-            since += time.perf_counter() - start
-            start = time.perf_counter()
+            seconds += time.perf_counter() - start  # training time over all sessions, grids excluded
             save_checkpoint(ckpt, {"config": asdict(cfg), "unet": unet.state_dict(), "ema": ema.state_dict(),
-                         "optimizer": opt.state_dict(), "step": step, "history": history})
+                                   "optimizer": opt.state_dict(), "step": step, "history": history,
+                                   "seconds": seconds})
             save_checkpoint(out / "snapshots" / f"ema-step{step:07d}.pt", ema.state_dict())  # for FID per step
             save_grid(ema, cfg, out / f"samples-step{step:07d}.png")
             recent = history[-min(len(history), cfg.checkpoint_every):]
-            log(f"step {step}/{cfg.steps}  loss {sum(recent) / len(recent):.4f}  {since:.0f} s")
+            log(f"step {step}/{cfg.steps}  loss {sum(recent) / len(recent):.4f}  {seconds:.0f} s")
+            start = time.perf_counter()
         if stop_after and step >= stop_after and step < cfg.steps:
             return {"stopped": "interrupted", "step": step, "out": str(out)}
     return {"stopped": "completed", "step": step, "loss": sum(history[-100:]) / len(history[-100:]),
-            "out": str(out)}
+            "train_seconds": round(seconds, 1), "out": str(out)}
 
 
 def save_grid(model, cfg, path: Path, per_class: int = 4, steps: int = 25) -> Path:
@@ -275,10 +276,14 @@ def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps:
             log(f"{name}: {first + n}/{per_class}  ({rate:.2f} images/s)")
     meta = {"generator": str(folder), "family": getattr(cfg, "family", "diffusion"), "per_class": per_class,
             "steps": steps, "guidance": guidance, "sampler": sampler, "seed": seed, "classes": list(cfg.classes)}
-    atomic_write_text(out / "synthetic.json", json.dumps(meta, indent=1))
     seconds = time.perf_counter() - start
-    return {**meta, "written": written, "seconds": round(seconds, 1),
-            "images_per_s": written / seconds if written else math.nan, "out": str(out)}
+    if written:  # this run's sampling speed (a resumed run that had nothing to do keeps the earlier figure)
+        meta.update(images_per_s=round(written / seconds, 3), threads=torch.get_num_threads())
+    elif (out / "synthetic.json").exists():
+        meta.update({k: v for k, v in json.loads((out / "synthetic.json").read_text()).items()
+                     if k in ("images_per_s", "threads")})
+    atomic_write_text(out / "synthetic.json", json.dumps(meta, indent=1))
+    return {"images_per_s": math.nan, **meta, "written": written, "seconds": round(seconds, 1), "out": str(out)}
 
 
 def _write_pngs(images: torch.Tensor, folder: Path, first: int) -> None:

@@ -1,0 +1,111 @@
+"""Does synthetic data help? Held-out accuracy of the `fast` recipe on real images only, beside the same recipe
+with a share of every batch drawn from each generator's images (equal training compute: the epoch stays one
+pass over the real images).
+
+    python benchmarks/generative.py --data DIR --synthetic diffusion=SYN1 --synthetic gan=SYN2 \
+        [--ratios 0.1,0.3,0.5] [--per-class 450] [--seeds 1] [--epochs N]
+
+DIR holds cifar-10-batches-py from ../shared/datasets/make-cifar10 (the held-out 5,000 are its test split).
+`--per-class 450` is the 10%-of-the-data run, where the literature expects synthetic images to help most; the
+generators should then have been trained on that subset too, or the comparison lets them see more real data than
+the classifier (the table says which they were trained on when their folder records it). Each generator's row
+carries its cost and quality when its folders hold them: training time (diffusion.pt/gan.pt), sampling speed
+(synthetic.json), FID/CAS (quality.json from `imagefit generate eval`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+
+def _train(args, tmp: str, extra: list[str], seed: int) -> dict:
+    out = f"{tmp}/{time.monotonic_ns()}"
+    argv = [sys.executable, "-m", "imagefit", "train", "--recipe", "fast", "--data", args.data, "--seed", str(seed),
+            "--tracking-uri", "none", "--progress", "lines", "--out", out, *extra, "--json"]
+    if args.per_class:
+        argv += ["--per-class", str(args.per_class)]
+    if args.epochs:
+        argv += ["--epochs", str(args.epochs)]
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr[-2000:]}")
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"accuracy": r["accuracy"], "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def _generator_facts(folder: Path) -> dict:
+    """What the synthetic folder and its generator recorded about themselves."""
+    facts = {}
+    meta_path = folder / "synthetic.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        facts.update({k: meta.get(k) for k in ("family", "steps", "guidance", "per_class", "images_per_s", "threads",
+                                               "strength")})
+        gen = Path(meta["generator"])
+        for ckpt in (gen / "diffusion.pt", gen / "gan.pt"):
+            if ckpt.exists():
+                import torch
+                state = torch.load(ckpt, map_location="cpu", weights_only=True)
+                facts.update(train_steps=state["step"], train_seconds=round(state.get("seconds", float("nan")), 1),
+                             preset=state["config"]["preset"])
+        quality = gen / "quality.json"
+        if quality.exists():
+            q = json.loads(quality.read_text())
+            facts.update({k: q[k] for k in ("fid", "kid", "inception_score", "label_accuracy", "cas", "features")
+                          if k in q})
+    return facts
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--synthetic", action="append", default=[], metavar="NAME=FOLDER",
+                   help="a generator's images (imagefit generate sample/vary); repeat per generator")
+    p.add_argument("--ratios", default="0.1,0.3,0.5")
+    p.add_argument("--per-class", type=int, default=0, help="real images per class (450: the 10%% run; 0: all)")
+    p.add_argument("--epochs", type=int, default=0, help="override the recipe's epochs (0: keep)")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args()
+    ratios = [float(r) for r in args.ratios.split(",")]
+    generators = dict(s.split("=", 1) for s in args.synthetic)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = [("real only", None, 0.0)] + [(name, folder, r) for name, folder in generators.items()
+                                                 for r in ratios]
+        for name, folder, ratio in variants:
+            extra = [] if folder is None else ["--synthetic", folder, "--synthetic-ratio", str(ratio)]
+            runs = [_train(args, tmp, extra, seed) for seed in range(args.seeds)]
+            acc = [r["accuracy"] for r in runs]
+            row = {"generator": name, "ratio": ratio, "accuracy": statistics.mean(acc),
+                   "std": statistics.stdev(acc) if len(acc) > 1 else 0.0, "runs": acc,
+                   "wall_s": statistics.mean(r["wall_s"] for r in runs)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    real = rows[0]["accuracy"]
+    subset = f"{args.per_class} real images per class" if args.per_class else "all real training images"
+    print(f"\nfast recipe, {subset}, {args.seeds} seed(s); held-out 5,000")
+    for r in rows:
+        print(f"{r['generator']:>12} ratio {r['ratio']:.1f}: {100 * r['accuracy']:.2f}% ± {100 * r['std']:.2f}"
+              f"  ({100 * (r['accuracy'] - real):+.2f})  {r['wall_s']:.0f} s")
+    facts = {name: _generator_facts(Path(folder)) for name, folder in generators.items()}
+    for name, f in facts.items():
+        print(f"{name}: {json.dumps(f)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"generative-{date.today()}-pc{args.per_class}.json"
+    path.write_text(json.dumps({"args": vars(args), "rows": rows, "generators": facts}, indent=1))
+    print(f"runs: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Export a bundle to ONNX or TorchScript for serving without imagefit's training code.
+
+The exported graph takes float32 pixels N×3×S×S in [0, 255] (RGB, decoded and resized by the bundle's rule, which
+the metadata states) and returns logits; the normalization is inside the graph, so a consumer cannot forget it.
+The batch dimension is dynamic. The metadata (ONNX `metadata_props` / a TorchScript extra file `imagefit.json`)
+carries the class order, the preprocessing, the test-time augmentation and logit adjustment training chose, the
+bundle's SHA-256 and its metrics. Every export is checked on real images: the largest |logit difference| from the
+PyTorch bundle, at the parity batch and at batch 1, must be at most 1e-4, or the file is removed and the export
+fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .errors import ImagefitError
+from .files import atomic_path
+from .inference import ONNX_NAME, TorchPredictor
+
+FORMATS = {"onnx": ONNX_NAME, "torchscript": "model.torchscript.pt"}
+TOLERANCE = 1e-4
+
+
+class Deployable(nn.Module):
+    """Pixels in [0, 255] → normalize → the bundle's network → logits."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(std))).view(1, -1, 1, 1))
+        self.register_buffer("shift", (-torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels * self.scale + self.shift)
+
+
+def _parity_images(bundle, data: str | None, n: int) -> torch.Tensor:
+    from .data import FileSet
+    from .ensemble import split_images
+    try:
+        images = split_images(bundle, data, "test")
+    except ImagefitError as e:
+        raise ImagefitError(f"the parity check needs real images and found none ({e}); pass --data DIR") from None
+    if isinstance(images, FileSet):
+        return torch.stack([images.read(i) for i in range(min(n, len(images)))]).float()
+    return images.images[:n].float()
+
+
+def _onnx(module: nn.Module, example: torch.Tensor, path: Path, meta: str) -> None:
+    import onnx
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with contextlib.redirect_stdout(sys.stderr), atomic_path(path) as tmp:  # the exporter narrates on stdout
+        torch.onnx.export(module, (example,), str(tmp), dynamo=True, input_names=["pixels"],
+                          output_names=["logits"], dynamic_shapes={"pixels": {0: batch}}, verbose=False)
+        proto = onnx.load(str(tmp))
+        proto.metadata_props.add(key="imagefit", value=meta)
+        onnx.save(proto, str(tmp))
+
+
+def _torchscript(module: nn.Module, example: torch.Tensor, path: Path, meta: str) -> None:
+    # torch.jit is deprecated in favour of torch.export (FutureWarning) but still what TorchScript users load
+    with atomic_path(path) as tmp, warnings.catch_warnings(action="ignore", category=FutureWarning):
+        traced = torch.jit.trace(module, example)
+        torch.jit.save(traced, str(tmp), _extra_files={"imagefit.json": meta})
+
+
+def _run(fmt: str, path: Path, pixels: torch.Tensor) -> torch.Tensor:
+    if fmt == "onnx":
+        import onnxruntime as ort
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, {"pixels": pixels.numpy()})[0])
+    with warnings.catch_warnings(action="ignore", category=FutureWarning):
+        return torch.jit.load(str(path))(pixels).float()
+
+
+def export(bundle_path: str | Path, fmt: str, out: str | Path | None = None, data: str | None = None,
+           parity_images: int = 64) -> dict:
+    from .bundle import load_bundle
+    if fmt not in FORMATS:
+        raise ImagefitError(f"--format must be {' or '.join(FORMATS)} (got {fmt!r})")
+    if parity_images < 1:
+        raise ImagefitError(f"--parity-images must be 1 or more (got {parity_images})")
+    bundle = load_bundle(bundle_path)
+    reference = TorchPredictor(bundle)
+    out = Path(out) if out else bundle.path.parent / FORMATS[fmt]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pixels = _parity_images(bundle, data, parity_images)
+    module = Deployable(bundle.model, bundle.preprocessing["mean"], bundle.preprocessing["std"]).eval()
+    meta = {"format": "imagefit-export/1", **reference.describe(),
+            "input": {"name": "pixels", "dtype": "float32", "layout": "NCHW, RGB", "range": [0, 255]}}
+    with torch.inference_mode(False), torch.no_grad():
+        (_onnx if fmt == "onnx" else _torchscript)(module, pixels[:2].clone(), out, json.dumps(meta))
+        with torch.inference_mode():
+            expected = reference._logits(pixels)
+        diffs = []
+        for batch in (pixels, pixels[:1]):  # the parity batch, then batch 1: the batch size really is dynamic
+            got = _run(fmt, out, batch.contiguous())
+            diffs.append((got - expected[:len(batch)]).abs().max().item())
+    worst = max(diffs)
+    if not worst <= TOLERANCE:
+        out.unlink(missing_ok=True)
+        raise ImagefitError(f"parity check failed: the {fmt} export's logits differ from the bundle's by up to "
+                            f"{worst:.2e} (> {TOLERANCE:g}) on {len(pixels)} real images; the file was removed")
+    return {"export": str(out), "format": fmt, "parity_max_abs_diff": worst, "parity_images": len(pixels),
+            "bytes": out.stat().st_size, "sha256": reference.identity["sha256"]}

@@ -1,0 +1,233 @@
+"""Deployment: ONNX/TorchScript export with its parity check, batch prediction on either backend, and the web app
+as a real uvicorn process: the API, every kind of bad upload, micro-batching and overload, the OpenAPI schema under
+schemathesis, and the page in a real headless Chromium (a screenshot is kept in test-artifacts/)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imagefit.cli import main
+
+from .conftest import CLASSES, class_images, write_cifar
+from .test_report import _chromium
+from .test_train import fails, run
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tiny bundle with its ONNX export, served by `imagefit serve` in its own process."""
+    root = tmp_path_factory.mktemp("serve")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMAGEFIT_CACHE", str(root / "cache"))
+        data = write_cifar(root / "data")
+        assert main(["train", "--data", str(data), "--model", "resnet", "--blocks", "1", "--widths", "8",
+                     "--epochs", "2", "--batch-size", "16", "--tracking-uri", "none", "--out", str(root / "run"),
+                     "--json"]) == 0
+        assert main(["export", "--bundle", str(root / "run"), "--json"]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "IMAGEFIT_CACHE": str(root / "cache")}
+    server = subprocess.Popen([sys.executable, "-m", "imagefit", "serve", "--bundle", str(root / "run"), "--port",
+                               str(port), "--max-files", "4", "--max-upload-mb", "2", "--max-pixels", "4000000",
+                               "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        if server.poll() is not None:
+            raise RuntimeError(server.stdout.read())
+    yield {"url": url, "root": root, "data": data, "pid": server.pid}
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def png(index: int = 0) -> bytes:
+    x, _ = class_images(1, 10, seed=5)
+    buf = io.BytesIO()
+    Image.fromarray(x[index]).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def huge_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid PNG header declaring width × height pixels, with almost no data: a decompression bomb's shape."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_export_parity_and_backends(capsys, served):
+    from imagefit.inference import OnnxPredictor, load_predictor
+    root = served["root"]
+    meta = json.loads(OnnxPredictor(root / "run" / "model.onnx").session.get_modelmeta()
+                      .custom_metadata_map["imagefit"])
+    assert meta["classes"] == CLASSES and meta["preprocessing"]["size"] == 32 and len(meta["identity"]["sha256"]) == 64
+    torch_p, onnx_p = load_predictor(root / "run", "pytorch"), load_predictor(root / "run")
+    assert (torch_p.backend, onnx_p.backend) == ("pytorch", "onnxruntime")
+    for n in (1, 7):  # dynamic batch
+        x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+        for tta in ("none", "flip+crops"):
+            assert (torch_p.probabilities(x, tta) - onnx_p.probabilities(x, tta)).abs().max() < 1e-5
+    r = run(capsys, "export", "--bundle", str(root / "run"), "--format", "torchscript", "--out", "m.pt",
+            "--data", str(served["data"]))
+    assert r["parity_max_abs_diff"] <= 1e-4 and r["parity_images"] == 40
+    scripted = torch.jit.load("m.pt", _extra_files=(extra := {"imagefit.json": ""}))
+    assert json.loads(extra["imagefit.json"])["classes"] == CLASSES
+    assert scripted(torch.zeros(3, 3, 32, 32)).shape == (3, 10)
+
+
+def test_parity_failure_removes_the_export(capsys, served, monkeypatch):
+    import imagefit.export
+    monkeypatch.setattr(imagefit.export, "TOLERANCE", -1.0)  # no export can pass: the failure path
+    err = fails(capsys, "export", "--bundle", str(served["root"] / "run"), "--out", "bad.onnx")
+    assert "parity check failed" in err and not os.path.exists("bad.onnx")
+
+
+def test_predict_files_and_folders_as_csv(capsys, served):
+    os.makedirs("imgs/sub")
+    for i in range(3):
+        Path(f"imgs/sub/{i}.png").write_bytes(png(i))
+    Path("one.png").write_bytes(png(4))
+    r = run(capsys, "predict", "--bundle", str(served["root"] / "run"), "imgs", "one.png", "--top-k", "2")
+    assert r["n"] == 4 and r["backend"] == "onnxruntime" and len(r["predictions"][0]["top"]) == 2
+    assert main(["predict", "--bundle", str(served["root"] / "run"), "imgs", "--format", "csv", "--backend",
+                 "pytorch"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0][:3] == ["file", "class1", "probability1"] and len(rows) == 4
+    assert "no bundle at nowhere" in fails(capsys, "predict", "--bundle", "nowhere", "one.png")
+
+
+def test_api_answers(served):
+    url = served["url"]
+    model = httpx.get(url + "/model").json()
+    assert model["classes"] == CLASSES and model["backend"] == "onnxruntime" and model["identity"]["sha256"]
+    files = [("files", (f"{i}.png", png(i), "image/png")) for i in range(3)]
+    r = httpx.post(url + "/predict?top_k=3", files=files)
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert [p["file"] for p in preds] == ["0.png", "1.png", "2.png"]
+    assert all(len(p["top"]) == 3 and p["top"][0]["class"] in CLASSES for p in preds)
+    # the server gives what `imagefit predict` gives for the same bytes
+    from imagefit.data import load_image
+    from imagefit.inference import load_predictor
+    p = load_predictor(served["root"] / "run")
+    x = torch.from_numpy(np.stack([load_image(png(i), 32) for i in range(3)])).permute(0, 3, 1, 2)
+    expected = p.probabilities(x).max(1).values
+    assert torch.allclose(torch.tensor([q["top"][0]["probability"] for q in preds]), expected, atol=1e-5)
+    assert "/predict" in httpx.get(url + "/openapi.json").json()["paths"]
+
+
+def test_bad_uploads_get_json_4xx_and_the_server_keeps_serving(served):
+    url = served["url"]
+    good = ("files", ("ok.png", png(), "image/png"))
+    cases = {
+        "not an image": ([("files", ("a.txt", b"hello, not pixels", "text/plain"))], {}, 415),
+        "corrupt image": ([("files", ("c.png", png()[:60], "image/png"))], {}, 400),
+        "empty file": ([("files", ("e.png", b"", "image/png"))], {}, 400),
+        "decompression bomb": ([("files", ("big.png", huge_png(), "image/png"))], {}, 413),
+        "too many files": ([good] * 5, {}, 413),
+        "50 MB upload": ([("files", ("huge.png", b"\0" * 50_000_000, "image/png"))], {}, 413),
+        "no files field": ([("other", ("x.png", png(), "image/png"))], {}, 400),
+        "top_k out of range": ([good], {"top_k": 0}, 422),
+    }
+    for name, (files, params, status) in cases.items():
+        r = httpx.post(url + "/predict", files=files, params=params, timeout=60)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        body = r.json()
+        assert body["status"] == status and len(body["error"]) > 10, (name, body)
+    wrong_type = httpx.post(url + "/predict", json={"files": ["x"]})
+    assert wrong_type.status_code == 415 and "multipart/form-data" in wrong_type.json()["error"]
+    empty = httpx.post(url + "/predict", content=b"", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert 400 <= empty.status_code < 500
+    assert httpx.post(url + "/predict", files=[good]).status_code == 200  # still serving
+    rss_kb = int(next(line.split()[1] for line in open(f"/proc/{served['pid']}/status") if line.startswith("VmHWM")))
+    assert rss_kb < 1_000_000, f"server peaked at {rss_kb / 1e3:.0f} MB"
+
+
+class SlowPredictor:
+    """Records each forward's batch size; takes 50 ms per call."""
+    classes = ["a", "b"]
+
+    def __init__(self):
+        self.sizes = []
+
+    def probabilities(self, images, tta=None):
+        self.sizes.append(len(images))
+        time.sleep(0.05)
+        return torch.full((len(images), 2), 0.5)
+
+
+def test_micro_batching_merges_concurrent_requests_and_bounds_the_queue():
+    from imagefit.serve import MicroBatcher, Overloaded, ServeOptions
+
+    async def scenario():
+        slow = SlowPredictor()
+        batcher = MicroBatcher(slow, ServeOptions(max_batch=32, max_wait_ms=1, queue=8, max_files=1))
+        await batcher.start()
+        one = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+        results = await asyncio.gather(*(batcher.submit(one) for _ in range(8)))
+        assert len(results) == 8 and sum(slow.sizes) == 8 and max(slow.sizes) > 1  # merged while busy
+        waiting = [asyncio.create_task(batcher.submit(one)) for _ in range(8)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):  # 8 images queued: a ninth is refused at once
+            await batcher.submit(one)
+        await asyncio.gather(*waiting)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_openapi_schema_under_schemathesis_finds_no_server_error(served):
+    st = Path(sys.executable).with_name("st")
+    done = subprocess.run([str(st), "run", served["url"] + "/openapi.json", "--checks", "not_a_server_error",
+                           "--max-examples", "25", "--seed", "1"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_page_in_a_headless_browser(served):
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("IMAGEFIT_REQUIRE_BROWSER"):
+            pytest.fail("no Chromium found; install it (apt-get install chromium)")
+        pytest.skip("no Chromium installed (apt-get install chromium); CI runs this")
+    from playwright.sync_api import sync_playwright
+    Path("cat.png").write_bytes(png(3))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        chrome = pw.chromium.launch(executable_path=browser, args=["--no-sandbox", "--disable-gpu"])
+        page = chrome.new_page()
+        page.goto(served["url"] + "/")
+        page.wait_for_function("document.getElementById('meta').textContent.includes('classes')")
+        page.set_input_files("#files", "cat.png")
+        page.wait_for_selector(".result .top-class", timeout=30_000)
+        top = page.text_content(".result .top-class")
+        assert top in CLASSES and page.locator(".result .row").count() == 5
+        page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
+        chrome.close()
+    expected = httpx.post(served["url"] + "/predict", files=[("files", ("cat.png", png(3), "image/png"))])
+    assert expected.json()["predictions"][0]["top"][0]["class"] == top
