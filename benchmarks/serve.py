@@ -1,0 +1,183 @@
+"""Load test of `imagefit serve` on loopback: requests/s and p50/p99 latency of batch-1 requests, ONNX Runtime vs
+eager PyTorch, beside the model's offline batched images/s, and the server's peak resident memory through the load
+and a bad-input run.
+
+    python benchmarks/serve.py --data DIR --bundle fast=RUN1 --bundle resnet18=RUN2 [--clients 1,8,32]
+        [--requests 600] [--tta none]
+
+Each bundle needs its ONNX export beside it (`imagefit export --bundle RUN`). For every bundle and backend a fresh
+server process starts (`--threads` inference threads), answers 30 warm-up requests, then each client count runs
+`--requests` requests from that many client threads (stdlib http.client with keep-alive and a prebuilt body, to
+spend as little of the 2 cores as possible on the client side; the clients still share the machine with the
+server, which the figures include). The images are real test images of DIR, PNG-encoded. Offline images/s: the
+same predictor in this process, batches of 256, same threads and TTA. Prints a table; writes JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+
+def _png_bodies(data: str, n: int) -> list[bytes]:
+    from PIL import Image
+
+    from imagefit.config import DataConfig
+    from imagefit.data import load_test_split
+    test = load_test_split(DataConfig(data=data))
+    boundary = "imagefitbench"
+    bodies = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(test.images[i * 37 % len(test)].permute(1, 2, 0).numpy()).save(buf, format="PNG")
+        bodies.append((f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{i}.png\"\r\n"
+                       f"Content-Type: image/png\r\n\r\n").encode() + buf.getvalue() + f"\r\n--{boundary}--\r\n"
+                      .encode())
+    return bodies
+
+
+HEADERS = {"Content-Type": "multipart/form-data; boundary=imagefitbench"}
+
+
+def _client(port: int, bodies: list[bytes], count: int, latencies: list, errors: list) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for i in range(count):
+        start = time.perf_counter()
+        conn.request("POST", "/predict?top_k=3", body=bodies[i % len(bodies)], headers=HEADERS)
+        response = conn.getresponse()
+        response.read()
+        latencies.append(time.perf_counter() - start)
+        if response.status != 200:
+            errors.append(response.status)
+    conn.close()
+
+
+def _load(port: int, bodies: list[bytes], clients: int, requests: int) -> dict:
+    latencies, errors = [], []
+    per = [requests // clients + (i < requests % clients) for i in range(clients)]
+    threads = [threading.Thread(target=_client, args=(port, bodies, n, latencies, errors)) for n in per]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100)
+    return {"clients": clients, "requests": len(latencies), "errors": len(errors), "seconds": round(seconds, 2),
+            "requests_per_s": round(len(latencies) / seconds, 1), "p50_ms": round(1000 * q[49], 2),
+            "p99_ms": round(1000 * q[98], 2)}
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _bad_inputs(port: int) -> dict:
+    """The bad uploads of the tests, once each; returns the status each got."""
+    def post(body: bytes, kind: str = HEADERS["Content-Type"]) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        try:
+            conn.request("POST", "/predict", body=body, headers={"Content-Type": kind})
+            return conn.getresponse().status
+        except (BrokenPipeError, ConnectionResetError):
+            return -1  # the server closed the connection after answering 413 mid-upload
+        finally:
+            conn.close()
+
+    def part(content: bytes, name: str = "x.png") -> bytes:
+        return (f"--imagefitbench\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                f"Content-Type: image/png\r\n\r\n").encode() + content + b"\r\n--imagefitbench--\r\n"
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.test_serve import huge_png, png
+    return {"not an image": post(part(b"hello")), "corrupt": post(part(png()[:60])), "empty": post(b""),
+            "bomb": post(part(huge_png())), "50 MB": post(part(b"\0" * 50_000_000)),
+            "wrong type": post(b"{}", "application/json")}
+
+
+def _offline(bundle: str, backend: str, threads: int, tta: str, bodies_n: int = 2048) -> float:
+    from imagefit.inference import load_predictor
+    predictor = load_predictor(bundle, backend, threads)
+    size = predictor.preprocessing["size"]
+    x = torch.randint(0, 256, (bodies_n, 3, size, size), dtype=torch.uint8)
+    predictor.probabilities(x[:256], tta)  # warm-up
+    start = time.perf_counter()
+    for i in range(0, bodies_n, 256):
+        predictor.probabilities(x[i:i + 256], tta)
+    return bodies_n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--bundle", action="append", required=True, metavar="NAME=RUN")
+    p.add_argument("--backends", default="onnx,pytorch")
+    p.add_argument("--clients", default="1,8,32")
+    p.add_argument("--requests", type=int, default=600)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--tta", default="none")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args()
+    bodies = _png_bodies(args.data, 64)
+    rows = []
+    for name, run in (b.split("=", 1) for b in args.bundle):
+        for backend in args.backends.split(","):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            server = subprocess.Popen([sys.executable, "-m", "imagefit", "serve", "--bundle", run, "--port", str(port),
+                                       "--backend", backend, "--threads", str(args.threads), "--tta", args.tta,
+                                       "--queue", "1024"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                for _ in range(600):
+                    try:
+                        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                        break
+                    except OSError:
+                        time.sleep(0.1)
+                _load(port, bodies, 1, 30)
+                offline = _offline(run, backend, args.threads, args.tta)
+                for clients in map(int, args.clients.split(",")):
+                    r = {"bundle": name, "backend": backend, **_load(port, bodies, clients, args.requests),
+                         "offline_images_per_s": round(offline, 1)}
+                    r["share_of_offline"] = round(r["requests_per_s"] / offline, 3)
+                    r["server_peak_rss_mb"] = round(_peak_rss_mb(server.pid), 1)
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
+                bad = _bad_inputs(port)
+                rows[-1]["bad_inputs"] = bad
+                rows[-1]["server_peak_rss_mb_after_bad_inputs"] = round(_peak_rss_mb(server.pid), 1)
+                print(json.dumps({"bad_inputs": bad, "peak_rss_mb": rows[-1]["server_peak_rss_mb_after_bad_inputs"]}),
+                      flush=True)
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+    print(f"\nbatch-1 requests on loopback, {args.threads} inference threads, TTA {args.tta}")
+    for r in rows:
+        print(f"{r['bundle']:>10} {r['backend']:>8} {r['clients']:>3} clients: {r['requests_per_s']:7.1f} req/s  "
+              f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  ({100 * r['share_of_offline']:.0f}% of offline "
+              f"{r['offline_images_per_s']:.0f} img/s)  peak RSS {r['server_peak_rss_mb']:.0f} MB")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"serve-{date.today()}.json"
+    path.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    print(f"runs: {path}")
+
+
+if __name__ == "__main__":
+    main()
