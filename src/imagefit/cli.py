@@ -215,6 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     _add_json(p)
 
+    p = sub.add_parser("search", help="hyperparameter search (Optuna) over config fields, on the validation split")
+    p.add_argument("--space", help="YAML search space (recipe, fixed, objective, params)")
+    p.add_argument("--trials", type=int, default=20, help="trials the study should reach, over all workers")
+    p.add_argument("--out", default="runs/search", help="folder for trial runs, the study and best.yaml")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/optuna.db; postgresql://… for "
+                                     "workers on many machines)")
+    p.add_argument("--study", default="imagefit", help="study name (default: imagefit)")
+    p.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe")
+    p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+    p.add_argument("--data", help="data folder (default: the space's, else $IMAGEFIT_DATA)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite:///mlflow.db; none: off)")
+    p.add_argument("--experiment", default="imagefit")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--report", action="store_true", help="no new trials: best trials, importances, history plots")
+    _add_json(p)
+
     p = sub.add_parser("export", help="export a bundle to ONNX or TorchScript (checked for parity on real images)")
     p.add_argument("--bundle", required=True, help="run folder or bundle.safetensors")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
@@ -275,6 +291,13 @@ def cmd_train(args) -> dict:
         out = _out_dir(args, cfg.model.model)
     opts = RunOptions(out=out, resume=bool(args.resume), tracking_uri=args.tracking_uri,
                       experiment=args.experiment, stop_after_steps=args.stop_after_steps, progress=args.progress)
+    if cfg.data.folds and not args.resume:
+        from .crossval import train_folds
+        result = train_folds(cfg, opts)
+        if not args.json:
+            print(f"{result['folds']}-fold validation accuracy {result['val_accuracy_mean']:.4f} ± "
+                  f"{result['val_accuracy_std']:.4f}; bundles under {result['run_dir']}/fold-*")
+        return result
     result = train(cfg, opts)
     if not args.json and "accuracy" in result:
         print(f"test accuracy {result['accuracy']:.4f} (top-5 {result['top5']:.4f}) on {result['n']} images; "
@@ -552,6 +575,26 @@ def cmd_predict(args) -> dict:
     return {"predictions": results, "n": len(results), "bundle": str(args.bundle), "backend": predictor.backend}
 
 
+def cmd_search(args) -> dict:
+    from . import search
+    storage = args.storage or f"sqlite:///{(Path(args.out) / 'optuna.db').resolve()}"
+    if args.report:
+        r = search.report(storage, args.study, args.out)
+        if not args.json:
+            print(f"study {r['study']}: {r['trials']}; best {r.get('best_value', float('nan')):.4f} "
+                  f"{json.dumps(r.get('best_params', {}))}; plots under {Path(args.out) / 'report'}")
+        return r
+    if not args.space:
+        raise ImagefitError("--space SPACE.yaml is required to run trials (or pass --report)")
+    r = search.search(args.space, args.trials, args.out, storage=storage, study_name=args.study,
+                      sampler=args.sampler, pruner=args.pruner, data=args.data, tracking_uri=args.tracking_uri,
+                      experiment=args.experiment, seed=args.seed, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if not args.json:
+        print(f"study {r['study']}: {r['trials']}; best {r.get('best_value', float('nan')):.4f} "
+              f"{json.dumps(r.get('best_params', {}))}; recipe {r.get('best_recipe')}")
+    return r
+
+
 def cmd_export(args) -> dict:
     from .export import export
     r = export(args.bundle, args.format, args.out, args.data, args.parity_images)
@@ -582,7 +625,7 @@ def cmd_models(args) -> dict:
 
 COMMANDS = {"train": cmd_train, "find-lr": cmd_find_lr, "fine-tune": cmd_fine_tune, "features": cmd_features,
             "ensemble": cmd_ensemble, "report": cmd_report, "generate": cmd_generate,
-            "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve,
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "search": cmd_search, "export": cmd_export, "serve": cmd_serve,
             "models": cmd_models}
 
 

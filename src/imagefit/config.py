@@ -44,6 +44,9 @@ class DataConfig:
     resize: str = opt("crop", "how other sizes are resized: crop (shorter side, centre crop) or squish",
                       choices=("crop", "squish"))
     val_fraction: float = opt(0.1, "share of train held out (stratified, seeded) for validation", low=0.0, high=0.9)
+    folds: int = opt(0, "k-fold cross-validation: train once per fold of K stratified, seeded folds, each held out "
+                        "in turn for validation (replaces --val-fraction); reports mean ± std (0: off)", low=0, high=100)
+    fold: int = opt(0, "with --folds: the one fold held out (0…K-1); set per run by --folds itself", low=0)
     in_memory: str = opt("auto", "keep decoded images in memory (fast path) or stream from disk",
                          choices=("auto", "yes", "no"))
     workers: int = opt(2, "decoding workers for the streaming path", low=0, high=64)

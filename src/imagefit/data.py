@@ -314,6 +314,22 @@ def _streams(n_images: int, size: int, mode: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- splits
 
+def kfold_split(labels: torch.Tensor, folds: int, fold: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep, held) indices for fold `fold` of `folds` stratified folds: each class's images, in a seeded order,
+    dealt round-robin into the folds, so every fold has each class's share to within one image."""
+    if folds < 2 or not 0 <= fold < folds:
+        raise ImagefitError(f"--fold must be between 0 and {folds - 1} with --folds {folds} (got {fold}); "
+                            f"--folds needs 2 or more")
+    g = choice_generator(seed, 23)
+    which = torch.empty(len(labels), dtype=torch.long)
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        which[idx[torch.randperm(len(idx), generator=g)]] = torch.arange(len(idx)) % folds
+    if int((which == fold).sum()) == 0:
+        raise ImagefitError(f"fold {fold} of {folds} is empty: the training set has fewer images than folds")
+    return torch.nonzero(which != fold).flatten(), torch.nonzero(which == fold).flatten()
+
+
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(keep, held) indices: `fraction` of each class held out, chosen by `seed`; both sorted."""
     if fraction <= 0:
@@ -439,13 +455,16 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     if cfg.imbalance != "none":
         from .imbalance import imbalanced_subset
         train = train.subset(imbalanced_subset(train.labels, cfg.imbalance, len(train.classes), seed))
-    keep, held = stratified_split(train.labels, cfg.val_fraction, seed)
+    if cfg.folds:
+        keep, held = kfold_split(train.labels, cfg.folds, cfg.fold, seed)
+    else:
+        keep, held = stratified_split(train.labels, cfg.val_fraction, seed)
     val = train.subset(held) if len(held) else None
     train = train.subset(keep)
     if cfg.bootstrap:
         train = train.subset(torch.randint(len(train), (len(train),), generator=choice_generator(cfg.bootstrap, 3)))
     key = _fingerprint(fingerprint, cfg.size, cfg.resize, cfg.val_fraction, seed, cfg.classes, cfg.per_class,
-                       cfg.imbalance, cfg.bootstrap)
+                       cfg.imbalance, cfg.bootstrap, *((cfg.folds, cfg.fold) if cfg.folds else ()))
     mean, std = _cached_stats(train, key)  # the real images' statistics, synthetic ones or not
     synthetic = _synthetic_set(cfg, train) if cfg.synthetic else None
     if synthetic is not None and cfg.synthetic_mode == "extra":

@@ -43,7 +43,7 @@ class Tracker:
     """No tracking: the interface, and what `--tracking-uri none` gets."""
     run_id: str | None = None
 
-    def start(self, name: str, params: dict, run_id: str | None = None) -> None: ...
+    def start(self, name: str, params: dict, run_id: str | None = None, parent: str | None = None) -> None: ...
     def metrics(self, values: dict, step: int) -> None: ...
     def artifact(self, path: Path, folder: str | None = None) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
@@ -68,11 +68,12 @@ class MLflowTracker(Tracker):
             raise ImagefitError(f"cannot open the MLflow store at {_mask(uri)} ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0][:120]}); fix --tracking-uri or pass --tracking-uri none") from None
 
-    def start(self, name: str, params: dict, run_id: str | None = None) -> None:
+    def start(self, name: str, params: dict, run_id: str | None = None, parent: str | None = None) -> None:
         if run_id:
             self.run = self.mlflow.start_run(run_id=run_id)
         else:
-            self.run = self.mlflow.start_run(experiment_id=self.experiment_id, run_name=name)
+            tags = {"mlflow.parentRunId": parent} if parent else None  # shown nested under it in `mlflow ui`
+            self.run = self.mlflow.start_run(experiment_id=self.experiment_id, run_name=name, tags=tags)
             flat = {k: str(v)[:500] for k, v in _flatten(params).items()}
             self.mlflow.log_params(flat)
             commit = git_commit()
@@ -101,3 +102,39 @@ def make_tracker(uri: str | None, experiment: str = "imagefit") -> Tracker:
     if uri is not None and uri.lower() in ("none", "off", ""):
         return Tracker()
     return MLflowTracker(uri or default_uri(), experiment)
+
+
+class ParentRun:
+    """A run that groups others (a study's trials, a cross-validation's folds) in `mlflow ui`: created through the
+    client API, so children can be ordinary active runs in this or other processes, tagged with its id."""
+
+    def __init__(self, uri: str | None, experiment: str, name: str, params: dict, run_id: str | None = None):
+        self.run_id = None
+        if uri is not None and uri.lower() in ("none", "off", ""):
+            return
+        tracker = MLflowTracker(uri or default_uri(), experiment)
+        self.client = tracker.mlflow.tracking.MlflowClient(tracker.uri)
+        if run_id:  # another worker's parent, or a resumed study's
+            self.run_id = run_id
+            return
+        tags = {"mlflow.runName": name}
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        self.run_id = self.client.create_run(tracker.experiment_id, tags=tags, run_name=name).info.run_id
+        for k, v in _flatten(params).items():
+            self.client.log_param(self.run_id, k, str(v)[:500])
+
+    def metrics(self, values: dict, step: int = 0) -> None:
+        if self.run_id:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.client.log_metric(self.run_id, k, float(v), step=step)
+
+    def artifact(self, path: Path, folder: str | None = None) -> None:
+        if self.run_id:
+            self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.run_id:
+            self.client.set_terminated(self.run_id, status)

@@ -59,6 +59,7 @@ class RunOptions:
     progress: str = "auto"  # auto | bar | lines
     log: Callable[[str], None] | None = None  # where one-line messages go (stderr by default)
     on_epoch_end: Callable[[Trainer, dict], None] | None = None  # (trainer, the epoch's row), e.g. benchmarks
+    parent_run_id: str | None = None  # MLflow run this one is nested under (a study, a cross-validation)
 
 
 # ---------------------------------------------------------------------------------------------- setup helpers
@@ -310,7 +311,7 @@ class Trainer:
         if not self.opts.resume:
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.tracker = make_tracker(self.tracking_uri, self.opts.experiment)
-        self.tracker.start(self.out.name, cfg.to_dict(), run_id=self.tracking_run_id)
+        self.tracker.start(self.out.name, cfg.to_dict(), run_id=self.tracking_run_id, parent=self.opts.parent_run_id)
         self.tracking_run_id = self.tracker.run_id
         if self.lr_finder:
             atomic_write_text(self.out / "lr_finder.json", json.dumps(self.lr_finder.to_dict(), indent=1))

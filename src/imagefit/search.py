@@ -1,0 +1,296 @@
+"""Hyperparameter search: an Optuna study over any config field, scored on the validation split.
+
+A space file (YAML) names the base recipe, fixed overrides, the objective and the parameters:
+
+    recipe: fast                      # optional; the defaults otherwise
+    fixed: {train: {epochs: 4}}       # optional overrides for every trial
+    objective: val_accuracy           # or val_loss (minimised)
+    params:
+      optim.lr: {low: 0.01, high: 1.0, log: true}
+      optim.label_smoothing: {low: 0.0, high: 0.3}
+      train.batch_size: {low: 128, high: 512, step: 128}      # ints when the field is an int
+      model.model: {choices: [fastnet-small, resnet20]}
+      optim.weight_decay: {low: 1e-4, high: 1e-2, log: true, grid: [1e-4, 1e-3, 1e-2]}   # values for --sampler grid
+
+The study lives in an Optuna storage (a local SQLite file by default; `--storage postgresql://…` for workers on
+many machines) and is resumed by running the same command again: `--trials N` is the total the study should
+reach, counted across every worker (Optuna's MaxTrialsCallback), so two workers never run N each. Each trial is an
+ordinary training run in OUT/trial-K, its MLflow run nested under the study's parent run, its per-epoch validation
+accuracy reported so the pruner (median or Hyperband) can stop it early. With `--folds K` in the fixed part, a
+trial's score is the mean validation accuracy over K folds (no pruning then). The best trial's config is written
+as a recipe (OUT/best.yaml) that `imagefit train --recipe OUT/best.yaml` takes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+from .config import SECTIONS, Config, _closest, field_types, load_recipe
+from .errors import ImagefitError
+from .files import atomic_write_text
+from .tracking import ParentRun, _mask
+
+OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}
+
+
+def load_space(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ImagefitError(f"search space {path} does not exist; write a YAML file with 'params:' (see "
+                            f"'imagefit search --help')")
+    try:
+        space = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ImagefitError(f"search space {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    unknown = set(space) - {"recipe", "fixed", "objective", "params"}
+    if unknown:
+        raise ImagefitError(f"search space {path}: unknown key(s) {', '.join(sorted(unknown))}; use recipe, fixed, "
+                            f"objective, params")
+    space.setdefault("objective", "val_accuracy")
+    if space["objective"] not in OBJECTIVES:
+        raise ImagefitError(f"search space {path}: objective must be {' or '.join(OBJECTIVES)} "
+                            f"(got {space['objective']!r})")
+    params = space.get("params") or {}
+    if not params:
+        raise ImagefitError(f"search space {path} has no params to search; add e.g. 'params: {{optim.lr: "
+                            f"{{low: 0.01, high: 1, log: true}}}}'")
+    every = {f"{s}.{f.name}": (s, f.name) for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    for name, spec in params.items():
+        if name not in every:
+            raise ImagefitError(f"search space {path}: unknown field '{name}'{_closest(name, every)}")
+        if not isinstance(spec, dict) or not ({"choices"} <= set(spec) or {"low", "high"} <= set(spec)):
+            raise ImagefitError(f"search space {path}: '{name}' needs 'choices: [...]' or 'low:' and 'high:'")
+        if "low" in spec and not spec["low"] < spec["high"]:
+            raise ImagefitError(f"search space {path}: '{name}' has low {spec['low']} ≥ high {spec['high']}")
+    base = Config()
+    if space.get("recipe"):
+        base.update(load_recipe(space["recipe"]), where=f"recipe {space['recipe']}")
+    base.update(space.get("fixed") or {}, where=f"{path}: fixed")
+    space["base"] = base.validate()
+    return space
+
+
+def _suggest(trial, name: str, spec: dict, cfg: Config):
+    section, field = name.split(".", 1)
+    kind = field_types(getattr(cfg, section))[field]
+    if "choices" in spec:
+        return trial.suggest_categorical(name, list(spec["choices"]))
+    if kind is int or kind == (int | None):
+        return trial.suggest_int(name, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)),
+                                 log=bool(spec.get("log", False)))
+    step = spec.get("step")
+    return trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)),
+                               step=float(step) if step else None)
+
+
+def trial_config(space: dict, values: dict) -> Config:
+    cfg = copy.deepcopy(space["base"])
+    tree: dict = {}
+    for name, value in values.items():
+        section, field = name.split(".", 1)
+        tree.setdefault(section, {})[field] = value
+    cfg.update(tree, where="trial")
+    return cfg.validate()
+
+
+def _sampler(kind: str, space: dict, seed: int):
+    import optuna
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "grid":
+        grid = {}
+        for name, spec in space["params"].items():
+            values = spec.get("choices") or spec.get("grid")
+            if not values:
+                raise ImagefitError(f"--sampler grid needs 'grid: [...]' (or choices) for '{name}'")
+            grid[name] = list(values)
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    raise ImagefitError(f"--sampler must be tpe, random or grid (got {kind!r})")
+
+
+def _pruner(kind: str):
+    import optuna
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    raise ImagefitError(f"--pruner must be median, hyperband or none (got {kind!r})")
+
+
+def open_study(storage: str, name: str, space: dict | None = None, sampler: str = "tpe", pruner: str = "median",
+               seed: int = 0, create: bool = True):
+    import optuna
+    import sqlalchemy.exc
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if storage.startswith(("postgresql", "mysql")):
+            url_storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"connect_timeout": 10}})
+        else:
+            url_storage = storage
+        if not create:
+            return optuna.load_study(study_name=name, storage=url_storage)
+        direction = OBJECTIVES[space["objective"]]
+        for attempt in range(5):
+            try:
+                study = optuna.create_study(study_name=name, storage=url_storage, direction=direction,
+                                            load_if_exists=True, sampler=_sampler(sampler, space, seed),
+                                            pruner=_pruner(pruner))
+                break
+            except sqlalchemy.exc.OperationalError as e:  # workers starting together race to create the tables
+                if "already exists" not in str(e) or attempt == 4:
+                    raise
+                time.sleep(0.5 + attempt)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, ValueError, KeyError, RuntimeError) as e:
+        if isinstance(e, KeyError):
+            raise ImagefitError(f"no study '{name}' in {_mask(storage)}; run 'imagefit search' first") from None
+        raise ImagefitError(f"cannot open the Optuna storage {_mask(storage)} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:120]}); check --storage") from None
+    if create:
+        mine = {"objective": space["objective"], "params": sorted(space["params"])}
+        theirs = study.user_attrs.get("imagefit")
+        if theirs is None:
+            study.set_user_attr("imagefit", mine)
+        elif theirs != mine:
+            raise ImagefitError(f"study '{name}' in {_mask(storage)} was created for objective {theirs['objective']} "
+                                f"over {', '.join(theirs['params'])}; this space has {mine['objective']} over "
+                                f"{', '.join(mine['params'])}: use another --study")
+    return study
+
+
+def search(space_path: str, trials: int, out: str | Path, *, storage: str | None = None, study_name: str = "imagefit",
+           sampler: str = "tpe", pruner: str = "median", data: str | None = None, tracking_uri: str | None = None,
+           experiment: str = "imagefit", seed: int = 0, log=print) -> dict:
+    import optuna
+
+    from .train import RunOptions, train
+    if trials < 1:
+        raise ImagefitError(f"--trials must be 1 or more (got {trials})")
+    space = load_space(space_path)
+    if data:
+        space["base"].data.data = data
+    if space["base"].data.val_fraction <= 0 and not space["base"].data.folds:
+        raise ImagefitError("a search scores trials on validation data: set data.val_fraction > 0 (or data.folds) "
+                            "in the space's fixed part")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+    study = open_study(storage, study_name, space, sampler, pruner, seed)
+    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    parent = ParentRun(tracking_uri, experiment, f"study {study_name}", {"space": space_path, "sampler": sampler,
+                       "pruner": pruner, "storage": _mask(storage)}, run_id=parent_id)
+    if parent.run_id and not parent_id:
+        study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+    objective_key = space["objective"]
+
+    def objective(trial):
+        values = {name: _suggest(trial, name, spec, space["base"]) for name, spec in space["params"].items()}
+        cfg = trial_config(space, values)
+        folder = out / f"trial-{trial.number}"
+
+        def report(trainer, row):
+            value = row.get(objective_key)
+            if value is None:
+                return
+            trial.report(value, row["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {row['epoch']}: {objective_key} {value:.4f}")
+
+        opts = RunOptions(out=folder, tracking_uri=tracking_uri, experiment=experiment, progress="lines",
+                          parent_run_id=parent.run_id, log=lambda m: None)
+        if cfg.data.folds:
+            from .crossval import train_folds
+            r = train_folds(cfg, opts)
+            score = r["val_accuracy_mean"]
+            if objective_key != "val_accuracy":
+                raise ImagefitError("with data.folds the objective is val_accuracy (the folds' mean)")
+        else:
+            r = train(cfg, replace(opts, on_epoch_end=report))
+            if r.get("stopped") == "interrupted":
+                raise ImagefitError(f"trial {trial.number} was interrupted")
+            score = r["val_accuracy"] if objective_key == "val_accuracy" else \
+                min(h["val_loss"] for h in json.loads((folder / "metrics.json").read_text())["history"])
+        trial.set_user_attr("run_dir", str(folder))
+        log(f"trial {trial.number}: {objective_key} {score:.4f}  {json.dumps(values)}")
+        return score
+
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    if len(study.get_trials(deepcopy=False, states=done)) < trials:
+        study.optimize(objective, n_trials=trials, callbacks=[MaxTrialsCallback(trials, states=done)],
+                       catch=(ImagefitError,))
+    return summarize(study, out, space)
+
+
+def summarize(study, out: Path, space: dict | None = None) -> dict:
+    from optuna.trial import TrialState
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
+    result = {"study": study.study_name, "trials": counts, "direction": study.direction.name.lower()}
+    if not complete:
+        return result
+    best = study.best_trial
+    result.update(best_value=best.value, best_params=best.params, best_trial=best.number,
+                  best_run_dir=best.user_attrs.get("run_dir"))
+    if space is not None:
+        recipe = _as_recipe(space, best.params)
+        atomic_write_text(out / "best.yaml", f"# best of study '{study.study_name}': trial {best.number}, "
+                          f"{space['objective']} {best.value:.4f}\n" + yaml.safe_dump(recipe, sort_keys=False))
+        result["best_recipe"] = str(out / "best.yaml")
+    return result
+
+
+def _as_recipe(space: dict, params: dict) -> dict:
+    """The differences from the defaults of the best trial's config, as a recipe tree."""
+    cfg, default = trial_config(space, params).to_dict(), Config().to_dict()
+    tree = {s: {k: v for k, v in fields.items() if v != default[s][k] and k not in ("data", "fold")}
+            for s, fields in cfg.items()}
+    return {s: fields for s, fields in tree.items() if fields}
+
+
+def report(storage: str, study_name: str, out: str | Path, top: int = 5) -> dict:
+    """Best trials, parameter importances and the optimisation history, as PNGs and a JSON summary."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    from .files import atomic_path
+    out = Path(out)
+    study = open_study(storage, study_name, create=False)
+    result = summarize(study, out)
+    folder = out / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    result["best_trials"] = [{"trial": t.number, "value": t.value, "params": t.params}
+                             for t in sorted(complete, key=lambda t: t.value, reverse=reverse)[:top]]
+    figures = {"history.png": ovm.plot_optimization_history}
+    if len(complete) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in complete}) >= 2:
+        figures["importances.png"] = ovm.plot_param_importances
+        result["importances"] = optuna.importance.get_param_importances(study)
+    import warnings
+    for name, plot in figures.items():
+        with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
+            ax = plot(study)
+        with atomic_path(folder / name) as tmp:
+            ax.figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        plt.close(ax.figure)
+        result.setdefault("plots", []).append(str(folder / name))
+    result["importances"] = {k: round(v, 4) for k, v in result.get("importances", {}).items()}
+    atomic_write_text(folder / "report.json", json.dumps(result, indent=1, default=str))
+    return result
+

@@ -1,0 +1,111 @@
+"""k-fold cross-validation and the Optuna search: real studies in SQLite, trials as MLflow runs nested under the
+study's run, resume, two worker processes sharing one study, the best config as a recipe, the report's plots, and
+the bad inputs (unknown field, unreachable storage, a study of another objective)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+import yaml
+
+from .test_train import fails, run
+
+TINY = ["--model", "resnet", "--blocks", "1", "--widths", "8", "--batch-size", "16"]
+
+
+def test_kfold_split_is_a_stratified_partition():
+    from imagefit.data import kfold_split
+    labels = torch.arange(10).repeat_interleave(13)
+    held = [kfold_split(labels, 4, k, seed=3)[1] for k in range(4)]
+    assert torch.cat(held).sort().values.equal(torch.arange(len(labels)))  # every image held out exactly once
+    for h in held:
+        counts = torch.bincount(labels[h], minlength=10)
+        assert counts.max() - counts.min() <= 1 and counts.min() >= 3
+    keep, h0 = kfold_split(labels, 4, 0, seed=3)
+    assert not set(keep.tolist()) & set(h0.tolist()) and len(keep) + len(h0) == len(labels)
+    assert not kfold_split(labels, 4, 0, seed=4)[1].equal(h0)  # seeded
+
+
+def test_train_folds_reports_mean_and_std(capsys, cifar_dir, tmp_path):
+    r = run(capsys, "train", "--data", str(cifar_dir), *TINY, "--epochs", "1", "--folds", "3",
+            "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--out", "runs/cv")
+    assert r["folds"] == 3 and len(r["val_accuracy"]) == 3 and len(r["bundles"]) == 3
+    assert all(os.path.exists(b) for b in r["bundles"]) and 0 <= r["val_accuracy_std"]
+    import mlflow
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.get_experiment_by_name("imagefit").experiment_id
+    children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{r['mlflow_run_id']}'")
+    assert len(children) == 3
+    assert "--fold must be between 0 and 2" in fails(capsys, "train", "--data", str(cifar_dir), *TINY, "--folds",
+                                                     "3", "--fold", "5", "--tracking-uri", "none")
+
+
+def space(path, **extra) -> str:
+    tree = {"fixed": {"model": {"model": "resnet", "blocks": [1], "widths": [8]},
+                      "train": {"epochs": 2, "batch_size": 16}, "data": {"val_fraction": 0.2}},
+            "params": {"optim.lr": {"low": 0.01, "high": 0.5, "log": True},
+                       "optim.label_smoothing": {"low": 0.0, "high": 0.2}}, **extra}
+    path.write_text(yaml.safe_dump(tree))
+    return str(path)
+
+
+def test_search_tracks_resumes_and_writes_the_best_recipe(capsys, cifar_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    args = ["search", "--space", space(tmp_path / "s.yaml"), "--data", str(cifar_dir), "--sampler", "random",
+            "--tracking-uri", uri, "--out", "study"]
+    r = run(capsys, *args, "--trials", "3")
+    assert r["trials"]["complete"] + r["trials"]["pruned"] == 3 and r["trials"]["fail"] == 0
+    best = yaml.safe_load(open(r["best_recipe"]))
+    assert best["optim"]["lr"] == r["best_params"]["optim.lr"] and best["model"]["model"] == "resnet"
+    again = run(capsys, *args, "--trials", "4")  # resumed: one more trial, not four
+    assert sum(again["trials"][k] for k in ("complete", "pruned")) == 4
+    import mlflow
+    import optuna
+    client = mlflow.tracking.MlflowClient(uri)
+    study = optuna.load_study(study_name="imagefit", storage=f"sqlite:///{os.path.abspath('study/optuna.db')}")
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    exp = client.get_experiment_by_name("imagefit").experiment_id
+    assert len(client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")) == 4
+    trained = run(capsys, "train", "--recipe", r["best_recipe"], "--data", str(cifar_dir), "--tracking-uri", "none",
+                  "--out", "runs/best")
+    assert "accuracy" in trained
+    rep = run(capsys, "search", "--report", "--out", "study")
+    assert {os.path.basename(p) for p in rep["plots"]} == {"history.png", "importances.png"}
+    assert set(rep["importances"]) == {"optim.lr", "optim.label_smoothing"} and len(rep["best_trials"]) == rep["trials"]["complete"]
+
+
+def test_two_workers_share_one_study(cifar_dir, tmp_path):
+    storage = f"sqlite:///{tmp_path}/shared.db"
+    argv = [sys.executable, "-m", "imagefit", "search", "--space", space(tmp_path / "s.yaml"), "--data",
+            str(cifar_dir), "--trials", "4", "--storage", storage, "--tracking-uri", "none", "--pruner", "none",
+            "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([*argv, "--out", f"w{i}", "--seed", str(i)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err[-2000:]
+    import optuna
+    trials = optuna.load_study(study_name="imagefit", storage=storage).trials
+    finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    # MaxTrialsCallback stops each worker once the study holds 4; a worker may have started one more meanwhile
+    assert 4 <= len(finished) <= 5 and len({t.number for t in trials}) == len(trials)
+    runs = sorted(d for w in ("w0", "w1") for d in os.listdir(w) if d.startswith("trial-"))
+    assert runs == sorted(f"trial-{t.number}" for t in finished)  # every trial ran once, in one worker
+
+
+def test_bad_search_inputs(capsys, cifar_dir, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"params": {"optim.lrr": {"low": 0.1, "high": 1}}}))
+    assert "unknown field 'optim.lrr'; did you mean optim.lr" in fails(capsys, "search", "--space", str(bad),
+                                                                       "--out", "s")
+    err = fails(capsys, "search", "--space", space(tmp_path / "s.yaml"), "--storage",
+                "postgresql://alice:secret@127.0.0.1:1/optuna", "--out", "s")
+    assert "cannot open the Optuna storage postgresql://alice:***@127.0.0.1:1/optuna" in err and "secret" not in err
+    args = ["search", "--data", str(cifar_dir), "--trials", "1", "--tracking-uri", "none", "--out", "s"]
+    run(capsys, *args, "--space", space(tmp_path / "s.yaml"))
+    other = space(tmp_path / "o.yaml", objective="val_loss")
+    assert "was created for objective val_accuracy" in fails(capsys, *args, "--space", other)
