@@ -299,6 +299,9 @@ def cmd_train(args) -> dict:
                   f"{result['val_accuracy_std']:.4f}; bundles under {result['run_dir']}/fold-*")
         return result
     result = train(cfg, opts)
+    if result.get("rank"):  # another torchrun process: rank 0 reports for all
+        args.json = False
+        return result
     if not args.json and "accuracy" in result:
         print(f"test accuracy {result['accuracy']:.4f} (top-5 {result['top5']:.4f}) on {result['n']} images; "
               f"bundle {result['bundle']}")

@@ -43,7 +43,7 @@ class Loader:
     def __init__(self, data: ImageSet | FileSet, batch_size: int, normalize: Normalize, *,
                  augment: BatchAugment | None = None, shuffle: bool = False, drop_last: bool = False,
                  seed: int = 0, device: torch.device = torch.device("cpu"), workers: int = 2, balance: str = "none",
-                 synthetic: ImageSet | None = None, synthetic_ratio: float = 0.0):
+                 synthetic: ImageSet | None = None, synthetic_ratio: float = 0.0, shard: tuple[int, int] = (0, 1)):
         # Synthetic images fill a fixed share of every batch (indices past the real ones); the epoch is still one
         # pass over the real images, `batch_size - n_synthetic` at a time.
         self.n_synthetic = round(synthetic_ratio * batch_size) if synthetic is not None else 0
@@ -54,6 +54,12 @@ class Loader:
             data, batch_size = data.concat(synthetic), batch_size - self.n_synthetic
         self.data, self.batch_size, self.normalize, self.augment = data, batch_size, normalize, augment
         self.shuffle, self.seed, self.device, self.workers = shuffle, seed, device, workers
+        # Data-parallel: every rank builds the whole global batch (the same augmentation as one process) and keeps
+        # its contiguous slice, rank of world.
+        self.rank, self.world = shard
+        if self.world > 1 and (batch_size + self.n_synthetic) % self.world:
+            raise ImagefitError(f"--batch-size {batch_size + self.n_synthetic} must divide evenly among "
+                                f"{self.world} processes")
         self.balance = balance if balance in ("oversample", "undersample") else "none"  # reweight: the loss's job
         self.epoch_size = self.n_real if self.n_synthetic else epoch_size(data.labels, self.balance)
         self.weights: torch.Tensor | None = None  # per-image draw probabilities (boosting), set by the caller
@@ -91,9 +97,12 @@ class Loader:
         for step, (index, (x, y)) in enumerate(zip(chunks, self._raw(chunks)), start=start):
             if self.augment is not None:
                 gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, step))
-                yield step, self.augment(x, gen, index, epoch), y
+                x = self.augment(x, gen, index, epoch)
             else:
-                yield step, self.normalize(x), y
+                x = self.normalize(x)
+            if self.world > 1:
+                x, y = x.chunk(self.world)[self.rank], y.chunk(self.world)[self.rank]
+            yield step, x, y
 
     def _raw(self, chunks: list[torch.Tensor]):
         if isinstance(self.data, ImageSet):

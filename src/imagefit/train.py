@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file, save_file
 
-from . import plots
+from . import distributed, plots
 from .augment import BatchAugment, Normalize
 from .bundle import load_bundle, load_weights, save_bundle
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -156,7 +156,12 @@ class Trainer:
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
+        self.world = distributed.setup(t.device)
+        if not self.world.main:
+            self.log = lambda msg: None
         self.device = resolve_device(t.device)
+        if self.world.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.world.local_rank)
         seed_everything(t.seed, t.deterministic)
 
         self.data: Splits = load_splits(cfg.data, t.seed)
@@ -178,6 +183,9 @@ class Trainer:
         if hasattr(self.model, "init_from_data") and checkpoint is None and not cfg.model.init_from:
             self._init_from_data(normalize)
         auto_lr = cfg.optim.lr == "auto"
+        if auto_lr and self.world.active:
+            raise ImagefitError("--lr auto runs the range test in one process; run 'imagefit find-lr' first and pass "
+                                "its rate with --lr")
         if auto_lr:
             cfg.optim.lr = 1.0  # a placeholder: the range test needs only the groups' ratios to it
         self.optimizer = build_optimizer(self.model, cfg)
@@ -194,7 +202,8 @@ class Trainer:
                                flip_seed)
         self.train_loader = Loader(self.data.train, t.batch_size, normalize, augment=augment,
                                    shuffle=True, drop_last=True, balance=t.balance, synthetic=synthetic,
-                                   synthetic_ratio=cfg.data.synthetic_ratio, **common)
+                                   synthetic_ratio=cfg.data.synthetic_ratio,
+                                   shard=(self.world.rank, self.world.size), **common)
         eval_batch = max(t.batch_size, 256)
         self.val_loader = Loader(self.data.val, eval_batch, normalize, **common) if self.data.val else None
         self.test_loader = Loader(self.data.test, eval_batch, normalize, **common) if self.data.test else None
@@ -203,6 +212,10 @@ class Trainer:
             self._find_lr()
         self.schedule = build_schedule(self.optimizer, cfg, len(self.train_loader))
         self.lookahead = Lookahead(self.model, t.lookahead, t.epochs * len(self.train_loader)) if t.lookahead else None
+        self.net = self.model  # what the training step calls: the model, or its DDP wrapper under torchrun
+        if self.world.active:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
         # Position and running state; restored from the checkpoint when resuming.
         self.epoch, self.step, self.global_step, self.seconds = 0, 0, 0, 0.0
@@ -211,9 +224,13 @@ class Trainer:
         self.best, self.best_epoch, self.bad_epochs = None, None, 0
         self.finished, self.tracking_run_id = False, None
         self.tracking_uri = opts.tracking_uri or default_uri()
+        if not self.world.main:
+            self.tracking_uri = "none"  # rank 0 tracks for everyone
         if checkpoint is not None:
             self._restore(checkpoint)  # a resumed run keeps logging to its own store unless told otherwise
             self.tracking_uri = opts.tracking_uri or checkpoint["tracking_uri"]
+            if not self.world.main:
+                self.tracking_uri = "none"
 
     def _starting_weights(self, load: bool):
         """--init-from: the bundle (or None), its weights loaded when `load`, its head too when the classes are
@@ -301,14 +318,15 @@ class Trainer:
         self.finished, self.tracking_run_id = s["finished"], s["tracking_run_id"] or None
 
     def _save_last(self) -> None:
-        save_checkpoint(self.out / "checkpoints" / "last.pt", self._state())
+        if self.world.main:
+            save_checkpoint(self.out / "checkpoints" / "last.pt", self._state())
 
     # -- the loop ----------------------------------------------------------------------------------------------
 
     def fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
         self.out.mkdir(parents=True, exist_ok=True)
-        if not self.opts.resume:
+        if not self.opts.resume and self.world.main:
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.tracker = make_tracker(self.tracking_uri, self.opts.experiment)
         self.tracker.start(self.out.name, cfg.to_dict(), run_id=self.tracking_run_id, parent=self.opts.parent_run_id)
@@ -351,7 +369,7 @@ class Trainer:
 
     def _train_epoch(self, progress: Progress, stop: _StopSignal) -> bool:
         """Train from the current (epoch, step) to the epoch's end; False if stopped on the way."""
-        model, t0 = self.model.train(), time.perf_counter()
+        model, t0 = self.net.train(), time.perf_counter()
         if hasattr(model, "set_epoch"):
             model.set_epoch(self.epoch)
         progress.start_epoch(self.epoch, self.cfg.train.epochs, len(self.train_loader), self.step)
@@ -390,7 +408,7 @@ class Trainer:
                 progress.step(len(y), math.nan, math.nan)
             if self._stop_asked(stop) and self.step < len(self.train_loader):
                 break
-        self.sums += sums.cpu()
+        self.sums += distributed.all_sum(sums, self.world).cpu()  # every rank's share of the global batches
         self.seconds += time.perf_counter() - t0
         if self.step < len(self.train_loader):
             progress.close()
@@ -415,7 +433,7 @@ class Trainer:
         progress.end_epoch(row)
         self.epoch, self.step = self.epoch + 1, 0
         s, cycle_epochs = self.cfg.schedule, self.cfg.train.epochs // self.cfg.schedule.cycles
-        if s.schedule == "cyclic" and s.cycles > 1 and self.epoch % cycle_epochs == 0:
+        if s.schedule == "cyclic" and s.cycles > 1 and self.epoch % cycle_epochs == 0 and self.world.main:
             cycle = self.epoch // cycle_epochs
             save_bundle(self.out / "snapshots" / f"cycle-{cycle}" / "bundle.safetensors", self.model,
                         self.data.classes, self._preprocessing(), self.cfg, {"epoch": self.epoch, "cycle": cycle})
@@ -427,9 +445,11 @@ class Trainer:
         better = self.best is None or (value < self.best if self.cfg.train.monitor == "val_loss" else value > self.best)
         if better:
             self.best, self.best_epoch, self.bad_epochs = value, self.epoch, 0
-            weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-            with atomic_path(self.out / "checkpoints" / "best.safetensors") as tmp:
-                save_file(weights, str(tmp))
+            if self.world.main:
+                weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+                with atomic_path(self.out / "checkpoints" / "best.safetensors") as tmp:
+                    save_file(weights, str(tmp))
+            distributed.barrier(self.world)  # the other ranks reload these weights at the end
         else:
             self.bad_epochs += 1
         patience = self.cfg.train.early_stopping
@@ -478,6 +498,8 @@ class Trainer:
         if self.test_loader:
             report = summarize(*self._scores(self.test_loader), self.data.classes)
             metrics.update({k: report[k] for k in ("accuracy", "top5", "loss", "n")})
+        if not self.world.main:  # rank 0 writes the bundle, the plots and the metrics
+            return {**metrics, "rank": self.world.rank}
         artifacts = [plots.training_curves(self.history, self.out / "curves.png")]
         if report:
             artifacts.append(plots.confusion_matrix(report["confusion"], self.data.classes, self.out / "confusion.png"))
@@ -497,4 +519,8 @@ class Trainer:
 
 
 def train(cfg: Config, opts: RunOptions) -> dict:
-    return Trainer(cfg, opts).fit()
+    trainer = Trainer(cfg, opts)
+    try:
+        return trainer.fit()
+    finally:
+        distributed.teardown(trainer.world)
