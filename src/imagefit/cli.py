@@ -51,6 +51,11 @@ def _run_group(p: argparse.ArgumentParser):
     return run
 
 
+def _add_tracking(p) -> None:
+    p.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///mlflow.db here; 'none': off)")
+    p.add_argument("--experiment", default="imagefit", help="MLflow experiment name")
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per config field, grouped by section; values not given stay out of the namespace."""
     defaults = Config()
@@ -87,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--start-lr", type=float, default=1e-7, help="first rate (default: 1e-7)")
     run.add_argument("--end-lr", type=float, default=10.0, help="last rate (default: 10)")
     run.add_argument("--steps", type=int, default=100, help="mini-batches at most (default: 100)")
+    _add_tracking(run)
 
     p = sub.add_parser("fine-tune", help="transfer learning: train the head on a frozen body, then all layers",
                        description="fastai's recipe from trained weights (--pretrained imagenet or --init-from): "
@@ -143,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop-after-steps", type=int, default=0, help="stop as if interrupted (resume later)")
+    _add_tracking(p)
     _add_json(p)
     p = gsub.add_parser("sample", help="write synthetic images as an ImageFolder tree (resumable)")
+    _add_tracking(p)
     p.add_argument("--model", required=True, help="the folder 'generate train' wrote")
     p.add_argument("--out", required=True, help="folder for train/<class>/*.png")
     p.add_argument("--per-class", type=int, default=500)
@@ -160,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data folder whose training images to vary (default: $IMAGEFIT_DATA)")
     p.add_argument("--out", required=True, help="folder for train/<class>/<index>.png")
     p.add_argument("--strength", type=float, default=0.3, help="noise level as a share of the schedule (0, 1]")
+    _add_tracking(p)
     p.add_argument("--classes", help="only these classes (comma-separated names)")
     p.add_argument("--per-class", type=int, default=0, help="vary at most this many images per class (0: all)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps of the full schedule (default: 50)")
@@ -183,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "on --synthetic, tests on --data's test split)")
     p.add_argument("--cas-recipe", default="fast", help="recipe of the CAS classifier (default: fast)")
     p.add_argument("--cas-epochs", type=int, default=0, help="its epochs (0: the recipe's)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store of the CAS run (none: off)")
+    _add_tracking(p)
     p.add_argument("--seed", type=int, default=0)
     _add_json(p)
 
@@ -200,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ensembles: mean probability (soft) or majority (hard, ties broken by probability); "
                         "default: the ensemble folder's (boosting: hard), else soft")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    _add_tracking(p)
     _add_json(p)
 
     p = sub.add_parser("predict", help="top-k classes for image files or folders")
@@ -324,6 +334,11 @@ def cmd_find_lr(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "lr_finder.json", json.dumps(result.to_dict(), indent=1))
     plot = plots.lr_finder(result, out / "lr_finder.png")
+    from .tracking import record
+    record(args.tracking_uri, args.experiment, f"find-lr {out.name}", cfg.to_dict(),
+           {"suggestion": result.suggestion, "valley": result.valley, "minimum_10": result.minimum_10},
+           [plot, out / "lr_finder.json"], steps=[(i, {"lr": lr, "loss": loss, "smoothed": sm}) for i, (lr, loss, sm)
+                                                 in enumerate(zip(result.lrs, result.losses, result.smoothed))])
     if not args.json:
         print(f"suggested rate {result.suggestion:.2e} (steepest descent of the smoothed loss); valley "
               f"{result.valley:.2e}, minimum/10 {result.minimum_10:.2e}; {len(result.lrs)} steps, {result.stopped}; "
@@ -395,6 +410,28 @@ def cmd_report(args) -> dict:
 
 
 def cmd_generate(args) -> dict:
+    from .tracking import record
+    r = _generate(args)
+    out = Path(r.get("out") or args.model or args.synthetic)
+    scalars = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    steps, artifacts = [], sorted(out.glob("samples-step*.png"))[-1:] + [out / "fid-per-step.png"]
+    if args.generate_command == "train":  # the loss, averaged over each checkpoint's interval
+        from .checkpoint import load_checkpoint
+        ckpt = next((p for p in (out / "diffusion.pt", out / "gan.pt") if p.exists()), None)
+        history = load_checkpoint(ckpt)["history"] if ckpt else []
+        every = args.checkpoint_every
+        for end in range(every, len(history) + 1, every):
+            part = history[end - every:end]
+            values = [sum(v) / len(part) for v in zip(*part)] if isinstance(part[0], (list, tuple)) else \
+                [sum(part) / len(part)]
+            steps.append((end, dict(zip(("loss",) if len(values) == 1 else ("loss_d", "loss_g"), values))))
+    params = {k: v for k, v in vars(args).items() if k not in ("json", "func") and v is not None}
+    r["mlflow_run_id"] = record(args.tracking_uri, args.experiment, f"generate {args.generate_command} {out.name}",
+                                params, scalars, artifacts, steps)
+    return r
+
+
+def _generate(args) -> dict:
     from . import generate
 
     def log(message: str) -> None:
@@ -503,6 +540,11 @@ def cmd_evaluate(args) -> dict:
                                                         first.path.parent / f"confusion-{args.split}.png"))
     except OSError:
         pass  # a read-only bundle folder: the numbers still print
+    from .tracking import record
+    scalars = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    m["mlflow_run_id"] = record(args.tracking_uri, args.experiment, f"evaluate {first.path.parent.name}",
+                                {"bundles": ",".join(args.bundle), "split": args.split, "data": args.data,
+                                 "tta": args.tta, "vote": args.vote}, scalars, [m.get("confusion_png", "")])
     if not args.json:
         _print_evaluation(m, first.classes)
     return {**m, "split": args.split, "bundle": args.bundle[0] if len(args.bundle) == 1 else args.bundle}

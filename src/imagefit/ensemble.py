@@ -152,13 +152,31 @@ def train_ensemble(cfg, opts, members: int, kind: str):
     """Train `members` runs into OUT/member-i (seeds: seed+i; bagging: seed+i and bootstrap sample i+1), or one run
     into OUT/run whose cyclic schedule leaves a bundle per cycle (snapshot: --epochs per cycle when not a multiple
     of the members), or boost (see `_boost`); write OUT/ensemble.json (which `imagefit evaluate --bundle OUT`
-    reads) and evaluate the ensemble on the test split, as `evaluate_bundles` does."""
-    from .train import train
+    reads) and evaluate the ensemble on the test split, as `evaluate_bundles` does. Tracked as one MLflow run with
+    the members' runs nested under it."""
     if members < 2:
         raise ImagefitError(f"--members must be 2 or more for an ensemble (got {members})")
     if kind not in ("seeds", "bagging", "snapshot", "boosting"):
         raise ImagefitError(f"--kind must be seeds, bagging, snapshot or boosting (got {kind!r})")
+    from .tracking import ParentRun
     out, manifest = Path(opts.out), {"kind": kind}
+    parent = ParentRun(opts.tracking_uri, opts.experiment, f"ensemble {out.name} ({kind})",
+                       {**cfg.to_dict(), "ensemble": {"kind": kind, "members": members}})
+    opts = replace(opts, parent_run_id=parent.run_id)  # members show nested under the ensemble in `mlflow ui`
+    try:
+        result = _train_members(cfg, opts, members, kind, out, manifest)
+    except BaseException:
+        parent.end("FAILED")
+        raise
+    m = result[0]
+    parent.metrics({k: v for k, v in m.items() if isinstance(v, float)})
+    parent.artifact(out / MANIFEST)
+    parent.end("FINISHED")
+    return result
+
+
+def _train_members(cfg, opts, members: int, kind: str, out: Path, manifest: dict):
+    from .train import train
     if kind == "boosting":
         manifest.update(_boost(cfg, opts, members), vote="hard")
     elif kind == "snapshot":  # one run, a cosine cycle per member, a bundle at the end of each cycle

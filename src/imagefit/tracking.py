@@ -138,3 +138,19 @@ class ParentRun:
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id:
             self.client.set_terminated(self.run_id, status)
+
+
+def record(uri: str | None, experiment: str, name: str, params: dict, metrics: dict, artifacts=(),
+           steps: list[tuple[int, dict]] = (), parent: str | None = None) -> str | None:
+    """One finished run for a one-shot command (find-lr, evaluate, generate): params, final metrics, per-step
+    metrics, artifacts. Returns its id (None when tracking is off)."""
+    tracker = make_tracker(uri, experiment)
+    tracker.start(name, params, parent=parent)
+    for step, values in steps:
+        tracker.metrics(values, step=step)
+    tracker.metrics(metrics, step=steps[-1][0] if steps else 0)  # the final figures at the last step
+    for path in artifacts:
+        if Path(path).exists():
+            tracker.artifact(Path(path))
+    tracker.end("FINISHED")
+    return tracker.run_id
