@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
+import pytest
 import torch
 import yaml
 
@@ -77,11 +79,20 @@ def test_search_tracks_resumes_and_writes_the_best_recipe(capsys, cifar_dir, tmp
     assert set(rep["importances"]) == {"optim.lr", "optim.label_smoothing"} and len(rep["best_trials"]) == rep["trials"]["complete"]
 
 
-def test_two_workers_share_one_study(cifar_dir, tmp_path):
-    storage = f"sqlite:///{tmp_path}/shared.db"
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_two_workers_share_one_study(cifar_dir, tmp_path, kind):
+    if kind == "sqlite":
+        storage = f"sqlite:///{tmp_path}/shared.db"
+    else:  # a real server: .ci/run starts one with .ci/postgres and exports its URL
+        storage = os.environ.get("IMAGEFIT_TEST_POSTGRES")
+        if not storage:
+            if os.environ.get("IMAGEFIT_REQUIRE_POSTGRES"):
+                pytest.fail("IMAGEFIT_TEST_POSTGRES is not set; start a server with .ci/postgres start")
+            pytest.skip("no PostgreSQL server (run .ci/postgres start and export IMAGEFIT_TEST_POSTGRES)")
+    study = f"workers-{os.getpid()}-{int(time.time() * 1000)}"  # a fresh study on a shared server
     argv = [sys.executable, "-m", "imagefit", "search", "--space", space(tmp_path / "s.yaml"), "--data",
-            str(cifar_dir), "--trials", "4", "--storage", storage, "--tracking-uri", "none", "--pruner", "none",
-            "--json"]
+            str(cifar_dir), "--trials", "4", "--storage", storage, "--study", study, "--tracking-uri", "none",
+            "--pruner", "none", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen([*argv, "--out", f"w{i}", "--seed", str(i)], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -89,7 +100,7 @@ def test_two_workers_share_one_study(cifar_dir, tmp_path):
         _, err = w.communicate(timeout=600)
         assert w.returncode == 0, err[-2000:]
     import optuna
-    trials = optuna.load_study(study_name="imagefit", storage=storage).trials
+    trials = optuna.load_study(study_name=study, storage=storage).trials
     finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     # MaxTrialsCallback stops each worker once the study holds 4; a worker may have started one more meanwhile
     assert 4 <= len(finished) <= 5 and len({t.number for t in trials}) == len(trials)

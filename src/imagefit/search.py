@@ -133,22 +133,25 @@ def open_study(storage: str, name: str, space: dict | None = None, sampler: str 
     import optuna
     import sqlalchemy.exc
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
+    def connect():
         if storage.startswith(("postgresql", "mysql")):
-            url_storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"connect_timeout": 10}})
-        else:
-            url_storage = storage
+            return optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"connect_timeout": 10}})
+        return optuna.storages.RDBStorage(storage) if storage.startswith("sqlite") else storage
+
+    try:
         if not create:
-            return optuna.load_study(study_name=name, storage=url_storage)
+            return optuna.load_study(study_name=name, storage=connect())
         direction = OBJECTIVES[space["objective"]]
         for attempt in range(5):
-            try:
-                study = optuna.create_study(study_name=name, storage=url_storage, direction=direction,
+            try:  # connecting creates the schema on first use
+                study = optuna.create_study(study_name=name, storage=connect(), direction=direction,
                                             load_if_exists=True, sampler=_sampler(sampler, space, seed),
                                             pruner=_pruner(pruner))
                 break
-            except sqlalchemy.exc.OperationalError as e:  # workers starting together race to create the tables
-                if "already exists" not in str(e) or attempt == 4:
+            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as e:
+                # workers starting together race to create the schema ("already exists", a duplicate version row)
+                racing = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
+                if not racing or attempt == 4:
                     raise
                 time.sleep(0.5 + attempt)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, ValueError, KeyError, RuntimeError) as e:
