@@ -9,7 +9,8 @@ import time
 class Progress:
     def __init__(self, mode: str = "auto", stream=None):
         self.stream = stream or sys.stderr
-        self.live = mode == "bar" or (mode == "auto" and self.stream.isatty())
+        self.quiet = mode == "off"  # the other ranks of a torchrun job: rank 0 reports
+        self.live = not self.quiet and (mode == "bar" or (mode == "auto" and self.stream.isatty()))
         self.bar = None
 
     def start_epoch(self, epoch: int, epochs: int, steps: int, start: int = 0) -> None:
@@ -37,7 +38,8 @@ class Progress:
         parts = [f"epoch {self.epoch + 1}/{self.epochs}"]
         parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("train_", "val_")) and v is not None]
         parts += [f"lr {metrics['lr']:.3g}", f"{self.images / max(seconds, 1e-9):,.0f} img/s", f"{seconds:.1f}s"]
-        print("  ".join(parts), file=self.stream, flush=True)
+        if not self.quiet:
+            print("  ".join(parts), file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

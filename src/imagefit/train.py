@@ -338,7 +338,7 @@ class Trainer:
                  f"{len(self.data.val) if self.data.val else 0:,} val, "
                  f"{len(self.data.test) if self.data.test else 0:,} test images; {self.device}"
                  + (f"; resuming at epoch {self.epoch + 1}, step {self.step}" if self.opts.resume else ""))
-        progress = Progress(self.opts.progress)
+        progress = Progress(self.opts.progress if self.world.main else "off")
         stopped = "completed"
         try:
             with _StopSignal() as stop:
