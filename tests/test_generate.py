@@ -28,6 +28,7 @@ def test_train_resume_and_sample(capsys, cifar_dir):
     r = run(capsys, "generate", "sample", "--model", "gen/full", "--out", "syn", "--per-class", "3", "--steps", "2",
             "--batch-size", "2")
     assert r["written"] == 9 and sorted(os.listdir("syn/train")) == ["cat", "dog", "frog"]
+    assert r["gflop_per_image"] > 0 and r["images_per_s"] > 0
     assert sorted(os.listdir("syn/train/dog")) == ["0.png", "1.png", "2.png"]
     again = run(capsys, "generate", "sample", "--model", "gen/full", "--out", "syn", "--per-class", "4", "--steps",
                 "2", "--batch-size", "2")

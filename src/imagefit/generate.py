@@ -277,6 +277,7 @@ def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps:
     meta = {"generator": str(folder), "family": getattr(cfg, "family", "diffusion"), "per_class": per_class,
             "steps": steps, "guidance": guidance, "sampler": sampler, "seed": seed, "classes": list(cfg.classes)}
     seconds = time.perf_counter() - start
+    meta["gflop_per_image"] = round(flops_per_image(unet, cfg, steps) / 1e9, 2)
     if written:  # this run's sampling speed (a resumed run that had nothing to do keeps the earlier figure)
         meta.update(images_per_s=round(written / seconds, 3), threads=torch.get_num_threads())
     elif (out / "synthetic.json").exists():
@@ -284,6 +285,20 @@ def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps:
                      if k in ("images_per_s", "threads")})
     atomic_write_text(out / "synthetic.json", json.dumps(meta, indent=1))
     return {"images_per_s": math.nan, **meta, "written": written, "seconds": round(seconds, 1), "out": str(out)}
+
+
+def flops_per_image(model, cfg, steps: int) -> float:
+    """Floating-point operations to draw one image: a GAN's one forward, or a guided sampler's 2 × steps UNet
+    evaluations (counted by torch's FlopCounterMode on one evaluation)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    label = torch.zeros(1, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        if hasattr(cfg, "train_timesteps"):
+            model(torch.zeros(1, 3, cfg.size, cfg.size), torch.tensor([10]), class_labels=label)
+        else:
+            model(torch.zeros(1, cfg.latent), label)
+    per_eval = counter.get_total_flops()
+    return per_eval * 2 * steps if hasattr(cfg, "train_timesteps") else per_eval
 
 
 def _write_pngs(images: torch.Tensor, folder: Path, first: int) -> None:
