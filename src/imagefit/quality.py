@@ -58,50 +58,75 @@ def _batched(metric, images: torch.Tensor, real: bool | None, batch: int = 500) 
             metric.update(images[i:i + batch], real=real)
 
 
+class Scorer:
+    """FID, KID (mean ± std over subsets) and IS of uint8 fake images against uint8 `real` ones, whose features are
+    extracted once (torchmetrics keeps them across `reset`), so scoring every checkpoint costs only its samples.
+    With a classifier, also how often it names the class each fake image was drawn for ('label accuracy')."""
+
+    def __init__(self, real: torch.Tensor, bundle=None, features: str = "classifier", fake_size: int = 1000,
+                 kid_subset: int = 1000, seed: int = 0):
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+        if features == "classifier":
+            if bundle is None:
+                raise ImagefitError("classifier features need --classifier BUNDLE (a run trained on the real images)")
+            self.feature, self.logits = ClassifierFeatures(bundle), ClassifierFeatures(bundle, logits=True)
+            self.name = f"classifier {bundle.path}"
+        elif features == "inception":
+            _require_fidelity()
+            self.feature, self.logits, self.name = 2048, "logits_unbiased", "inception"
+        else:
+            raise ImagefitError(f"--features must be classifier or inception (got {features!r})")
+        self.seed, self.real_images = seed, len(real)
+        warnings.filterwarnings("ignore", "Metric `.*` will save all extracted features", UserWarning)
+        with self._inception_errors():
+            self.fid = FrechetInceptionDistance(feature=self.feature, reset_real_features=False)
+            self.kid = KernelInceptionDistance(feature=self.feature, reset_real_features=False,
+                                               subset_size=min(kid_subset, len(real), fake_size))
+            for metric in (self.fid, self.kid):
+                _batched(metric, real, True)
+
+    def _inception_errors(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def translate():
+            try:
+                yield
+            except (OSError, RuntimeError) as e:
+                if self.name != "inception":
+                    raise
+                raise ImagefitError(f"Inception-v3 weights could not be loaded ({str(e)[:80]}); they download on "
+                                    f"first use into torch's hub cache (~/.cache/torch/hub); offline, use --features "
+                                    f"classifier") from None
+        return translate()
+
+    def score(self, fake: torch.Tensor, fake_labels: torch.Tensor | None = None) -> dict:
+        from torchmetrics.image.inception import InceptionScore
+        torch.manual_seed(self.seed)  # KID's subsets and IS's split order
+        with self._inception_errors():
+            for metric in (self.fid, self.kid):
+                metric.reset()  # the fake features only
+                _batched(metric, fake, False)
+            inception = InceptionScore(feature=self.logits, splits=10)
+            _batched(inception, fake, None)
+            kid_mean, kid_std = self.kid.compute()
+            is_mean, is_std = inception.compute()
+            result = {"features": self.name, "fid": float(self.fid.compute()), "kid": float(kid_mean),
+                      "kid_std": float(kid_std), "inception_score": float(is_mean),
+                      "inception_score_std": float(is_std), "real_images": self.real_images,
+                      "fake_images": len(fake)}
+        if self.name != "inception" and fake_labels is not None:
+            with torch.inference_mode():
+                predicted = torch.cat([self.logits(fake[i:i + 500]).argmax(1) for i in range(0, len(fake), 500)])
+            result["label_accuracy"] = float((predicted == fake_labels).double().mean())
+        return result
+
+
 def scores(real: torch.Tensor, fake: torch.Tensor, bundle=None, features: str = "classifier",
            fake_labels: torch.Tensor | None = None, kid_subset: int = 1000, seed: int = 0) -> dict:
-    """FID, KID (mean ± std over subsets) and IS of uint8 `fake` images against uint8 `real` ones; with a
-    classifier, also how often it names the class each fake image was drawn for ('label accuracy')."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.inception import InceptionScore
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    if features == "classifier":
-        if bundle is None:
-            raise ImagefitError("classifier features need --classifier BUNDLE (a run trained on the real images)")
-        feature, logits = ClassifierFeatures(bundle), ClassifierFeatures(bundle, logits=True)
-    elif features == "inception":
-        _require_fidelity()
-        feature, logits = 2048, "logits_unbiased"
-    else:
-        raise ImagefitError(f"--features must be classifier or inception (got {features!r})")
-    torch.manual_seed(seed)  # KID's subsets and IS's split order
-    warnings.filterwarnings("ignore", "Metric `.*` will save all extracted features", UserWarning)
-    try:
-        fid = FrechetInceptionDistance(feature=feature, reset_real_features=False)
-        kid = KernelInceptionDistance(feature=feature, subset_size=min(kid_subset, len(real), len(fake)))
-        inception = InceptionScore(feature=logits, splits=10)
-        for metric in (fid, kid):
-            _batched(metric, real, True)
-            _batched(metric, fake, False)
-        _batched(inception, fake, None)
-        kid_mean, kid_std = kid.compute()
-        is_mean, is_std = inception.compute()
-        result = {"features": features if features == "inception" else f"classifier {bundle.path}",
-                  "fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std),
-                  "inception_score": float(is_mean), "inception_score_std": float(is_std),
-                  "real_images": len(real), "fake_images": len(fake)}
-    except (OSError, RuntimeError) as e:
-        if features != "inception":
-            raise
-        raise ImagefitError(f"Inception-v3 weights could not be loaded ({str(e)[:80]}); they download on first use "
-                            f"into torch's hub cache (~/.cache/torch/hub); offline, use --features classifier") \
-            from None
-    if features == "classifier" and fake_labels is not None:
-        with torch.inference_mode():
-            predicted = torch.cat([logits(fake[i:i + 500]).argmax(1) for i in range(0, len(fake), 500)])
-        result["label_accuracy"] = float((predicted == fake_labels).double().mean())
-    return result
+    """One set of fake images scored against `real` (see `Scorer`)."""
+    return Scorer(real, bundle, features, len(fake), kid_subset, seed).score(fake, fake_labels)
 
 
 def _real_train(data: str | None, classes: tuple, size: int):
@@ -172,7 +197,8 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
     else:
         fake, labels = syn.images, syn.labels
     seconds = time.perf_counter() - start
-    result = scores(real.images, fake, bundle, features, order[labels], seed=seed)
+    scorer = Scorer(real.images, bundle, features, fake_size=len(fake), seed=seed)
+    result = scorer.score(fake, order[labels])
     result.update(real_source=source, classes=list(classes))
     if model is not None:
         result.update(model=model, steps=steps, guidance=guidance, per_class=per_class,
@@ -186,7 +212,7 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
         for step, path in snapshots(model):
             snap, _ = load_generator(model, path)
             images, snap_labels = _draw_set(snap, cfg, per_class, steps, guidance, seed)
-            r = scores(real.images, images, bundle, features, order[snap_labels], seed=seed)
+            r = scorer.score(images, order[snap_labels])
             rows.append({"step": step, **{k: r[k] for k in ("fid", "kid", "inception_score", "features")},
                          **({"label_accuracy": r["label_accuracy"]} if "label_accuracy" in r else {})})
             log(f"step {step}: FID {r['fid']:.2f}")
