@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from .allocator import keep_freed_memory
 from .config import (TTA_MODES, Config, all_fields, check_fixed, coerce, field_types, flag, load_recipe,
                      recipe_names)
 from .errors import ImagefitError
@@ -676,6 +677,7 @@ COMMANDS = {"train": cmd_train, "find-lr": cmd_find_lr, "fine-tune": cmd_fine_tu
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         result = COMMANDS[args.command](args)
     except ImagefitError as e:

@@ -31,6 +31,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from . import distributed, plots
+from .allocator import keep_freed_memory
 from .augment import BatchAugment, Normalize
 from .bundle import load_bundle, load_weights, save_bundle
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -153,6 +154,7 @@ class Trainer:
             raise ImagefitError(f"{self.out} already holds a run; continue it with --resume {self.out}, "
                                 f"or choose another --out")
         self.cfg = cfg.validate()
+        keep_freed_memory()  # a library caller gets the tool's speed too
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
