@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from anchor import ANCHORS, AnchorNet, anchor_accuracy, count_flops, train_anchor  # noqa: E402
 
+from imagefit.allocator import keep_freed_memory  # noqa: E402
 from imagefit.config import Config, DataConfig, all_fields, coerce, load_recipe  # noqa: E402
 from imagefit.data import load_splits  # noqa: E402
 from imagefit.evaluate import gather_logits  # noqa: E402
@@ -172,6 +173,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and the PNG")
     args = p.parse_args()
+    keep_freed_memory()  # as `imagefit` does at start: every row, anchors included, on the same allocator
     startup = import_seconds()
     print(f"interpreter start + imports: {startup:.1f} s; {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
