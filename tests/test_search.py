@@ -90,8 +90,9 @@ def test_two_workers_share_one_study(cifar_dir, tmp_path, kind):
                 pytest.fail("IMAGEFIT_TEST_POSTGRES is not set; start a server with .ci/postgres start")
             pytest.skip("no PostgreSQL server (run .ci/postgres start and export IMAGEFIT_TEST_POSTGRES)")
     study = f"workers-{os.getpid()}-{int(time.time() * 1000)}"  # a fresh study on a shared server
+    mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"  # a fresh store: the workers also race to create its tables
     argv = [sys.executable, "-m", "imagefit", "search", "--space", space(tmp_path / "s.yaml"), "--data",
-            str(cifar_dir), "--trials", "4", "--storage", storage, "--study", study, "--tracking-uri", "none",
+            str(cifar_dir), "--trials", "4", "--storage", storage, "--study", study, "--tracking-uri", mlflow_uri,
             "--pruner", "none", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen([*argv, "--out", f"w{i}", "--seed", str(i)], env=env, stdout=subprocess.PIPE,
@@ -106,6 +107,13 @@ def test_two_workers_share_one_study(cifar_dir, tmp_path, kind):
     assert 4 <= len(finished) <= 5 and len({t.number for t in trials}) == len(trials)
     runs = sorted(d for w in ("w0", "w1") for d in os.listdir(w) if d.startswith("trial-"))
     assert runs == sorted(f"trial-{t.number}" for t in finished)  # every trial ran once, in one worker
+    import mlflow
+    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("imagefit").experiment_id
+    parents = client.search_runs([exp], filter_string=f"attributes.run_name = 'study {study}'")
+    assert len(parents) == 1  # one parent for the study, whichever worker made it
+    nested = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    assert len(nested) == len(trials)
 
 
 def test_bad_search_inputs(capsys, cifar_dir, tmp_path):

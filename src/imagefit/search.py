@@ -35,7 +35,7 @@ import yaml
 from .config import SECTIONS, Config, _closest, field_types, load_recipe
 from .errors import ImagefitError
 from .files import atomic_write_text
-from .tracking import ParentRun, _mask
+from .tracking import ParentRun, _mask, tracking_off
 
 OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
@@ -189,14 +189,12 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
     study = open_study(storage, study_name, space, sampler, pruner, seed)
-    parent_id = study.user_attrs.get("mlflow_parent_run_id")
-    parent = ParentRun(tracking_uri, experiment, f"study {study_name}", {"space": space_path, "sampler": sampler,
-                       "pruner": pruner, "storage": _mask(storage)}, run_id=parent_id)
-    if parent.run_id and not parent_id:
-        study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+    parent_params = {"space": space_path, "sampler": sampler, "pruner": pruner, "storage": _mask(storage)}
     objective_key = space["objective"]
 
     def objective(trial):
+        parent_id = None if tracking_off(tracking_uri) else study_parent_run(
+            study, trial, lambda: ParentRun(tracking_uri, experiment, f"study {study_name}", parent_params).run_id)
         values = {name: _suggest(trial, name, spec, space["base"]) for name, spec in space["params"].items()}
         cfg = trial_config(space, values)
         folder = out / f"trial-{trial.number}"
@@ -210,7 +208,7 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
                 raise optuna.TrialPruned(f"epoch {row['epoch']}: {objective_key} {value:.4f}")
 
         opts = RunOptions(out=folder, tracking_uri=tracking_uri, experiment=experiment, progress="lines",
-                          parent_run_id=parent.run_id, log=lambda m: None)
+                          parent_run_id=parent_id, log=lambda m: None)
         if cfg.data.folds:
             from .crossval import train_folds
             r = train_folds(cfg, opts)
@@ -234,6 +232,34 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
         study.optimize(objective, n_trials=trials, callbacks=[MaxTrialsCallback(trials, states=done)],
                        catch=(ImagefitError,))
     return summarize(study, out, space)
+
+
+PARENT_KEY = "mlflow_parent_run_id"
+
+
+def study_parent_run(study, trial, create, wait_s: float = 60.0) -> str:
+    """The study's parent MLflow run id, the same for every worker. Reading the id from the study and creating a
+    run when it is missing would race: two workers starting together both find none and both create one. The
+    storage hands out each trial number once, so the worker that draws trial 0 creates the run; the others wait
+    (while trial 0 is running) for its id. A study without one whose trial 0 has finished (resumed with tracking
+    newly on, or trial 0's worker died first) gets one from whichever worker asks next."""
+    known = study.user_attrs.get(PARENT_KEY)
+    if known:
+        return known
+    if trial.number != 0:
+        from optuna.trial import TrialState
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            first = study.get_trials(deepcopy=False)[0]
+            if first.state != TrialState.RUNNING:
+                break
+            time.sleep(0.2)
+            known = study.user_attrs.get(PARENT_KEY)
+            if known:
+                return known
+    run_id = create()
+    study.set_user_attr(PARENT_KEY, run_id)
+    return run_id
 
 
 def summarize(study, out: Path, space: dict | None = None) -> dict:

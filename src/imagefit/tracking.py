@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from .errors import ImagefitError
@@ -55,18 +56,30 @@ class MLflowTracker(Tracker):
         self.mlflow = mlflow
         self.uri = uri
         mlflow.set_tracking_uri(uri)
-        try:
-            exp = mlflow.get_experiment_by_name(experiment)
-            if exp is None:
-                artifacts = None
-                if uri.startswith("sqlite:///"):  # keep artifacts beside a local database, not under cwd's mlruns
-                    artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-                self.experiment_id = mlflow.create_experiment(experiment, artifact_location=artifacts)
-            else:
-                self.experiment_id = exp.experiment_id
-        except Exception as e:
-            raise ImagefitError(f"cannot open the MLflow store at {_mask(uri)} ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:120]}); fix --tracking-uri or pass --tracking-uri none") from None
+        for attempt in range(4):
+            try:
+                self.experiment_id = self._experiment(experiment)
+                break
+            except Exception as e:
+                # processes starting together (search workers, torchrun ranks) race to create the store's tables
+                # and the experiment; the loser finds them made on the next try
+                racing = any(sign in f"{type(e).__name__}: {e}" for sign in (
+                    "already exists", "UNIQUE constraint", "IntegrityError", "migration", "database is locked"))
+                if racing and attempt < 3:
+                    time.sleep(0.5 + attempt)
+                    continue
+                raise ImagefitError(f"cannot open the MLflow store at {_mask(uri)} ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:120]}); fix --tracking-uri or pass --tracking-uri "
+                                    f"none") from None
+
+    def _experiment(self, name: str) -> str:
+        exp = self.mlflow.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        artifacts = None
+        if self.uri.startswith("sqlite:///"):  # keep artifacts beside a local database, not under cwd's mlruns
+            artifacts = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        return self.mlflow.create_experiment(name, artifact_location=artifacts)
 
     def start(self, name: str, params: dict, run_id: str | None = None, parent: str | None = None) -> None:
         if run_id:
@@ -98,8 +111,12 @@ def _mask(uri: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", uri)
 
 
+def tracking_off(uri: str | None) -> bool:
+    return uri is not None and uri.lower() in ("none", "off", "")
+
+
 def make_tracker(uri: str | None, experiment: str = "imagefit") -> Tracker:
-    if uri is not None and uri.lower() in ("none", "off", ""):
+    if tracking_off(uri):
         return Tracker()
     return MLflowTracker(uri or default_uri(), experiment)
 
@@ -110,7 +127,7 @@ class ParentRun:
 
     def __init__(self, uri: str | None, experiment: str, name: str, params: dict, run_id: str | None = None):
         self.run_id = None
-        if uri is not None and uri.lower() in ("none", "off", ""):
+        if tracking_off(uri):
             return
         tracker = MLflowTracker(uri or default_uri(), experiment)
         self.client = tracker.mlflow.tracking.MlflowClient(tracker.uri)
