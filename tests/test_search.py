@@ -61,13 +61,16 @@ def test_search_tracks_resumes_and_writes_the_best_recipe(capsys, cifar_dir, tmp
     r = run(capsys, *args, "--trials", "3")
     assert r["trials"]["complete"] + r["trials"]["pruned"] == 3 and r["trials"]["fail"] == 0
     best = yaml.safe_load(open(r["best_recipe"]))
-    assert best["optim"]["lr"] == r["best_params"]["optim.lr"] and best["model"]["model"] == "resnet"
+    from imagefit.config import Config
+    assert best.get("optim", {}).get("lr", Config().optim.lr) == r["best_params"]["optim.lr"]  # defaults: left out
+    assert best["model"]["model"] == "resnet"
     again = run(capsys, *args, "--trials", "4")  # resumed: one more trial, not four
     assert sum(again["trials"][k] for k in ("complete", "pruned")) == 4
     import mlflow
     import optuna
     client = mlflow.tracking.MlflowClient(uri)
     study = optuna.load_study(study_name="imagefit", storage=f"sqlite:///{os.path.abspath('study/optuna.db')}")
+    assert study.trials[0].params == {"optim.lr": Config().optim.lr, "optim.label_smoothing": 0.0}  # the base first
     parent = study.user_attrs["mlflow_parent_run_id"]
     exp = client.get_experiment_by_name("imagefit").experiment_id
     assert len(client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")) == 4

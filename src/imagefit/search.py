@@ -15,8 +15,9 @@ A space file (YAML) names the base recipe, fixed overrides, the objective and th
 The study lives in an Optuna storage (a local SQLite file by default; `--storage postgresql://…` for workers on
 many machines) and is resumed by running the same command again: `--trials N` is the total the study should
 reach, counted across every worker (Optuna's MaxTrialsCallback), so two workers never run N each. Each trial is an
-ordinary training run in OUT/trial-K, its MLflow run nested under the study's parent run, its per-epoch validation
-accuracy reported so the pruner (median or Hyperband) can stop it early. With `--folds K` in the fixed part, a
+ordinary training run in OUT/trial-K (trial 0 is the base config itself when its values lie in the space), its
+MLflow run nested under the study's parent run, its per-epoch validation accuracy reported so the pruner (median
+or Hyperband) can stop it early. With `--folds K` in the fixed part, a
 trial's score is the mean validation accuracy over K folds (no pruning then). The best trial's config is written
 as a recipe (OUT/best.yaml) that `imagefit train --recipe OUT/best.yaml` takes.
 """
@@ -88,6 +89,20 @@ def _suggest(trial, name: str, spec: dict, cfg: Config):
     step = spec.get("step")
     return trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)),
                                step=float(step) if step else None)
+
+
+def base_values(space: dict) -> dict:
+    """The base config's value of every searched field, when all of them lie inside their ranges (else {})."""
+    values = {}
+    for name, spec in space["params"].items():
+        section, field = name.split(".", 1)
+        value = getattr(getattr(space["base"], section), field)
+        inside = value in spec["choices"] if "choices" in spec else \
+            isinstance(value, (int, float)) and spec["low"] <= value <= spec["high"]
+        if not inside:
+            return {}
+        values[name] = value
+    return values
 
 
 def trial_config(space: dict, values: dict) -> Config:
@@ -189,6 +204,10 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
     study = open_study(storage, study_name, space, sampler, pruner, seed)
+    if sampler != "grid" and not study.get_trials(deepcopy=False):
+        baseline = base_values(space)
+        if baseline:  # the space's own starting point is trial 0: the best found is never worse than it on val
+            study.enqueue_trial(baseline, skip_if_exists=True)
     parent_params = {"space": space_path, "sampler": sampler, "pruner": pruner, "storage": _mask(storage)}
     objective_key = space["objective"]
 
