@@ -103,3 +103,22 @@ def test_finder_errors_are_one_line(capsys, cifar_dir):
     assert "--start-lr must be" in fails(capsys, "find-lr", *args, "--start-lr", "1", "--end-lr", "0.1")
     assert "muon has two" in fails(capsys, "train", *args, "--optimizer", "muon", "--lr", "auto")
     assert "a number or auto" in fails(capsys, "train", *args, "--lr", "fast")
+
+
+def test_a_fall_within_the_noise_or_cut_off_by_the_range_is_flagged():
+    import random
+    from imagefit.lr_finder import FinderResult
+    lrs = exponential_rates(1e-7, 10, 100)
+    rng = random.Random(0)
+
+    def result(losses):
+        smoothed = smooth(losses)
+        return FinderResult(lrs=lrs, losses=losses, smoothed=smoothed, stopped="end of range",
+                            **suggest(lrs, smoothed, losses=losses))
+
+    clean = [v + rng.gauss(0, 0.02) for v in curve(lrs, blow_up=True)]
+    assert result(clean).warning is None  # a fall of ~2 against noise of 0.02
+    flat = [2.4 - 0.05 * (i / 100) + rng.gauss(0, 0.1) for i in range(100)]  # falls 0.05 in noise of 0.1
+    assert "batch-to-batch noise" in result(flat).warning
+    rising_late = [v + rng.gauss(0, 0.02) for v in curve(lrs, centre=3.0, blow_up=False)]  # still falling at 10
+    assert "higher --end-lr" in result(rising_late).warning

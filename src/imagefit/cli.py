@@ -344,9 +344,11 @@ def cmd_find_lr(args) -> dict:
         print(f"suggested rate {result.suggestion:.2e} (steepest descent of the smoothed loss); valley "
               f"{result.valley:.2e}, minimum/10 {result.minimum_10:.2e}; {len(result.lrs)} steps, {result.stopped}; "
               f"plot {plot}")
+        if result.warning:
+            print(f"warning: {result.warning}")
     return {"suggestion": result.suggestion, "steepest": result.steepest, "valley": result.valley,
             "minimum_10": result.minimum_10, "steps": len(result.lrs), "stopped": result.stopped,
-            "plot": str(plot), "out": str(out)}
+            "warning": result.warning, "plot": str(plot), "out": str(out)}
 
 
 def _out_dir(args, name: str, empty: bool = False) -> Path:

@@ -10,7 +10,9 @@ What users of other finders trip over, and what this one does instead:
 - noise: the loss is smoothed (exponential average with bias correction) before any rule reads it;
 - a NaN or infinite loss ends the test like a divergence and is never part of a suggestion;
 - a different answer each run: the test uses the run's seeded weights and batches, so a seed gives one answer;
-- a curve that never falls: an error that says so and proposes a range, never a meaningless rate.
+- a curve that never falls: an error that says so and proposes a range, never a meaningless rate;
+- a curve that falls less than its own batch-to-batch noise (tiny data, small batches), or is still falling at the
+  top of the range: the rate is given with a warning (`FinderResult.warning`, printed and drawn on the plot).
 
 Three rules are reported; `steepest` (the steepest descent of the smoothed loss per decade, on the way down to
 its minimum) is the suggestion.
@@ -39,13 +41,30 @@ class FinderResult:
     valley: float
     minimum_10: float
     stopped: str  # "diverged", "non-finite loss" or "end of range"
+    fall: float = math.nan  # how far the smoothed loss fell, start of the inner points to its minimum
+    noise: float = math.nan  # the raw loss's batch-to-batch spread
+    falling_at_end: bool = False  # the minimum is the last inner point: the curve had not turned up yet
 
     @property
     def suggestion(self) -> float:
         return self.steepest
 
+    @property
+    def warning(self) -> str | None:
+        """Why the suggestion may not mean much, or None. A curve whose fall is within its noise (tiny data, small
+        batches, a model that barely moves in 100 steps) has a "steepest descent" anywhere; a curve still falling
+        at the top of the range has its steepest point cut off by the range."""
+        if self.fall < self.noise:
+            return (f"the smoothed loss fell only {self.fall:.3f}, less than the batch-to-batch noise "
+                    f"({self.noise:.3f}): the suggestion is a guess; rerun with a larger --batch-size or more "
+                    f"--steps, or pick a rate by a short grid")
+        if self.falling_at_end and self.stopped == "end of range":
+            return (f"the loss was still falling at the top of the range ({self.lrs[-1]:.1e}); rerun with a higher "
+                    f"--end-lr")
+        return None
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "suggestion": self.suggestion}
+        return {**asdict(self), "suggestion": self.suggestion, "warning": self.warning}
 
 
 def exponential_rates(start_lr: float, end_lr: float, steps: int) -> list[float]:
@@ -63,8 +82,10 @@ def smooth(losses: list[float], beta: float = 0.98) -> list[float]:
     return out
 
 
-def suggest(lrs: list[float], smoothed: list[float], skip_start: int = 10, skip_end: int = 5) -> dict[str, float]:
-    """The three rules on the smoothed curve, inner points only. Raises when the loss never falls."""
+def suggest(lrs: list[float], smoothed: list[float], skip_start: int = 10, skip_end: int = 5,
+            losses: list[float] | None = None) -> dict:
+    """The three rules on the smoothed curve, inner points only, with how far it fell and (given the raw
+    `losses`) their noise. Raises when the loss never falls."""
     lr = np.asarray(lrs[skip_start: len(lrs) - skip_end], dtype=float)
     loss = np.asarray(smoothed[skip_start: len(smoothed) - skip_end], dtype=float)
     keep = np.isfinite(loss)
@@ -91,8 +112,13 @@ def suggest(lrs: list[float], smoothed: list[float], skip_start: int = 10, skip_
     falling = np.nonzero(loss[: lowest + 1] <= loss[0] - 0.1 * (loss[0] - loss[lowest]))[0]
     begin = int(falling[0]) if len(falling) else lowest
     valley = float(np.sqrt(lr[begin] * lr[lowest]))
-    return {"steepest": float(lr[steepest]), "valley": valley,
-            "minimum_10": float(lr[lowest] / 10)}
+    # Batch-to-batch noise of the raw losses over the same points: the spread of successive differences (robust
+    # to the trend and to spikes: median absolute deviation, scaled to a standard deviation, over √2).
+    raw = np.asarray(losses[skip_start: len(losses) - skip_end] if losses else [], dtype=float)
+    steps = np.diff(raw[keep][: lowest + 1][np.isfinite(raw[keep][: lowest + 1])]) if len(raw) else raw
+    noise = float(1.4826 * np.median(np.abs(steps - np.median(steps))) / np.sqrt(2)) if len(steps) > 2 else 0.0
+    return {"steepest": float(lr[steepest]), "valley": valley, "minimum_10": float(lr[lowest] / 10),
+            "fall": float(loss[0] - loss[lowest]), "noise": noise, "falling_at_end": lowest == len(loss) - 1}
 
 
 def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
@@ -146,5 +172,5 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
         model.train(was_training)
     lrs = lrs[: len(losses)]
     smoothed = smooth(losses)
-    rules = suggest(lrs, smoothed)
+    rules = suggest(lrs, smoothed, losses=losses)
     return FinderResult(lrs=lrs, losses=losses, smoothed=smoothed, stopped=stopped, **rules)

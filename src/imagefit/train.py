@@ -283,6 +283,8 @@ class Trainer:
         r = self.lr_finder
         self.log(f"lr finder: steepest descent at {r.steepest:.2e} (valley {r.valley:.2e}, minimum/10 "
                  f"{r.minimum_10:.2e}; {len(r.lrs)} steps, {r.stopped}); training at {r.suggestion:.2e}")
+        if r.warning:
+            self.log(f"lr finder warning: {r.warning}")
 
     # -- state -------------------------------------------------------------------------------------------------
 
