@@ -131,3 +131,18 @@ def test_bad_search_inputs(capsys, cifar_dir, tmp_path):
     run(capsys, *args, "--space", space(tmp_path / "s.yaml"))
     other = space(tmp_path / "o.yaml", objective="val_loss")
     assert "was created for objective val_accuracy" in fails(capsys, *args, "--space", other)
+
+
+def test_an_interrupted_trial_stops_the_search(monkeypatch, tmp_path, cifar_dir):
+    import imagefit.train
+    from imagefit.search import search
+    calls = []
+
+    def interrupted(cfg, opts):
+        calls.append(opts.out)
+        return {"stopped": "interrupted"}
+
+    monkeypatch.setattr(imagefit.train, "train", interrupted)
+    r = search(space(tmp_path / "s.yaml"), 5, tmp_path / "study", data=str(cifar_dir), tracking_uri="none",
+               log=lambda m: None)
+    assert len(calls) == 1 and r["trials"]["fail"] == 1  # one trial marked failed, no further trial started

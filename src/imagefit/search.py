@@ -236,8 +236,9 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
                 raise ImagefitError("with data.folds the objective is val_accuracy (the folds' mean)")
         else:
             r = train(cfg, replace(opts, on_epoch_end=report))
-            if r.get("stopped") == "interrupted":
-                raise ImagefitError(f"trial {trial.number} was interrupted")
+            if r.get("stopped") == "interrupted":  # Ctrl-C stops the search, not just this trial
+                study.stop()
+                raise ImagefitError(f"trial {trial.number} was interrupted; run the same command again to go on")
             score = r["val_accuracy"] if objective_key == "val_accuracy" else \
                 min(h["val_loss"] for h in json.loads((folder / "metrics.json").read_text())["history"])
         trial.set_user_attr("run_dir", str(folder))
