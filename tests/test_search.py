@@ -146,3 +146,18 @@ def test_an_interrupted_trial_stops_the_search(monkeypatch, tmp_path, cifar_dir)
     r = search(space(tmp_path / "s.yaml"), 5, tmp_path / "study", data=str(cifar_dir), tracking_uri="none",
                log=lambda m: None)
     assert len(calls) == 1 and r["trials"]["fail"] == 1  # one trial marked failed, no further trial started
+
+
+def test_the_last_epoch_is_never_pruned(monkeypatch, tmp_path, cifar_dir):
+    import optuna
+
+    import imagefit.search
+
+    class FromEpoch2(optuna.pruners.BasePruner):  # prunes every trial at epoch 2 on, if asked
+        def prune(self, study, trial):
+            return max(trial.intermediate_values, default=0) >= 2
+
+    monkeypatch.setattr(imagefit.search, "_pruner", lambda kind: FromEpoch2())
+    r = imagefit.search.search(space(tmp_path / "s.yaml"), 1, tmp_path / "study", data=str(cifar_dir),
+                               tracking_uri="none", log=lambda m: None)  # the space trains 2 epochs
+    assert r["trials"]["complete"] == 1 and r["trials"]["pruned"] == 0  # a finished trial is kept, not pruned

@@ -225,7 +225,8 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
             if value is None:
                 return
             trial.report(value, row["epoch"])
-            if trial.should_prune():
+            last = row["epoch"] >= trainer.cfg.train.epochs  # nothing left to save: the trial completes
+            if not last and trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {row['epoch']}: {objective_key} {value:.4f}")
 
         opts = RunOptions(out=folder, tracking_uri=tracking_uri, experiment=experiment, progress="lines",
