@@ -164,6 +164,8 @@ class TrainConfig:
     tta_average: str = opt("logits", "how test-time views combine: mean of the logits or of the probabilities",
                            choices=("logits", "probs"))
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    sync_bn: bool = opt(True, "under torchrun, BatchNorm normalizes by the statistics of the whole global batch, "
+                              "as one process would (off: each rank's own share)")
     channels_last: str = opt("auto", "channels_last memory layout (auto: on; 10-17%% faster than contiguous for "
                                      "ResNets on a CPU here, benchmarks/RESULTS.md)", choices=("auto", "yes", "no"))
     amp: str = opt("auto", "mixed precision (auto: bfloat16 on CUDA)", choices=("auto", "bf16", "fp16", "no"))

@@ -216,6 +216,8 @@ class Trainer:
         self.lookahead = Lookahead(self.model, t.lookahead, t.epochs * len(self.train_loader)) if t.lookahead else None
         self.net = self.model  # what the training step calls: the model, or its DDP wrapper under torchrun
         if self.world.active:
+            if t.sync_bn:
+                distributed.sync_batchnorm(self.model, self.device.type == "cuda")
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
