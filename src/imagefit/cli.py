@@ -631,6 +631,12 @@ def cmd_search(args) -> dict:
         if not args.json:
             print(f"study {r['study']}: {r['trials']}; best {r.get('best_value', float('nan')):.4f} "
                   f"{json.dumps(r.get('best_params', {}))}; plots under {Path(args.out) / 'report'}")
+            for t in r.get("best_trials", []):
+                print(f"  trial {t['trial']:>4}  {t['value']:.4f}  {json.dumps(t['params'])}")
+            if r.get("importances"):
+                print("  importances: " + ", ".join(f"{k} {v:.2f}" for k, v in r["importances"].items()))
+            if search.describe_margin(r):
+                print("  " + search.describe_margin(r))
         return r
     if not args.space:
         raise ImagefitError("--space SPACE.yaml is required to run trials (or pass --report)")
@@ -640,6 +646,8 @@ def cmd_search(args) -> dict:
     if not args.json:
         print(f"study {r['study']}: {r['trials']}; best {r.get('best_value', float('nan')):.4f} "
               f"{json.dumps(r.get('best_params', {}))}; recipe {r.get('best_recipe')}")
+        if search.describe_margin(r):
+            print("  " + search.describe_margin(r))
     return r
 
 

@@ -219,11 +219,15 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
         values = {name: _suggest(trial, name, spec, space["base"]) for name, spec in space["params"].items()}
         cfg = trial_config(space, values)
         folder = out / f"trial-{trial.number}"
+        if values == base_values(space):
+            trial.set_user_attr("base", True)
 
         def report(trainer, row):
             value = row.get(objective_key)
             if value is None:
                 return
+            if row["epoch"] == 1:
+                trial.set_user_attr("val_images", len(trainer.data.val))
             trial.report(value, row["epoch"])
             last = row["epoch"] >= trainer.cfg.train.epochs  # nothing left to save: the trial completes
             if not last and trial.should_prune():
@@ -296,12 +300,39 @@ def summarize(study, out: Path, space: dict | None = None) -> dict:
     best = study.best_trial
     result.update(best_value=best.value, best_params=best.params, best_trial=best.number,
                   best_run_dir=best.user_attrs.get("run_dir"))
+    result.update(_margin_over_base(study, complete, best))
     if space is not None:
         recipe = _as_recipe(space, best.params)
         atomic_write_text(out / "best.yaml", f"# best of study '{study.study_name}': trial {best.number}, "
                           f"{space['objective']} {best.value:.4f}\n" + yaml.safe_dump(recipe, sort_keys=False))
         result["best_recipe"] = str(out / "best.yaml")
     return result
+
+
+def _margin_over_base(study, complete: list, best) -> dict:
+    """How far the best trial's validation accuracy is above the base config's (trial 0), in standard errors of
+    the difference of two accuracies on the same n images (binomial, taken as independent: an upper bound for the
+    paired difference). Trials whose configs differ little score within noise of each other on a few thousand
+    images; a margin under two standard errors is no evidence that the best beats the base."""
+    base = next((t for t in complete if t.user_attrs.get("base")), None)
+    n = best.user_attrs.get("val_images")
+    if base is None or base.number == best.number or not n or study.direction.name != "MAXIMIZE":
+        return {}
+    p = (best.value + base.value) / 2
+    se = (2 * p * (1 - p) / n) ** 0.5
+    margin = best.value - base.value
+    return {"base_trial": base.number, "base_value": base.value, "margin_over_base": margin, "margin_se": se,
+            "within_noise": margin < 2 * se}
+
+
+def describe_margin(r: dict) -> str:
+    """One line on whether the best trial really beats the base config (empty when unknown)."""
+    if "margin_over_base" not in r:
+        return ""
+    verdict = ("within noise: no evidence it beats the base config; retrain both on several seeds before "
+               "switching" if r["within_noise"] else "more than two standard errors")
+    return (f"best is {100 * r['margin_over_base']:+.2f} points over the base config (trial {r['base_trial']}) on "
+            f"validation, standard error {100 * r['margin_se']:.2f}: {verdict}")
 
 
 def _as_recipe(space: dict, params: dict) -> dict:
