@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -46,13 +47,16 @@ def _batchnorm(rows: list[int]):
     return bn, x, torch.randn_like(x)
 
 
-def _global_batchnorm_rank(rank: int, port: int, rows: list[int], out: str):
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def _global_batchnorm_rank(rank: int, port: int, rows: list[int], layout: str, out: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=len(rows))
     bn, x, w = _batchnorm(rows)
     sync_batchnorm(bn, cuda=False)
     start = sum(rows[:rank])
-    part = x[start:start + rows[rank]].clone().requires_grad_()
+    part = x[start:start + rows[rank]].contiguous(memory_format=LAYOUTS[layout]).requires_grad_()
     y = bn(part)
     (y * w[start:start + rows[rank]]).sum().backward()
     torch.save({"y": y.detach(), "dx": part.grad, "dw": bn.weight.grad, "db": bn.bias.grad,
@@ -60,14 +64,16 @@ def _global_batchnorm_rank(rank: int, port: int, rows: list[int], out: str):
     dist.destroy_process_group()
 
 
-def test_global_batchnorm_matches_one_process(tmp_path):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_global_batchnorm_matches_one_process(tmp_path, layout):
     """Ranks holding 5 and 3 images of a batch get the outputs, input gradients, summed parameter gradients and
     running statistics of one BatchNorm over all 8 (per-rank statistics would not: the two halves differ)."""
     rows = [5, 3]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_global_batchnorm_rank, args=(port, rows, str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_global_batchnorm_rank, args=(port, rows, layout, str(tmp_path)), nprocs=2,
+                       start_method="spawn")
     ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
     bn, x, w = _batchnorm(rows)
     x.requires_grad_()
