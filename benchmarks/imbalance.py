@@ -47,17 +47,17 @@ def main() -> None:
     path = out / f"imbalance-{date.today()}-{args.imbalance.replace(':', '')}-seed{args.seed}.json"
     rows = json.loads(path.read_text())["rows"] if path.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in chosen:
+        for i, name in enumerate(chosen):
             extra = REMEDIES[name]
             start = time.perf_counter()
             argv = [sys.executable, "-m", "imagefit", "train", "--recipe", "fast", "--data", args.data,
                     "--imbalance", args.imbalance, "--seed", str(args.seed), "--tracking-uri", "none",
-                    "--progress", "lines", "--out", f"{tmp}/{chosen.index(name)}", *extra, "--json"]
+                    "--progress", "lines", "--out", f"{tmp}/{i}", *extra, "--json"]
             done = subprocess.run(argv, capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr[-2000:]}")
             r = json.loads(done.stdout.strip().splitlines()[-1])
-            test = json.loads(Path(f"{tmp}/{chosen.index(name)}/metrics.json").read_text())["test"]
+            test = json.loads(Path(f"{tmp}/{i}/metrics.json").read_text())["test"]
             rows[name] = {"accuracy": r["accuracy"], "balanced_accuracy": test["balanced_accuracy"],
                           "macro_f1": test["macro_f1"], "wall_s": round(time.perf_counter() - start, 1),
                           "recall": {c: v["recall"] for c, v in test["per_class"].items()}}

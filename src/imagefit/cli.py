@@ -629,14 +629,7 @@ def cmd_search(args) -> dict:
     if args.report:
         r = search.report(storage, args.study, args.out)
         if not args.json:
-            print(f"study {r['study']}: {r['trials']}; best {r.get('best_value', float('nan')):.4f} "
-                  f"{json.dumps(r.get('best_params', {}))}; plots under {Path(args.out) / 'report'}")
-            for t in r.get("best_trials", []):
-                print(f"  trial {t['trial']:>4}  {t['value']:.4f}  {json.dumps(t['params'])}")
-            if r.get("importances"):
-                print("  importances: " + ", ".join(f"{k} {v:.2f}" for k, v in r["importances"].items()))
-            if search.describe_margin(r):
-                print("  " + search.describe_margin(r))
+            _print_study(r, f"plots under {Path(args.out) / 'report'}")
         return r
     if not args.space:
         raise ImagefitError("--space SPACE.yaml is required to run trials (or pass --report)")
@@ -644,11 +637,22 @@ def cmd_search(args) -> dict:
                       sampler=args.sampler, pruner=args.pruner, data=args.data, tracking_uri=args.tracking_uri,
                       experiment=args.experiment, seed=args.seed, log=lambda m: print(m, file=sys.stderr, flush=True))
     if not args.json:
-        print(f"study {r['study']}: {r['trials']}; best {r.get('best_value', float('nan')):.4f} "
-              f"{json.dumps(r.get('best_params', {}))}; recipe {r.get('best_recipe')}")
-        if search.describe_margin(r):
-            print("  " + search.describe_margin(r))
+        _print_study(r, f"recipe {r.get('best_recipe')}")
     return r
+
+
+def _print_study(r: dict, where: str) -> None:
+    """A study's counts and best trial, then (from --report) its top trials and importances, then whether the
+    best really beats the base config."""
+    from .search import describe_margin
+    print(f"study {r['study']}: {r['trials']}; best {r.get('best_value', float('nan')):.4f} "
+          f"{json.dumps(r.get('best_params', {}))}; {where}")
+    for t in r.get("best_trials", []):
+        print(f"  trial {t['trial']:>4}  {t['value']:.4f}  {json.dumps(t['params'])}")
+    if r.get("importances"):
+        print("  importances: " + ", ".join(f"{k} {v:.2f}" for k, v in r["importances"].items()))
+    if describe_margin(r):
+        print("  " + describe_margin(r))
 
 
 def cmd_export(args) -> dict:

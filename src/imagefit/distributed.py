@@ -81,7 +81,7 @@ class _GlobalBatchNorm(torch.autograd.Function):
     (benchmarks/probes/sync_bn.py)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, group):
+    def forward(ctx, x, weight, bias, eps):
         c = x.shape[1]
         # the statistics half of PyTorch's CPU batch norm (13 ms here on a 250×64×32×32 channels_last
         # activation, where torch.var_mean takes 166 ms): per-channel mean and biased variance
@@ -89,14 +89,14 @@ class _GlobalBatchNorm(torch.autograd.Function):
         n = x.numel() // c
         mean, var = mean.double(), var.double()
         sums = torch.cat([mean * n, (var + mean * mean) * n, mean.new_full((1,), n)])
-        dist.all_reduce(sums, group=group)
+        dist.all_reduce(sums)  # the default group: the one torchrun's ranks joined
         total = sums[-1].item()
         g_mean = sums[:c] / total
         g_var = (sums[c:2 * c] / total - g_mean * g_mean).clamp_min(0)
         mean, var = g_mean.to(x.dtype), g_var.to(x.dtype)
         y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
         ctx.save_for_backward(x, weight, mean, var)
-        ctx.group, ctx.eps, ctx.local, ctx.total = group, eps, n, total
+        ctx.eps, ctx.local, ctx.total = eps, n, total
         return y, mean, g_var.mul(total / max(total - 1, 1)).to(x.dtype)  # running variance: unbiased
 
     @staticmethod
@@ -109,13 +109,13 @@ class _GlobalBatchNorm(torch.autograd.Function):
         _, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(  # the two reductions only
             dy, x, w, None, None, mean, invstd, True, ctx.eps, [False, True, True])
         sums = torch.cat([sum_dy, sum_dy_xhat])
-        dist.all_reduce(sums, group=ctx.group)
+        dist.all_reduce(sums)
         k = w * invstd  # dx = k·(dy − Σdy/N − x̂·Σ(dy·x̂)/N), the sums over every rank's N images
         dx = F.batch_norm(x, mean, var, -k * sums[c:] / ctx.total, -k * sums[:c] / ctx.total, False, 0.0, ctx.eps)
         dx.addcmul_(dy, k.view(1, c, *[1] * (x.dim() - 2)))
         d_weight = sum_dy_xhat if weight is not None and ctx.needs_input_grad[1] else None
         d_bias = sum_dy if weight is not None and ctx.needs_input_grad[2] else None
-        return dx, d_weight, d_bias, None, None
+        return dx, d_weight, d_bias, None
 
 
 def _layout(x: torch.Tensor):
@@ -127,12 +127,10 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training-mode statistics are those of the global batch across the process group; the
     same parameters and buffers as the layer it replaces, so bundles and checkpoints do not change."""
 
-    group = None
-
     def forward(self, x):
         if not self.training or not dist.is_initialized():
             return super().forward(x)
-        y, mean, var = _GlobalBatchNorm.apply(x, self.weight, self.bias, self.eps, self.group)
+        y, mean, var = _GlobalBatchNorm.apply(x, self.weight, self.bias, self.eps)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1

@@ -115,7 +115,9 @@ def suggest(lrs: list[float], smoothed: list[float], skip_start: int = 10, skip_
     # Batch-to-batch noise of the raw losses over the same points: the spread of successive differences (robust
     # to the trend and to spikes: median absolute deviation, scaled to a standard deviation, over √2).
     raw = np.asarray(losses[skip_start: len(losses) - skip_end] if losses else [], dtype=float)
-    steps = np.diff(raw[keep][: lowest + 1][np.isfinite(raw[keep][: lowest + 1])]) if len(raw) else raw
+    if len(raw):
+        raw = raw[keep][: lowest + 1]
+    steps = np.diff(raw[np.isfinite(raw)])
     noise = float(1.4826 * np.median(np.abs(steps - np.median(steps))) / np.sqrt(2)) if len(steps) > 2 else 0.0
     return {"steepest": float(lr[steepest]), "valley": valley, "minimum_10": float(lr[lowest] / 10),
             "fall": float(loss[0] - loss[lowest]), "noise": noise, "falling_at_end": lowest == len(loss) - 1}

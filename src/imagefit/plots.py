@@ -74,7 +74,7 @@ def lr_finder(result, path: Path) -> Path:
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    if getattr(result, "warning", None):
+    if result.warning:
         import textwrap
         ax.set_title(textwrap.fill(f"warning: {result.warning}", 90), fontsize=7, color="C3")
     return _save(fig, path)
