@@ -89,6 +89,14 @@ def test_export_parity_and_backends(capsys, served):
     assert meta["classes"] == CLASSES and meta["preprocessing"]["size"] == 32 and len(meta["identity"]["sha256"]) == 64
     torch_p, onnx_p = load_predictor(root / "run", "pytorch"), load_predictor(root / "run")
     assert (torch_p.backend, onnx_p.backend) == ("pytorch", "onnxruntime")
+
+    def spins(predictor) -> bool:  # the server's session does not busy-wait between runs; batch prediction's does
+        try:
+            return predictor.session.get_session_options().get_session_config_entry(
+                "session.intra_op.allow_spinning") != "0"
+        except Exception:  # not set: ONNX Runtime's default, spinning
+            return True
+    assert spins(onnx_p) and not spins(load_predictor(root / "run", spin=False))
     for n in (1, 7):  # dynamic batch
         x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
         for tta in ("none", "flip+crops"):

@@ -82,7 +82,7 @@ class TorchPredictor(Predictor):
 class OnnxPredictor(Predictor):
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int = 0):
+    def __init__(self, path: Path, threads: int = 0, spin: bool = True):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -91,6 +91,11 @@ class OnnxPredictor(Predictor):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:
+            # For a server: ONNX Runtime's pool threads otherwise busy-wait after each forward pass, on the cores
+            # that parse and decode the next requests (1.07-1.21x the requests/s of `fast` at 8 clients on 2 cores,
+            # p99 50-59 -> 40-44 ms: benchmarks/probes/serve_stack.py). Batch prediction keeps the default.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for unreadable files
@@ -108,9 +113,9 @@ class OnnxPredictor(Predictor):
         return torch.from_numpy(self.session.run(None, {self.input: pixels.contiguous().numpy()})[0])
 
 
-def load_predictor(path: str | Path, backend: str = "auto", threads: int = 0) -> Predictor:
+def load_predictor(path: str | Path, backend: str = "auto", threads: int = 0, spin: bool = True) -> Predictor:
     """A bundle (run folder or .safetensors) or an .onnx file. `auto`: ONNX Runtime when the run folder holds an
-    export made from this very bundle (same SHA-256), else PyTorch."""
+    export made from this very bundle (same SHA-256), else PyTorch. `spin=False` for a server (see OnnxPredictor)."""
     from .bundle import load_bundle, resolve
     if backend not in ("auto", "onnx", "pytorch"):
         raise ImagefitError(f"--backend must be auto, onnx or pytorch (got {backend!r})")
@@ -118,11 +123,11 @@ def load_predictor(path: str | Path, backend: str = "auto", threads: int = 0) ->
     if path.suffix == ".onnx":
         if backend == "pytorch":
             raise ImagefitError(f"{path} is an ONNX file; --backend pytorch needs the bundle it was exported from")
-        return OnnxPredictor(path, threads)
+        return OnnxPredictor(path, threads, spin)
     bundle_path = resolve(path)
     onnx_path = bundle_path.parent / ONNX_NAME
     if backend != "pytorch" and onnx_path.is_file():
-        predictor = OnnxPredictor(onnx_path, threads)
+        predictor = OnnxPredictor(onnx_path, threads, spin)
         if predictor.identity.get("sha256") == file_digest(bundle_path):
             return predictor
         if backend == "onnx":

@@ -287,7 +287,7 @@ def run_server(bundle: str, host: str, port: int, opts: ServeOptions, backend: s
     from .inference import load_predictor
     if not 0 < port < 65536:
         raise ImagefitError(f"--port must be between 1 and 65535 (got {port})")
-    predictor = load_predictor(bundle, backend, threads)
+    predictor = load_predictor(bundle, backend, threads, spin=False)
     app = create_app(predictor, opts)
     print(f"serving {predictor.identity.get('bundle', bundle)} ({predictor.backend}, {len(predictor.classes)} "
           f"classes) on http://{host}:{port}", flush=True)
