@@ -122,3 +122,20 @@ def test_a_fall_within_the_noise_or_cut_off_by_the_range_is_flagged():
     assert "batch-to-batch noise" in result(flat).warning
     rising_late = [v + rng.gauss(0, 0.02) for v in curve(lrs, centre=3.0, blow_up=False)]  # still falling at 10
     assert "higher --end-lr" in result(rising_late).warning
+
+
+def test_a_range_test_that_went_over_the_data_more_than_once_says_so():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 8), torch.randint(0, 3, (8,))
+
+    def test(train_images):  # batches of 8 until the range ends (end_lr 1: no divergence to stop it early)
+        r = range_test(model, opt, iter([(x, y)] * 100), nn.functional.cross_entropy, base_lr=0.1, end_lr=1.0,
+                       train_images=train_images)
+        assert len(r.lrs) == 100 and r.batch_size == 8 and r.passes == 800 / train_images
+        return r.warning or ""
+    assert "went over the training set 12.5 times (100 steps of 8 images)" in test(64)
+    assert "too small for a range test at this --batch-size" in test(64)
+    assert "went over the training set 2.0 times" in test(400) and "--steps 50 or fewer" in test(400)
+    assert "went over" not in test(800)

@@ -11,8 +11,9 @@ What users of other finders trip over, and what this one does instead:
 - a NaN or infinite loss ends the test like a divergence and is never part of a suggestion;
 - a different answer each run: the test uses the run's seeded weights and batches, so a seed gives one answer;
 - a curve that never falls: an error that says so and proposes a range, never a meaningless rate;
-- a curve that falls less than its own batch-to-batch noise (tiny data, small batches), or is still falling at the
-  top of the range: the rate is given with a warning (`FinderResult.warning`, printed and drawn on the plot).
+- a curve that falls less than its own batch-to-batch noise (tiny data, small batches), is still falling at the
+  top of the range, or comes from a test that went over a small training set more than once (its fall is then
+  mostly memorization): the rate is given with a warning (`FinderResult.warning`, printed and drawn on the plot).
 
 Three rules are reported; `steepest` (the steepest descent of the smoothed loss per decade, on the way down to
 its minimum) is the suggestion.
@@ -44,6 +45,8 @@ class FinderResult:
     fall: float = math.nan  # how far the smoothed loss fell, start of the inner points to its minimum
     noise: float = math.nan  # the raw loss's batch-to-batch spread
     falling_at_end: bool = False  # the minimum is the last inner point: the curve had not turned up yet
+    passes: float = 0.0  # how many times the test went over the training set (0: not known)
+    batch_size: int = 0
 
     @property
     def suggestion(self) -> float:
@@ -53,15 +56,25 @@ class FinderResult:
     def warning(self) -> str | None:
         """Why the suggestion may not mean much, or None. A curve whose fall is within its noise (tiny data, small
         batches, a model that barely moves in 100 steps) has a "steepest descent" anywhere; a curve still falling
-        at the top of the range has its steepest point cut off by the range."""
+        at the top of the range has its steepest point cut off by the range; a test that went over the training set
+        more than once reads, after the first pass, how fast the model memorizes what it has seen."""
+        said = []
         if self.fall < self.noise:
-            return (f"the smoothed loss fell only {self.fall:.3f}, less than the batch-to-batch noise "
-                    f"({self.noise:.3f}): the suggestion is a guess; rerun with a larger --batch-size or more "
-                    f"--steps, or pick a rate by a short grid")
+            said.append(f"the smoothed loss fell only {self.fall:.3f}, less than the batch-to-batch noise "
+                        f"({self.noise:.3f}): the suggestion is a guess; rerun with a larger --batch-size or more "
+                        f"--steps, or pick a rate by a short grid")
+        if self.passes > 1:
+            per_pass = round(len(self.lrs) / self.passes)
+            fix = (f"rerun with --steps {per_pass} or fewer" if per_pass >= 20 else
+                   "the training set is too small for a range test at this --batch-size; use a smaller one or "
+                   "pick a rate by a short grid")
+            said.append(f"the test went over the training set {self.passes:.1f} times ({len(self.lrs)} steps of "
+                        f"{self.batch_size} images), so most of its curve is the model memorizing images it has "
+                        f"seen; {fix}")
         if self.falling_at_end and self.stopped == "end of range":
-            return (f"the loss was still falling at the top of the range ({self.lrs[-1]:.1e}); rerun with a higher "
-                    f"--end-lr")
-        return None
+            said.append(f"the loss was still falling at the top of the range ({self.lrs[-1]:.1e}); rerun with a "
+                        f"higher --end-lr")
+        return "; and ".join(said) or None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "suggestion": self.suggestion, "warning": self.warning}
@@ -125,9 +138,10 @@ def suggest(lrs: list[float], smoothed: list[float], skip_start: int = 10, skip_
 
 def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
                loss_fn: Callable, *, base_lr: float, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100,
-               diverge: float = 4.0, autocast=None) -> FinderResult:
+               diverge: float = 4.0, autocast=None, train_images: int = 0) -> FinderResult:
     """Run the test with `optimizer` (its groups keep their ratios to `base_lr`), then restore the model, the
-    optimizer and the CPU/CUDA generators exactly. `batches` yields (images, labels), ready for the model."""
+    optimizer and the CPU/CUDA generators exactly. `batches` yields (images, labels), ready for the model;
+    `train_images`, the size of the set they come from (0: unknown), lets the result say how often it was seen."""
     if not 0 < start_lr < end_lr:
         raise ImagefitError(f"--start-lr must be above 0 and below --end-lr (got {start_lr:g}, {end_lr:g})")
     if steps < 20:
@@ -141,11 +155,13 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
     ratios = [g["lr"] / base_lr for g in optimizer.param_groups]
     lrs, losses, best, stopped = exponential_rates(start_lr, end_lr, steps), [], math.inf, "end of range"
     beta, avg = 0.98, 0.0  # the running form of `smooth`, for the divergence check
+    seen = batch_size = 0
     try:
         model.train()
         for lr, (x, y) in zip(lrs, batches):
             for group, ratio in zip(optimizer.param_groups, ratios):
                 group["lr"] = lr * ratio
+            seen, batch_size = seen + len(x), max(batch_size, len(x))
             with autocast() if autocast else torch.autocast("cpu", enabled=False):
                 loss = loss_fn(model(x), y)
             optimizer.zero_grad(set_to_none=True)
@@ -175,4 +191,5 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
     lrs = lrs[: len(losses)]
     smoothed = smooth(losses)
     rules = suggest(lrs, smoothed, losses=losses)
-    return FinderResult(lrs=lrs, losses=losses, smoothed=smoothed, stopped=stopped, **rules)
+    return FinderResult(lrs=lrs, losses=losses, smoothed=smoothed, stopped=stopped, **rules,
+                        passes=seen / train_images if train_images else 0.0, batch_size=batch_size)

@@ -200,8 +200,7 @@ class Trainer:
         common = dict(seed=t.seed, device=self.device, workers=cfg.data.workers)
         flip_seed = mix_seed(t.seed, 0, 0, 0)  # four parts: apart from every (seed, epoch[, step]) stream
         synthetic = self.data.synthetic
-        augment = BatchAugment(cfg.augment, normalize, len(self.data.train) + (len(synthetic) if synthetic else 0),
-                               flip_seed)
+        augment = BatchAugment(cfg.augment, normalize, self._distinct_images(), flip_seed)
         self.train_loader = Loader(self.data.train, t.batch_size, normalize, augment=augment,
                                    shuffle=True, drop_last=True, balance=t.balance, synthetic=synthetic,
                                    synthetic_ratio=cfg.data.synthetic_ratio,
@@ -274,7 +273,11 @@ class Trainer:
     def range_test(self, **kwargs) -> FinderResult:
         """The learning-rate range test on this run's model, optimizer and batches; everything restored after."""
         return range_test(self.model, self.optimizer, self.batch_stream(), self.loss_fn, base_lr=self.cfg.optim.lr,
-                          autocast=self.autocast, **kwargs)
+                          autocast=self.autocast, train_images=self._distinct_images() // self.world.size, **kwargs)
+
+    def _distinct_images(self) -> int:
+        synthetic = self.data.synthetic
+        return len(self.data.train) + (len(synthetic) if synthetic else 0)
 
     def _find_lr(self) -> None:
         """--lr auto: train at the range test's suggestion, with an optimizer built afresh at that rate (so the
