@@ -13,7 +13,7 @@ What users of other finders trip over, and what this one does instead:
 - a curve that never falls: an error that says so and proposes a range, never a meaningless rate;
 - a curve that falls less than its own batch-to-batch noise (tiny data, small batches), is still falling at the
   top of the range, or comes from a test that went over a small training set more than once (its fall is then
-  mostly memorization): the rate is given with a warning (`FinderResult.warning`, printed and drawn on the plot).
+  partly memorization): the rate is given with a warning (`FinderResult.warning`, printed and drawn on the plot).
 
 Three rules are reported; `steepest` (the steepest descent of the smoothed loss per decade, on the way down to
 its minimum) is the suggestion.
@@ -69,8 +69,8 @@ class FinderResult:
                    "the training set is too small for a range test at this --batch-size; use a smaller one or "
                    "pick a rate by a short grid")
             said.append(f"the test went over the training set {self.passes:.1f} times ({len(self.lrs)} steps of "
-                        f"{self.batch_size} images), so most of its curve is the model memorizing images it has "
-                        f"seen; {fix}")
+                        f"{self.batch_size} images): past step {per_pass} it sees images again, and its fall there "
+                        f"is partly memorization; {fix}")
         if self.falling_at_end and self.stopped == "end of range":
             said.append(f"the loss was still falling at the top of the range ({self.lrs[-1]:.1e}); rerun with a "
                         f"higher --end-lr")
