@@ -93,8 +93,8 @@ class OnnxPredictor(Predictor):
             options.intra_op_num_threads = threads
         if not spin:
             # For a server: ONNX Runtime's pool threads otherwise busy-wait after each forward pass, on the cores
-            # that parse and decode the next requests (1.07-1.21x the requests/s of `fast` at 8 clients on 2 cores,
-            # p99 50-59 -> 40-44 ms: benchmarks/probes/serve_stack.py). Batch prediction keeps the default.
+            # that parse and decode the next requests (1.07-1.20x the requests/s of `fast` at 8 clients on 2 cores,
+            # p99 50-59 -> 39-44 ms: benchmarks/probes/serve_stack.py). Batch prediction keeps the default.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
