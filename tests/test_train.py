@@ -192,3 +192,23 @@ def test_fast_recipe_trains_and_resumes_exactly(capsys, cifar_dir):
     assert run(capsys, "train", "--resume", "runs/cut", "--stop-after-steps", "9")["epoch"] == 1
     run(capsys, "train", "--resume", "runs/cut")
     assert same_weights("runs/fast/bundle.safetensors", "runs/cut/bundle.safetensors")
+
+
+def test_amp_auto_follows_the_cpu_and_bundles_record_float32_figures(capsys, cifar_dir, monkeypatch):
+    """`--amp auto` trains in bfloat16 only on CPUs with native bfloat16; whatever precision trained, the accuracy a
+    run records is the float32 one that `evaluate` reproduces from its bundle."""
+    import torch
+
+    from imagefit import train as train_module
+    cpu = torch.device("cpu")
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        with monkeypatch.context() as patch:
+            patch.setattr(train_module, "cpu_has_native_bf16", lambda native=native: native)
+            factory, scaler = train_module.autocast_for(cpu, "auto")
+        with factory():
+            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        assert dtype == expected and scaler is None, native
+
+    r = run(capsys, "train", "--data", str(cifar_dir), *TINY, "--amp", "bf16", "--out", "runs/bf16")
+    e = run(capsys, "evaluate", "--bundle", "runs/bf16", "--data", str(cifar_dir))
+    assert e["accuracy"] == pytest.approx(r["accuracy"]) and e["loss"] == pytest.approx(r["loss"], rel=1e-5)

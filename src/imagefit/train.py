@@ -98,9 +98,22 @@ def make_loss(cfg: Config, weight: torch.Tensor | None = None):
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.optim.label_smoothing)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN has bfloat16 instructions on this CPU (AVX512-BF16 or AMX). Where it has them, bf16 autocast
+    trains the fast nets 1.4-1.7x faster than float32 (benchmarks/probes/step_speed.py, Zen 5); where it has not,
+    oneDNN emulates bfloat16 and runs slower than float32, so `--amp auto` stays in float32 there."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a PyTorch without these probes: assume emulation
+        return False
+
+
 def autocast_for(device: torch.device, amp: str):
-    """(context factory, GradScaler or None): bfloat16 autocast on CUDA by default, fp16 with a scaler."""
-    if amp == "no" or (amp == "auto" and device.type != "cuda"):
+    """(context factory, GradScaler or None): `auto` is bfloat16 on CUDA and on CPUs with native bfloat16
+    (cpu_has_native_bf16), float32 elsewhere; fp16 (CUDA only) comes with a gradient scaler."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()) else "no"
+    if amp == "no":
         return contextlib.nullcontext, None
     if amp == "fp16" and device.type != "cuda":
         raise ImagefitError("--amp fp16 needs a CUDA device; use --amp bf16 or --amp no on the CPU")
@@ -432,7 +445,7 @@ class Trainer:
         row = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1),
                "lr": self.optimizer.param_groups[0]["lr"]}
         if self.val_loader:
-            logits, labels = self._scores(self.val_loader)
+            logits, labels = self._scores(self.val_loader, autocast=self.autocast)
             row["val_loss"] = F.cross_entropy(logits, labels).item()
             row["val_accuracy"] = (logits.argmax(1) == labels).float().mean().item()
         if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -470,9 +483,11 @@ class Trainer:
 
     # -- the end -----------------------------------------------------------------------------------------------
 
-    def _scores(self, loader: Loader, tau: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scores(self, loader: Loader, tau: float | None = None, autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores in float32 unless an autocast is given: the figures a bundle records are the ones `evaluate`,
+        `predict` and `serve` reproduce from it; only the per-epoch validation runs in the training precision."""
         t = self.cfg.train
-        scores, labels = gather_logits(self.model, loader, self.autocast, t.tta, t.tta_average)
+        scores, labels = gather_logits(self.model, loader, autocast, t.tta, t.tta_average)
         return adjust(scores, self.log_prior, self.tau if tau is None else tau), labels
 
     def _choose_tau(self) -> None:
