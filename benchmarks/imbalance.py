@@ -50,7 +50,7 @@ def main() -> None:
         for i, name in enumerate(chosen):
             extra = REMEDIES[name]
             start = time.perf_counter()
-            argv = [sys.executable, "-m", "imagefit", "train", "--recipe", "fast", "--data", args.data,
+            argv = [sys.executable, "-m", "imagefit", "train", "--recipe", "fast-small", "--data", args.data,
                     "--imbalance", args.imbalance, "--seed", str(args.seed), "--tracking-uri", "none",
                     "--progress", "lines", "--out", f"{tmp}/{i}", *extra, "--json"]
             done = subprocess.run(argv, capture_output=True, text=True)

@@ -43,6 +43,20 @@ from imagefit.train import RunOptions, train  # noqa: E402
 TTA_VIEWS = {"none": 1, "flip": 2, "crops": 3, "flip+crops": 6}
 
 
+def cpu_description() -> str:
+    """The CPU this ran on, as the figures depend on it: model, family (26 = Zen 5), cores, native bfloat16."""
+    from imagefit.train import cpu_has_native_bf16
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return (f"{info.get('model name', platform.processor() or platform.machine())} family {info.get('cpu family', '?')}"
+            f", {torch.get_num_threads()} threads, native bf16 {'yes' if cpu_has_native_bf16() else 'no'}")
+
+
 def import_seconds() -> float:
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import imagefit.cli, imagefit.train"], check=True)
@@ -81,7 +95,7 @@ def recipe_config(spec: str) -> Config:
     return cfg
 
 
-def run_recipe(recipe: str, data: str, seed: int, startup: float) -> dict:
+def run_recipe(recipe: str, data: str, seed: int, startup: float, curve_tta: str | None) -> dict:
     cfg = recipe_config(recipe)
     cfg.data.data, cfg.train.seed = data, seed
     cfg.validate()
@@ -90,7 +104,7 @@ def run_recipe(recipe: str, data: str, seed: int, startup: float) -> dict:
     def held_out(trainer, row):
         t = time.perf_counter()
         steps.append(len(trainer.train_loader))
-        logits, labels = gather_logits(trainer.model, trainer.test_loader, tta=cfg.train.tta)
+        logits, labels = gather_logits(trainer.model, trainer.test_loader, tta=curve_tta or cfg.train.tta)
         seconds = t - start - off_clock[0] + startup
         curve.append([round(seconds, 1), (logits.argmax(1) == labels).float().mean().item()])
         off_clock[0] += time.perf_counter() - t
@@ -108,13 +122,13 @@ def run_recipe(recipe: str, data: str, seed: int, startup: float) -> dict:
             "eval_flops": eval_flops(model, result["n"], cfg.data.size, cfg.train.tta), "curve": curve}
 
 
-def run_anchor(name: str, data: str, seed: int) -> dict:
+def run_anchor(name: str, data: str, seed: int, curve_tta: str | None) -> dict:
     splits = load_splits(DataConfig(data=data, val_fraction=0.0), seed)
     curve, off_clock = [], [0.0]
 
     def held_out(model, epoch, seconds):
         t = time.perf_counter()
-        curve.append([round(seconds, 1), anchor_accuracy(model, splits, normalize_ref[0])])
+        curve.append([round(seconds, 1), anchor_accuracy(model, splits, normalize_ref[0], curve_tta or "flip+crops")])
         off_clock[0] += time.perf_counter() - t
 
     from imagefit.augment import Normalize
@@ -144,7 +158,7 @@ def summary(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def plot(runs: list[dict], path: Path) -> None:
+def plot(runs: list[dict], path: Path, curve_tta: str | None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -157,6 +171,8 @@ def plot(runs: list[dict], path: Path) -> None:
         ax.plot(xs, [100 * y for y in ys], "-o", color=c, ms=3, alpha=0.8, label=r["row"] if first else None)
         ax.plot([r["wall_s"]], [100 * r["accuracy"]], "*", color=c, ms=10)
     ax.set_xlabel("wall seconds (evaluation off the clock); ★ = end of run, final TTA test included")
+    if curve_tta:
+        ax.set_title(f"curve points with TTA '{curve_tta}', ★ with each run's own", fontsize=9)
     ax.set_ylabel("held-out accuracy, %")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -172,11 +188,13 @@ def main() -> None:
     p.add_argument("--anchors", default="airbench94-small", help=f"comma-separated: {', '.join(ANCHORS)} ('' for none)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and the PNG")
+    p.add_argument("--curve-tta", choices=tuple(TTA_VIEWS), help="views for the per-epoch curve points (default: "
+                   "each run's own TTA; 'none' makes them 6x cheaper on the real clock, the final point keeps it)")
     args = p.parse_args()
     keep_freed_memory()  # as `imagefit` does at start: every row, anchors included, on the same allocator
     startup = import_seconds()
-    print(f"interpreter start + imports: {startup:.1f} s; {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
+    cpu = cpu_description()
+    print(f"interpreter start + imports: {startup:.1f} s; {cpu}, torch {torch.__version__}", flush=True)
     recipes, anchors = args.recipes, list(filter(None, args.anchors.split(",")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,11 +203,12 @@ def main() -> None:
     runs = []
     for seed in range(args.seeds):  # seeds outermost: rows interleave, so machine drift hits all alike
         for kind, name in [("recipe", r) for r in recipes] + [("anchor", a) for a in anchors]:
-            runs.append(run_recipe(name, args.data, seed, startup) if kind == "recipe" else
-                        run_anchor(name, args.data, seed))
+            runs.append(run_recipe(name, args.data, seed, startup, args.curve_tta) if kind == "recipe" else
+                        run_anchor(name, args.data, seed, args.curve_tta))
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
-            stem.with_suffix(".json").write_text(json.dumps({"runs": runs, "summary": summary(runs)}, indent=1))
-    plot(runs, stem.with_suffix(".png"))
+            stem.with_suffix(".json").write_text(json.dumps({"runs": runs, "summary": summary(runs), "curve_tta": args.curve_tta,
+                                                              "cpu": cpu}, indent=1))
+    plot(runs, stem.with_suffix(".png"), args.curve_tta)
     print(f"\n{'row':>18} {'seeds':>5} {'held-out acc':>16} {'wall s':>8} {'PFLOP':>7} {'train GFLOP/s':>13}")
     for r in summary(runs):
         print(f"{r['row']:>18} {r['seeds']:>5} {100 * r['accuracy_mean']:9.2f} ± {100 * r['accuracy_std']:.2f} "

@@ -46,6 +46,18 @@ def test_shipped_recipes_are_valid():
         Config.from_dict(load_recipe(name), where=name).validate()
 
 
+def test_a_recipe_with_a_base_overrides_it_field_by_field(tmp_path):
+    (tmp_path / "variant.yaml").write_text("base: fast\ntrain: {epochs: 2}\nmodel: {model: fastnet-small}\n")
+    tree, fast = load_recipe(str(tmp_path / "variant.yaml")), load_recipe("fast")
+    assert tree["train"] == {**fast["train"], "epochs": 2} and tree["optim"] == fast["optim"]
+    assert tree["model"] == {**fast["model"], "model": "fastnet-small"} and tree["fixed"] == ["model"]
+    (tmp_path / "child.yaml").write_text("base: variant.yaml\ntrain: {epochs: 3}\n")  # a path, relative to it
+    assert load_recipe(str(tmp_path / "child.yaml"))["train"]["epochs"] == 3
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ImagefitError, match="is its own base"):
+        load_recipe(str(tmp_path / "loop.yaml"))
+
+
 def test_bad_yaml_is_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: {lr: [\n")

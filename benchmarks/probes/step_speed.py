@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 
 from imagefit.allocator import keep_freed_memory
-from imagefit.config import ModelConfig
 from imagefit.models import FastNet, count_params
 
 keep_freed_memory()

@@ -341,11 +341,16 @@ def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
-def load_recipe(name_or_path: str) -> dict:
+def load_recipe(name_or_path: str, _chain: tuple[str, ...] = ()) -> dict:
     """A recipe by name (shipped with imagefit) or by path to a YAML file, as `section: {field: value}`.
 
     A recipe's optional `fixed: [field, ...]` names the fields it is built around (its model, say): its rates and
-    schedule are tuned for them, so `check_fixed` refuses a command line that changes them."""
+    schedule are tuned for them, so `check_fixed` refuses a command line that changes them. An optional
+    `base: NAME` starts from another recipe (a name, or a path relative to this file) and overrides it field by
+    field, so a variant states only what differs."""
+    if name_or_path in _chain:
+        raise ImagefitError(f"recipe {name_or_path} is its own base ({' -> '.join([*_chain, name_or_path])}); "
+                            f"remove one of the base: lines")
     path = Path(name_or_path)
     if not path.suffix:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
@@ -360,7 +365,15 @@ def load_recipe(name_or_path: str) -> dict:
     except yaml.YAMLError as e:
         raise ImagefitError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
     tree.pop("description", None)
-    return tree
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    merged = load_recipe(str(base) if not Path(str(base)).suffix else str(path.parent / str(base)),
+                         (*_chain, name_or_path))
+    for key, value in tree.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = {**merged[key], **value} if both else value
+    return merged
 
 
 def check_fixed(recipe: str, tree: dict, given: dict[str, Any]) -> None:

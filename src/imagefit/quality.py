@@ -224,7 +224,7 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
     return result
 
 
-def classification_accuracy_score(synthetic: str, data: str | None, out, *, recipe: str = "fast",
+def classification_accuracy_score(synthetic: str, data: str | None, out, *, recipe: str = "fast-small",
                                   tracking_uri: str | None = None, epochs: int = 0) -> dict:
     """CAS: a fresh classifier (the `recipe`'s) trained on the synthetic tree only, normalized by its statistics,
     tested on the real test split of `data`."""
