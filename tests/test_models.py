@@ -63,3 +63,25 @@ def test_fastnet_widths_are_configurable_with_three_groups():
     cfg.model.model, cfg.model.widths = "fastnet", [32, 64]
     with pytest.raises(ImagefitError, match="names its three conv groups"):
         cfg.validate()
+
+
+def test_fastnet_res_is_built_of_torchvision_basic_blocks_under_the_challenge_budget():
+    from torchvision.models.resnet import BasicBlock
+
+    from imagefit.config import Config
+    model = create_model(10, ModelConfig(model="fastnet-res", max_params=5_000_000))
+    assert count_params(model) <= 5_000_000
+    assert [len(g.blocks) for g in model.layers[:3]] == [1, 1, 1]
+    assert all(isinstance(b, BasicBlock) and not b.bn1.weight.requires_grad for g in model.layers[:3] for b in g.blocks)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    deeper = create_model(10, ModelConfig(model="fastnet-res", blocks=[1, 2, 1], widths=[32, 64, 96]))
+    assert [len(g.blocks) for g in deeper.layers[:3]] == [1, 2, 1] and deeper.fc.in_features == 96
+    with pytest.raises(ImagefitError, match="over --max-params 1,000,000"):
+        create_model(10, ModelConfig(model="fastnet-res", max_params=1_000_000))
+    cfg = Config()
+    cfg.model.model, cfg.model.blocks = "fastnet-res", [1, 0, 1]
+    with pytest.raises(ImagefitError, match="each at least 1"):
+        cfg.validate()
+    cfg.model.model, cfg.model.blocks = "fastnet", [1, 1, 1]
+    with pytest.raises(ImagefitError, match="--blocks does not apply to --model fastnet"):
+        cfg.validate()

@@ -88,7 +88,8 @@ class ModelConfig:
     stem: str = opt("cifar", "first layers: cifar (3x3 stride 1, no max-pool) or imagenet (torchvision's)",
                     choices=("cifar", "imagenet"))
     dropout: float = opt(0.0, "dropout before the classifier head", low=0.0, high=0.95)
-    blocks: list[int] = opt([2, 2, 2, 2], "configurable resnet: residual blocks per stage")
+    blocks: list[int] = opt([2, 2, 2, 2], "configurable resnet: residual blocks per stage; fastnet-res: basic "
+                                          "blocks in each of its three groups (its own 1,1,1 unless given)")
     widths: list[int] = opt([64, 128, 256, 512], "configurable resnet: channels per stage; fastnet models: "
                                                  "channels of the three conv groups (default: the model's own)")
     max_params: int = opt(0, "refuse a model with more parameters than this (0: no limit)", low=0)
@@ -244,7 +245,7 @@ class Config:
         check_name(self.model.model)
         m, defaults = self.model, ModelConfig()
         fastnet = m.model.startswith("fastnet")
-        ignored = {"blocks": m.model != "resnet", "widths": m.model != "resnet" and not fastnet,
+        ignored = {"blocks": m.model not in ("resnet", "fastnet-res"), "widths": m.model != "resnet" and not fastnet,
                    "whiten_bias_epochs": not fastnet,
                    "stem": fastnet}
         for name, ignores in ignored.items():
@@ -259,6 +260,9 @@ class Config:
         if fastnet and m.widths != defaults.widths and len(m.widths) != 3:
             raise ImagefitError(f"--widths for --model {m.model} names its three conv groups, e.g. 32,64,128 "
                                 f"(got {len(m.widths)} numbers)")
+        if m.model == "fastnet-res" and m.blocks != defaults.blocks and (len(m.blocks) != 3 or min(m.blocks) < 1):
+            raise ImagefitError(f"--blocks for --model fastnet-res names the basic blocks of its three groups, "
+                                f"each at least 1, e.g. 1,1,1 (got {','.join(map(str, m.blocks))})")
         if self.model.model == "resnet" and len(self.model.blocks) != len(self.model.widths):
             raise ImagefitError(f"--blocks ({len(self.model.blocks)} stages) and --widths "
                                 f"({len(self.model.widths)} stages) must name the same number of stages")

@@ -209,19 +209,28 @@ def _configurable(num_classes: int, cfg: ModelConfig) -> nn.Module:
 # ---------------------------------------------------------------------------------------------- fast net
 
 class ConvGroup(nn.Module):
-    """conv 3×3 → max-pool 2 → BN → GELU → conv 3×3 → BN → GELU (airbench's block)."""
+    """conv 3×3 → max-pool 2 → BN → GELU → conv 3×3 → BN → GELU (airbench's block); with `residual_blocks`, the
+    second conv is replaced by that many torchvision BasicBlocks (conv-BN-ReLU-conv-BN plus the identity, ReLU),
+    their BatchNorm scales frozen like the rest (airbench96's group is this with one block)."""
 
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, residual_blocks: int = 0):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
         self.pool = nn.MaxPool2d(2)
         self.bn1 = _frozen_scale_bn(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = _frozen_scale_bn(cout)
         self.act = nn.GELU()
+        if residual_blocks:
+            block = _basic_block()
+            self.blocks = nn.Sequential(*[block(cout, cout, norm_layer=_frozen_scale_bn)
+                                          for _ in range(residual_blocks)])
+        else:
+            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+            self.bn2 = _frozen_scale_bn(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.bn1(self.pool(self.conv1(x))))
+        if hasattr(self, "blocks"):
+            return self.blocks(x)
         return self.act(self.bn2(self.conv2(x)))
 
 
@@ -249,21 +258,21 @@ class FastNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, widths: tuple[int, int, int], dropout: float = 0.0,
-                 whiten_bias_epochs: int = 3):
+                 whiten_bias_epochs: int = 3, residual_blocks: tuple[int, int, int] = (0, 0, 0)):
         super().__init__()
         self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
         self.whiten_bias_epochs = whiten_bias_epochs
         self.act = nn.GELU()
-        self.layers = nn.Sequential(ConvGroup(24, widths[0]), ConvGroup(widths[0], widths[1]),
-                                    ConvGroup(widths[1], widths[2]), nn.AdaptiveMaxPool2d(1))  # 3×3 at 32 px
+        cins = (24, *widths[:2])
+        self.layers = nn.Sequential(*[ConvGroup(cin, cout, n) for cin, cout, n in zip(cins, widths, residual_blocks)],
+                                    nn.AdaptiveMaxPool2d(1))  # 3×3 at 32 px
         self.fc = nn.Linear(widths[2], num_classes, bias=False)
         if dropout > 0:
             self.fc = nn.Sequential(nn.Dropout(dropout), self.fc)
         for m in self.modules():
-            if isinstance(m, ConvGroup):
-                for conv in (m.conv1, m.conv2):
-                    nn.init.dirac_(conv.weight.data[: conv.in_channels])
+            if isinstance(m, nn.Conv2d) and m is not self.whiten:
+                nn.init.dirac_(m.weight.data[: m.in_channels])
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
@@ -284,12 +293,17 @@ class FastNet(nn.Module):
         return self.fc(torch.flatten(x, 1)) / 9
 
 
-def _fastnet(widths: tuple[int, int, int]):
+def _fastnet(widths: tuple[int, int, int], blocks: tuple[int, int, int] = (0, 0, 0)):
     def build(num_classes: int, cfg: ModelConfig) -> nn.Module:
-        own = tuple(cfg.widths) if cfg.widths != ModelConfig().widths else widths  # --widths, when given
-        return FastNet(num_classes, own, cfg.dropout, cfg.whiten_bias_epochs)
+        defaults = ModelConfig()
+        own = tuple(cfg.widths) if cfg.widths != defaults.widths else widths  # --widths, when given
+        residual = tuple(cfg.blocks) if cfg.blocks != defaults.blocks else blocks  # --blocks, when given
+        return FastNet(num_classes, own, cfg.dropout, cfg.whiten_bias_epochs, residual)
     return build
 
 
 register("fastnet")(_fastnet((64, 256, 256)))  # airbench94's widths
 register("fastnet-small")(_fastnet((32, 64, 128)))
+# The ResNet challenge's net (issue 3: a residual network of torchvision basic blocks, at most 5M parameters):
+# airbench96's shape, one basic block after each group's conv and pool, at widths that fit the budget (4.63M).
+register("fastnet-res")(_fastnet((96, 256, 352), (1, 1, 1)))
