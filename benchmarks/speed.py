@@ -128,7 +128,8 @@ def run_anchor(name: str, data: str, seed: int, curve_tta: str | None) -> dict:
 
     def held_out(model, epoch, seconds):
         t = time.perf_counter()
-        curve.append([round(seconds, 1), anchor_accuracy(model, splits, normalize_ref[0], curve_tta or "flip+crops")])
+        accuracy = anchor_accuracy(model, splits, normalize_ref[0], curve_tta or "flip+crops")
+        curve.append([round(seconds, 1), accuracy])
         off_clock[0] += time.perf_counter() - t
 
     from imagefit.augment import Normalize
@@ -206,8 +207,8 @@ def main() -> None:
             runs.append(run_recipe(name, args.data, seed, startup, args.curve_tta) if kind == "recipe" else
                         run_anchor(name, args.data, seed, args.curve_tta))
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
-            stem.with_suffix(".json").write_text(json.dumps({"runs": runs, "summary": summary(runs), "curve_tta": args.curve_tta,
-                                                              "cpu": cpu}, indent=1))
+            record = {"runs": runs, "summary": summary(runs), "curve_tta": args.curve_tta, "cpu": cpu}
+            stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
     plot(runs, stem.with_suffix(".png"), args.curve_tta)
     print(f"\n{'row':>18} {'seeds':>5} {'held-out acc':>16} {'wall s':>8} {'PFLOP':>7} {'train GFLOP/s':>13}")
     for r in summary(runs):

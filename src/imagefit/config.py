@@ -169,8 +169,8 @@ class TrainConfig:
                               "as one process would (off: each rank's own share)")
     channels_last: str = opt("auto", "channels_last memory layout (auto: on; 10-17%% faster than contiguous for "
                                      "ResNets on a CPU here, benchmarks/RESULTS.md)", choices=("auto", "yes", "no"))
-    amp: str = opt("auto", "mixed precision (auto: bfloat16 on CUDA and on CPUs with native bfloat16, AVX512-BF16 or AMX; "
-                                  "float32 elsewhere)", choices=("auto", "bf16", "fp16", "no"))
+    amp: str = opt("auto", "mixed precision (auto: bfloat16 on CUDA and on CPUs with native bfloat16, AVX512-BF16 "
+                           "or AMX; float32 elsewhere)", choices=("auto", "bf16", "fp16", "no"))
     threads: int = opt(0, "CPU threads for torch (0: torch's default)", low=0, high=1024)
 
 

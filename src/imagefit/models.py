@@ -265,8 +265,8 @@ class FastNet(nn.Module):
         self.whiten_bias_epochs = whiten_bias_epochs
         self.act = nn.GELU()
         cins = (24, *widths[:2])
-        self.layers = nn.Sequential(*[ConvGroup(cin, cout, n) for cin, cout, n in zip(cins, widths, residual_blocks)],
-                                    nn.AdaptiveMaxPool2d(1))  # 3×3 at 32 px
+        groups = [ConvGroup(cin, cout, n) for cin, cout, n in zip(cins, widths, residual_blocks)]
+        self.layers = nn.Sequential(*groups, nn.AdaptiveMaxPool2d(1))  # 3×3 at 32 px
         self.fc = nn.Linear(widths[2], num_classes, bias=False)
         if dropout > 0:
             self.fc = nn.Sequential(nn.Dropout(dropout), self.fc)
