@@ -76,3 +76,13 @@ def test_train_help_lists_every_option_with_its_default(capsys, monkeypatch):
     for text in ("--weight-decay", "(default: 0.0005)", "--label-smoothing", "--resume", "--max-params",
                  "--no-flip", "[onecycle|triangle|cosine|cyclic|step|plateau|constant]"):
         assert text in out, text
+
+
+def test_the_challenge_recipe_keeps_its_parameter_budget():
+    from imagefit.config import check_fixed
+    from imagefit.models import count_params, create_model
+    tree = load_recipe("challenge")
+    cfg = Config.from_dict(tree, where="challenge")
+    assert cfg.model.max_params == 5_000_000 and count_params(create_model(10, cfg.model)) <= 5_000_000
+    with pytest.raises(ImagefitError, match="cannot honour --max-params 6000000"):
+        check_fixed("challenge", tree, {"max_params": 6_000_000})
