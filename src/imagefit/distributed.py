@@ -130,7 +130,11 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x):
         if not self.training or not dist.is_initialized():
             return super().forward(x)
-        y, mean, var = _GlobalBatchNorm.apply(x, self.weight, self.bias, self.eps)
+        # Under bfloat16 autocast the input arrives in bfloat16 while the parameters stay float32; PyTorch's
+        # BatchNorm takes the mix, the fused kernels below do not: normalize in float32, hand back the input's dtype.
+        dtype = x.dtype
+        y, mean, var = _GlobalBatchNorm.apply(x.to(self.running_mean.dtype), self.weight, self.bias, self.eps)
+        y = y.to(dtype)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
