@@ -28,8 +28,8 @@ from pathlib import Path
 
 def _train(args, tmp: str, extra: list[str], seed: int) -> dict:
     out = f"{tmp}/{time.monotonic_ns()}"
-    argv = [sys.executable, "-m", "imagefit", "train", "--recipe", "fast-small", "--data", args.data, "--seed", str(seed),
-            "--tracking-uri", "none", "--progress", "lines", "--out", out, *extra, "--json"]
+    argv = [sys.executable, "-m", "imagefit", "train", "--recipe", "fast-small", "--data", args.data,
+            "--seed", str(seed), "--tracking-uri", "none", "--progress", "lines", "--out", out, *extra, "--json"]
     if args.per_class:
         argv += ["--per-class", str(args.per_class)]
     if args.epochs:

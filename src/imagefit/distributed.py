@@ -132,9 +132,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         # Under bfloat16 autocast the input arrives in bfloat16 while the parameters stay float32; PyTorch's
         # BatchNorm takes the mix, the fused kernels below do not: normalize in float32, hand back the input's dtype.
-        dtype = x.dtype
-        y, mean, var = _GlobalBatchNorm.apply(x.to(self.running_mean.dtype), self.weight, self.bias, self.eps)
-        y = y.to(dtype)
+        y, mean, var = _GlobalBatchNorm.apply(x.to(torch.promote_types(x.dtype, torch.float32)), self.weight,
+                                              self.bias, self.eps)
+        y = y.to(x.dtype)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1

@@ -219,7 +219,8 @@ class ConvGroup(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.bn1 = _frozen_scale_bn(cout)
         self.act = nn.GELU()
-        if residual_blocks:
+        self.residual = residual_blocks > 0
+        if self.residual:
             block = _basic_block()
             self.blocks = nn.Sequential(*[block(cout, cout, norm_layer=_frozen_scale_bn)
                                           for _ in range(residual_blocks)])
@@ -229,7 +230,7 @@ class ConvGroup(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.bn1(self.pool(self.conv1(x))))
-        if hasattr(self, "blocks"):
+        if self.residual:
             return self.blocks(x)
         return self.act(self.bn2(self.conv2(x)))
 
