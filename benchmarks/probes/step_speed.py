@@ -1,7 +1,9 @@
 """Probe: training-step speed of the fast nets on this CPU, float32 against bfloat16 autocast, per width and batch
 (channels_last, 32 px, whitening bias frozen). Rounds interleave the variants so ratios come from one run.
 
-    python benchmarks/probes/step_speed.py [ROUNDS] [WIDTHS ...]     e.g. 3 32,64,128 64,256,256
+    python benchmarks/probes/step_speed.py [ROUNDS] [WIDTHS[:BLOCKS] ...]     e.g. 3 32,64,128 96,256,352:1,1,1
+
+BLOCKS: residual BasicBlocks per group (fastnet-res is 96,256,352:1,1,1); none by default.
 
 `step_medians` is the harness the other step probes share (activation_step.py).
 """
@@ -46,11 +48,15 @@ if __name__ == "__main__":
     keep_freed_memory()
     torch.manual_seed(0)
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    widths = [tuple(int(w) for w in s.split(",")) for s in sys.argv[2:]] or [(32, 64, 128), (64, 256, 256)]
-    variants = {(w, batch, dtype): setup(FastNet(10, w), batch)
-                for w in widths for batch in (250, 500) for dtype in ("fp32", "bf16")}
+    specs = sys.argv[2:] or ["32,64,128", "64,256,256"]
+    nets = {}
+    for spec in specs:
+        w, _, b = spec.partition(":")
+        nets[spec] = (tuple(int(x) for x in w.split(",")), tuple(int(x) for x in b.split(",")) if b else (0, 0, 0))
+    variants = {(w, batch, dtype): setup(FastNet(10, nets[w][0], residual_blocks=nets[w][1]), batch)
+                for w in specs for batch in (250, 500) for dtype in ("fp32", "bf16")}
     med = step_medians(variants, rounds, bf16=lambda k: k[2] == "bf16")
     for (w, batch, dtype), t in med.items():
         n = count_params(variants[(w, batch, dtype)][0])
-        print(f"widths {w!s:15s} ({n / 1e6:.2f}M) batch {batch:4d} {dtype}: {t * 1000:7.0f} ms/step "
+        print(f"widths {w:18s} ({n / 1e6:.2f}M) batch {batch:4d} {dtype}: {t * 1000:7.0f} ms/step "
               f"{batch / t:6.0f} img/s  {med[(w, batch, 'fp32')] / t:.2f}x fp32")

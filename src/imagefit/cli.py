@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-checkpoint", action="store_true", help="also the FID of every kept checkpoint, plotted")
     p.add_argument("--cas", action="store_true", help="also the Classification Accuracy Score (trains a classifier "
                                                       "on --synthetic, tests on --data's test split)")
-    p.add_argument("--cas-recipe", default="fast-small", help="recipe of the CAS classifier (default: fast-small)")
+    p.add_argument("--cas-recipe", help="recipe of the CAS classifier (default: quality.CAS_RECIPE, fast-small)")
     p.add_argument("--cas-epochs", type=int, default=0, help="its epochs (0: the recipe's)")
     _add_tracking(p)
     p.add_argument("--seed", type=int, default=0)
