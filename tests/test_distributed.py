@@ -48,18 +48,19 @@ def _batchnorm(rows: list[int]):
     return bn, x, torch.randn_like(x)
 
 
-LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last,
-           "channels_last+bf16": torch.channels_last}  # the last with a bfloat16 input, as under CPU autocast
+# name -> (memory layout, input dtype); the bfloat16 case is what CPU autocast hands a BatchNorm
+CASES = {"contiguous": (torch.contiguous_format, torch.float32), "channels_last": (torch.channels_last, torch.float32),
+         "channels_last+bf16": (torch.channels_last, torch.bfloat16)}
 
 
-def _global_batchnorm_rank(rank: int, port: int, rows: list[int], layout: str, out: str):
+def _global_batchnorm_rank(rank: int, port: int, rows: list[int], case: str, out: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=len(rows))
     bn, x, w = _batchnorm(rows)
     sync_batchnorm(bn, cuda=False)
     start = sum(rows[:rank])
-    part = x[start:start + rows[rank]].contiguous(memory_format=LAYOUTS[layout])
-    part = (part.bfloat16() if layout.endswith("bf16") else part).requires_grad_()
+    layout, dtype = CASES[case]
+    part = x[start:start + rows[rank]].contiguous(memory_format=layout).to(dtype).requires_grad_()
     y = bn(part)
     (y * w[start:start + rows[rank]]).sum().backward()
     torch.save({"y": y.detach(), "dx": part.grad, "dw": bn.weight.grad, "db": bn.bias.grad,
@@ -67,19 +68,19 @@ def _global_batchnorm_rank(rank: int, port: int, rows: list[int], layout: str, o
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_global_batchnorm_matches_one_process(tmp_path, layout):
+@pytest.mark.parametrize("case", CASES)
+def test_global_batchnorm_matches_one_process(tmp_path, case):
     """Ranks holding 5 and 3 images of a batch get the outputs, input gradients, summed parameter gradients and
     running statistics of one BatchNorm over all 8 (per-rank statistics would not: the two halves differ)."""
     rows = [5, 3]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_global_batchnorm_rank, args=(port, rows, layout, str(tmp_path)), nprocs=2,
+    mp.start_processes(_global_batchnorm_rank, args=(port, rows, case, str(tmp_path)), nprocs=2,
                        start_method="spawn")
     ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
     bn, x, w = _batchnorm(rows)
-    x = (x.bfloat16() if layout.endswith("bf16") else x).requires_grad_()
+    x = x.to(CASES[case][1]).requires_grad_()
     y = bn(x)
     (y * w).sum().backward()
     close = dict(rtol=1e-4, atol=1e-5) if x.dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)

@@ -44,16 +44,18 @@ def step_medians(variants: dict, rounds: int, bf16=lambda key: False) -> dict:
     return {k: sorted(ts)[len(ts) // 2] for k, ts in times.items()}
 
 
+def fastnet(spec: str) -> FastNet:
+    """A FastNet from 'WIDTHS[:BLOCKS]', e.g. '96,256,352:1,1,1'."""
+    widths, blocks = (tuple(int(v) for v in part.split(",")) for part in (spec.split(":") + ["0,0,0"])[:2])
+    return FastNet(10, widths, residual_blocks=blocks)
+
+
 if __name__ == "__main__":
     keep_freed_memory()
     torch.manual_seed(0)
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     specs = sys.argv[2:] or ["32,64,128", "64,256,256"]
-    nets = {}
-    for spec in specs:
-        w, _, b = spec.partition(":")
-        nets[spec] = (tuple(int(x) for x in w.split(",")), tuple(int(x) for x in b.split(",")) if b else (0, 0, 0))
-    variants = {(w, batch, dtype): setup(FastNet(10, nets[w][0], residual_blocks=nets[w][1]), batch)
+    variants = {(w, batch, dtype): setup(fastnet(w), batch)
                 for w in specs for batch in (250, 500) for dtype in ("fp32", "bf16")}
     med = step_medians(variants, rounds, bf16=lambda k: k[2] == "bf16")
     for (w, batch, dtype), t in med.items():
