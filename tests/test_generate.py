@@ -38,6 +38,13 @@ def test_train_resume_and_sample(capsys, cifar_dir):
         "--batch-size", "4", "--tracking-uri", "none", "--out", "runs/syn")
 
 
+def test_ema_warms_up_to_its_decay():
+    from imagefit.generate import ema_decay
+    decays = [ema_decay(0.999, step) for step in range(20000)]
+    assert decays[0] == 0.1 and decays == sorted(decays)  # the first average is mostly the new weights
+    assert decays[8000] < 0.999 and decays[-1] == 0.999
+
+
 def test_bad_generator_options(capsys, cifar_dir):
     run(capsys, *TRAIN, "--data", str(cifar_dir), "--steps", "1", "--out", "gen/g")
     assert "--guidance must be between 0 and 20" in fails(capsys, "generate", "sample", "--model", "gen/g",
@@ -157,6 +164,15 @@ def test_quality_scores_and_cas(capsys, cifar_dir, tmp_path):
             "--steps", "2", "--per-checkpoint")
     assert [row["step"] for row in r["per_checkpoint"]] == [2, 4] and os.path.exists("gen/g/fid-per-step.png")
     assert r["fid"] == r["per_checkpoint"][-1]["fid"]  # the last snapshot is the final EMA weights
+    # a generator trained at 16 px is scored at the classifier's 32 px, its images scaled up
+    run(capsys, *TRAIN, *data, "--size", "16", "--out", "gen/g16")
+    from imagefit.generate import draw, load_generator
+    unet16, cfg16 = load_generator("gen/g16")
+    assert cfg16.size == 16 and draw(unet16, cfg16, torch.tensor([0]), steps=2).shape[-1] == 16
+    r16 = run(capsys, "generate", "eval", "--model", "gen/g16", *data, "--classifier", "runs/clf", "--per-class",
+              "4", "--steps", "2")
+    assert r16["fid"] >= 0 and r16["fake_images"] == 12
+    assert "--size must be 8 or more" in fails(capsys, *TRAIN, *data, "--size", "4", "--out", "gen/g4")
 
     syn = tmp_path / "syn" / "train"
     for i, (img, label) in enumerate(zip(real.images, real.labels)):

@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=("tiny", "small", "base"), default="small",
                    help="network size: tiny (tests), small (CPU-hours), base (the DDPM paper's, for GPUs)")
     p.add_argument("--classes", help="only these classes (comma-separated names)")
+    p.add_argument("--size", type=int, default=32, help="image side the generator learns and makes, in pixels; the "
+                   "training images are resized to it (default: 32)")
     p.add_argument("--steps", type=int, default=20000, help="optimizer steps in all (default: 20000)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -455,10 +457,10 @@ def _generate(args) -> dict:
     from .data import ImageSet, load_splits
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else []
     for name, value, low in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
-                             ("--checkpoint-every", args.checkpoint_every, 1)):
+                             ("--checkpoint-every", args.checkpoint_every, 1), ("--size", args.size, 8)):
         if value < low:
             raise ImagefitError(f"{name} must be {low} or more (got {value})")
-    data = load_splits(DataConfig(data=args.data, val_fraction=0.0, classes=classes), args.seed)
+    data = load_splits(DataConfig(data=args.data, val_fraction=0.0, classes=classes, size=args.size), args.seed)
     if not isinstance(data.train, ImageSet):
         raise ImagefitError(f"{data.source} is streamed from disk; 'generate train' needs it in memory")
     common = dict(preset=args.preset, size=data.train.images.shape[-1], classes=tuple(data.classes), steps=args.steps,

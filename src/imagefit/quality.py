@@ -130,15 +130,22 @@ def scores(real: torch.Tensor, fake: torch.Tensor, bundle=None, features: str = 
 
 
 def _real_train(data: str | None, classes: tuple, size: int):
+    """The real training images of `classes`, resized to `size` as training would resize them."""
     from .config import DataConfig
     from .data import ImageSet, align_classes, load_splits
-    splits = load_splits(DataConfig(data=data, val_fraction=0.0, classes=list(classes)), 0)
+    splits = load_splits(DataConfig(data=data, val_fraction=0.0, classes=list(classes), size=size), 0)
     if not isinstance(splits.train, ImageSet):
         raise ImagefitError(f"{splits.source} is streamed from disk; generator metrics need it in memory")
-    if splits.train.images.shape[-1] != size:
-        raise ImagefitError(f"the generator makes {size} px images and {splits.source} holds "
-                            f"{splits.train.images.shape[-1]} px ones; compare like with like")
     return align_classes(splits.train, list(classes)), splits.source
+
+
+def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images at `size` px: a generator trained smaller (`generate train --size 16`) is scored the way its
+    images are used, scaled up (bilinear) to the classifier's size, against real images at that size."""
+    if images.shape[-1] == size:
+        return images
+    up = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return up.round().clamp(0, 255).to(torch.uint8)
 
 
 def _draw_set(model, cfg, per_class: int, steps: int, guidance: float, seed: int, batch: int = 250):
@@ -184,6 +191,7 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
         if missing:
             raise ImagefitError(f"the classifier {bundle.path} has no class {', '.join(missing)}; use one trained "
                                 f"on the generator's classes")
+    size = bundle.preprocessing["size"] if bundle is not None else size  # what the features network takes
     real, source = _real_train(data, classes, size)
     if len(real) > real_limit:
         real = real.subset(torch.randperm(len(real), generator=choice_generator(seed, 19))[:real_limit])
@@ -194,6 +202,7 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
     start = time.perf_counter()
     if model is not None:
         fake, labels = _draw_set(gen, cfg, per_class, steps, guidance, seed)
+        fake = _resized(fake, size)
     else:
         fake, labels = syn.images, syn.labels
     seconds = time.perf_counter() - start
@@ -212,7 +221,7 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
         for step, path in snapshots(model):
             snap, _ = load_generator(model, path)
             images, snap_labels = _draw_set(snap, cfg, per_class, steps, guidance, seed)
-            r = scorer.score(images, order[snap_labels])
+            r = scorer.score(_resized(images, size), order[snap_labels])
             rows.append({"step": step, **{k: r[k] for k in ("fid", "kid", "inception_score", "features")},
                          **({"label_accuracy": r["label_accuracy"]} if "label_accuracy" in r else {})})
             log(f"step {step}: FID {r['fid']:.2f}")
