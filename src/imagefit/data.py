@@ -513,12 +513,18 @@ def per_class_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return torch.cat(keep).sort().values
 
 
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 N×3×H×W images at `size`×`size` (bilinear, antialiased when shrinking)."""
+    import torch.nn.functional as F
+    if images.shape[-2:] == (size, size):
+        return images
+    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
 def resize_set(data: ImageSet, cfg: DataConfig) -> ImageSet:
     """Resize an in-memory set (e.g. CIFAR-10 to 64 px) with the same rule as files."""
-    import torch.nn.functional as F
-    x = F.interpolate(data.images.float(), size=(cfg.size, cfg.size), mode="bilinear", antialias=True,
-                      align_corners=False)
-    return ImageSet(x.round().clamp(0, 255).to(torch.uint8), data.labels, data.classes, data.source)
+    return ImageSet(resize_images(data.images, cfg.size), data.labels, data.classes, data.source)
 
 
 def load_test_split(cfg: DataConfig) -> ImageSet | FileSet:

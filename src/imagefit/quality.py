@@ -139,15 +139,6 @@ def _real_train(data: str | None, classes: tuple, size: int):
     return align_classes(splits.train, list(classes)), splits.source
 
 
-def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 images at `size` px: a generator trained smaller (`generate train --size 16`) is scored the way its
-    images are used, scaled up (bilinear) to the classifier's size, against real images at that size."""
-    if images.shape[-1] == size:
-        return images
-    up = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
-    return up.round().clamp(0, 255).to(torch.uint8)
-
-
 def _draw_set(model, cfg, per_class: int, steps: int, guidance: float, seed: int, batch: int = 250):
     from .data import choice_generator
     from .generate import draw
@@ -168,7 +159,7 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
 
     from . import plots
     from .bundle import load_bundle
-    from .data import choice_generator
+    from .data import choice_generator, resize_images
     from .files import atomic_write_text
     from .generate import check_options, load_generator, snapshots
 
@@ -202,7 +193,7 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
     start = time.perf_counter()
     if model is not None:
         fake, labels = _draw_set(gen, cfg, per_class, steps, guidance, seed)
-        fake = _resized(fake, size)
+        fake = resize_images(fake, size)  # a generator trained smaller (--size 16) is scored scaled up, as used
     else:
         fake, labels = syn.images, syn.labels
     seconds = time.perf_counter() - start
@@ -221,7 +212,7 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
         for step, path in snapshots(model):
             snap, _ = load_generator(model, path)
             images, snap_labels = _draw_set(snap, cfg, per_class, steps, guidance, seed)
-            r = scorer.score(_resized(images, size), order[snap_labels])
+            r = scorer.score(resize_images(images, size), order[snap_labels])
             rows.append({"step": step, **{k: r[k] for k in ("fid", "kid", "inception_score", "features")},
                          **({"label_accuracy": r["label_accuracy"]} if "label_accuracy" in r else {})})
             log(f"step {step}: FID {r['fid']:.2f}")
