@@ -139,13 +139,15 @@ def _real_train(data: str | None, classes: tuple, size: int):
     return align_classes(splits.train, list(classes)), splits.source
 
 
-def _draw_set(model, cfg, per_class: int, steps: int, guidance: float, seed: int, batch: int = 250):
-    from .data import choice_generator
+def _draw_set(model, cfg, per_class: int, steps: int, guidance: float, seed: int, size: int, batch: int = 250):
+    """per_class images of every class, at `size` px: a generator trained smaller (--size 16) is scored scaled up,
+    the way its images are used."""
+    from .data import choice_generator, resize_images
     from .generate import draw
     labels = torch.arange(len(cfg.classes)).repeat_interleave(per_class)
     parts = [draw(model, cfg, labels[i:i + batch], steps=steps, guidance=guidance,
                   generator=choice_generator(seed, i, 17)) for i in range(0, len(labels), batch)]
-    return torch.cat(parts), labels
+    return resize_images(torch.cat(parts), size), labels
 
 
 def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | None, classifier: str | None,
@@ -159,7 +161,7 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
 
     from . import plots
     from .bundle import load_bundle
-    from .data import choice_generator, resize_images
+    from .data import choice_generator
     from .files import atomic_write_text
     from .generate import check_options, load_generator, snapshots
 
@@ -182,8 +184,8 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
         if missing:
             raise ImagefitError(f"the classifier {bundle.path} has no class {', '.join(missing)}; use one trained "
                                 f"on the generator's classes")
-    size = bundle.preprocessing["size"] if bundle is not None else size  # what the features network takes
-    real, source = _real_train(data, classes, size)
+    score_size = bundle.preprocessing["size"] if bundle is not None else size  # what the features network takes
+    real, source = _real_train(data, classes, score_size)
     if len(real) > real_limit:
         real = real.subset(torch.randperm(len(real), generator=choice_generator(seed, 19))[:real_limit])
     if bundle is not None and list(classes) != list(bundle.classes):
@@ -192,8 +194,7 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
         order = torch.arange(len(classes))
     start = time.perf_counter()
     if model is not None:
-        fake, labels = _draw_set(gen, cfg, per_class, steps, guidance, seed)
-        fake = resize_images(fake, size)  # a generator trained smaller (--size 16) is scored scaled up, as used
+        fake, labels = _draw_set(gen, cfg, per_class, steps, guidance, seed, score_size)
     else:
         fake, labels = syn.images, syn.labels
     seconds = time.perf_counter() - start
@@ -211,8 +212,8 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
         rows = []
         for step, path in snapshots(model):
             snap, _ = load_generator(model, path)
-            images, snap_labels = _draw_set(snap, cfg, per_class, steps, guidance, seed)
-            r = scorer.score(resize_images(images, size), order[snap_labels])
+            images, snap_labels = _draw_set(snap, cfg, per_class, steps, guidance, seed, score_size)
+            r = scorer.score(images, order[snap_labels])
             rows.append({"step": step, **{k: r[k] for k in ("fid", "kid", "inception_score", "features")},
                          **({"label_accuracy": r["label_accuracy"]} if "label_accuracy" in r else {})})
             log(f"step {step}: FID {r['fid']:.2f}")
