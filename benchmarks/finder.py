@@ -56,8 +56,10 @@ def one_run(args, lr) -> dict:
            "seconds": round(time.perf_counter() - start, 1)}
     if found:
         row.update(finder_s=round(finder_s, 1), valley=found.valley, minimum_10=found.minimum_10,
-                   steps=len(found.lrs), stopped=found.stopped)
+                   steps=len(found.lrs), stopped=found.stopped, warning=found.warning)
     print(json.dumps(row), flush=True)
+    if found:
+        row["curve"] = {"lrs": found.lrs, "losses": found.losses}  # kept in the JSON, to re-read the rules on it
     return row
 
 

@@ -8,7 +8,8 @@ vehicles: airplane, automobile, ship, truck, so horse, the sixth animal, complet
 training images each. Each arm is one `imagefit` command, as a user would type it, and all are scored on the
 target classes' held-out images:
 
-- scratch: the target images alone, rate from the range test (--lr auto);
+- scratch: the target images alone, rate from the range test (--lr auto), and at each rate of --scratch-lrs: the
+  bar is measured against the best of these, so a poor finder pick cannot flatter fine-tuning;
 - fine-tune: `imagefit fine-tune --init-from SOURCE` (head, then all layers at discriminative rates, each rate
   from the range test);
 - probe: `imagefit features --init-from SOURCE --head svm` (a linear SVM on the frozen source features).
@@ -48,6 +49,8 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--source-epochs", type=int, default=6)
     p.add_argument("--target-epochs", type=int, default=30)
+    p.add_argument("--scratch-lrs", default="", help="comma-separated fixed peak rates for more scratch arms")
+    p.add_argument("--source-lr", default="0.2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
@@ -57,10 +60,12 @@ def main() -> None:
               "--batch-size", "50"]
     with tempfile.TemporaryDirectory() as tmp:
         source = imagefit("train", *common, "--classes", SOURCE, "--epochs", str(args.source_epochs),
-                          "--batch-size", "256", "--lr", "0.2", "--out", f"{tmp}/source")
+                          "--batch-size", "256", "--lr", args.source_lr, "--out", f"{tmp}/source")
         print(f"source ({SOURCE}): held-out {100 * source['accuracy']:.2f}% in {source['wall_s']} s", flush=True)
         rows = {
             "scratch": imagefit("train", *target, "--lr", "auto", "--out", f"{tmp}/scratch"),
+            **{f"scratch lr {lr}": imagefit("train", *target, "--lr", lr, "--out", f"{tmp}/scratch-{lr}")
+               for lr in filter(None, args.scratch_lrs.split(","))},
             "fine-tune": imagefit("fine-tune", *target, "--init-from", f"{tmp}/source", "--head-epochs", "3",
                                   "--out", f"{tmp}/ft"),
             "probe (svm)": imagefit("features", *data, "--classes", TARGET, "--per-class", str(args.per_class),
@@ -69,15 +74,16 @@ def main() -> None:
     print(f"\ntarget ({TARGET}), {args.per_class} training images per class, {args.model}, seed {args.seed}")
     for name, r in rows.items():
         print(f"{name:>12}: held-out {100 * r['accuracy']:.2f}% on {r['n']} images ({r['wall_s']} s)")
-    gain = 100 * (rows["fine-tune"]["accuracy"] - rows["scratch"]["accuracy"])
-    print(f"fine-tune - scratch: {gain:+.2f} points (bar: +10)")
+    best = max((k for k in rows if k.startswith("scratch")), key=lambda k: rows[k]["accuracy"])
+    gain = 100 * (rows["fine-tune"]["accuracy"] - rows[best]["accuracy"])
+    print(f"fine-tune - best scratch ({best}): {gain:+.2f} points (bar: +10)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"transfer-{date.today()}-{args.model}.json"
     slim = {k: {f: v for f, v in r.items() if f not in ("confusion", "per_class", "head", "all", "report")}
             for k, r in rows.items()}
     path.write_text(json.dumps({"args": vars(args), "source": source["accuracy"], "rows": slim,
-                                "gain_points": gain}, indent=1))
+                                "best_scratch": best, "gain_points": gain}, indent=1))
     print(f"runs: {path}")
 
 
