@@ -65,10 +65,19 @@ def _client(port: int, bodies: list[bytes], count: int, latencies: list, errors:
     conn.close()
 
 
-def _load(port: int, bodies: list[bytes], clients: int, requests: int) -> dict:
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (/proc/PID/stat fields 14 and 15)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load(port: int, bodies: list[bytes], clients: int, requests: int, server_pid: int | None = None) -> dict:
+    """Also the CPU each side spent per request: the clients share the cores with the server, and the two figures
+    say how much of the machine each took (server_cpu_ms_per_request is the server's own cost of a request)."""
     latencies, errors = [], []
     per = [requests // clients + (i < requests % clients) for i in range(clients)]
     threads = [threading.Thread(target=_client, args=(port, bodies, n, latencies, errors)) for n in per]
+    server_cpu, client_cpu = _cpu_s(server_pid) if server_pid else 0.0, _cpu_s(os.getpid())
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -76,9 +85,13 @@ def _load(port: int, bodies: list[bytes], clients: int, requests: int) -> dict:
         t.join()
     seconds = time.perf_counter() - start
     q = statistics.quantiles(latencies, n=100)
-    return {"clients": clients, "requests": len(latencies), "errors": len(errors), "seconds": round(seconds, 2),
-            "requests_per_s": round(len(latencies) / seconds, 1), "p50_ms": round(1000 * q[49], 2),
-            "p99_ms": round(1000 * q[98], 2)}
+    row = {"clients": clients, "requests": len(latencies), "errors": len(errors), "seconds": round(seconds, 2),
+           "requests_per_s": round(len(latencies) / seconds, 1), "p50_ms": round(1000 * q[49], 2),
+           "p99_ms": round(1000 * q[98], 2),
+           "client_cpu_ms_per_request": round(1000 * (_cpu_s(os.getpid()) - client_cpu) / len(latencies), 3)}
+    if server_pid:
+        row["server_cpu_ms_per_request"] = round(1000 * (_cpu_s(server_pid) - server_cpu) / len(latencies), 3)
+    return row
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -110,16 +123,17 @@ def _bad_inputs(port: int) -> dict:
             "wrong type": post(b"{}", "application/json")}
 
 
-def _offline(bundle: str, backend: str, threads: int, tta: str, bodies_n: int = 2048) -> float:
+def _offline(bundle: str, backend: str, threads: int, tta: str, bodies_n: int = 2048) -> tuple[float, float]:
+    """Images/s and CPU ms per image of the predictor in this process, batches of 256."""
     from imagefit.inference import load_predictor
     predictor = load_predictor(bundle, backend, threads)
     size = predictor.preprocessing["size"]
     x = torch.randint(0, 256, (bodies_n, 3, size, size), dtype=torch.uint8)
     predictor.probabilities(x[:256], tta)  # warm-up
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_s(os.getpid())
     for i in range(0, bodies_n, 256):
         predictor.probabilities(x[i:i + 256], tta)
-    return bodies_n / (time.perf_counter() - start)
+    return bodies_n / (time.perf_counter() - start), 1000 * (_cpu_s(os.getpid()) - cpu) / bodies_n
 
 
 def main() -> None:
@@ -151,10 +165,10 @@ def main() -> None:
                     except OSError:
                         time.sleep(0.1)
                 _load(port, bodies, 1, 30)
-                offline = _offline(run, backend, args.threads, args.tta)
+                offline, offline_cpu = _offline(run, backend, args.threads, args.tta)
                 for clients in map(int, args.clients.split(",")):
-                    r = {"bundle": name, "backend": backend, **_load(port, bodies, clients, args.requests),
-                         "offline_images_per_s": round(offline, 1)}
+                    r = {"bundle": name, "backend": backend, **_load(port, bodies, clients, args.requests, server.pid),
+                         "offline_images_per_s": round(offline, 1), "offline_cpu_ms_per_image": round(offline_cpu, 3)}
                     r["share_of_offline"] = round(r["requests_per_s"] / offline, 3)
                     r["server_peak_rss_mb"] = round(_peak_rss_mb(server.pid), 1)
                     rows.append(r)
@@ -171,7 +185,9 @@ def main() -> None:
     for r in rows:
         print(f"{r['bundle']:>10} {r['backend']:>8} {r['clients']:>3} clients: {r['requests_per_s']:7.1f} req/s  "
               f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  ({100 * r['share_of_offline']:.0f}% of offline "
-              f"{r['offline_images_per_s']:.0f} img/s)  peak RSS {r['server_peak_rss_mb']:.0f} MB")
+              f"{r['offline_images_per_s']:.0f} img/s)  CPU ms: server {r['server_cpu_ms_per_request']:.2f}/request, "
+              f"client {r['client_cpu_ms_per_request']:.2f}/request, offline {r['offline_cpu_ms_per_image']:.2f}/image"
+              f"  peak RSS {r['server_peak_rss_mb']:.0f} MB")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"serve-{date.today()}.json"

@@ -134,7 +134,12 @@ def test_api_answers(served):
     url = served["url"]
     model = httpx.get(url + "/model").json()
     assert model["classes"] == CLASSES and model["backend"] == "onnxruntime" and model["identity"]["sha256"]
-    files = [("files", (f"{i}.png", png(i), "image/png")) for i in range(3)]
+    # small images are decoded on the event loop, one over serve.INLINE_PIXELS in a worker thread: both must match
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png(3))).resize((300, 200)).save(buf, format="PNG")
+    photo = buf.getvalue()
+    blobs = [png(0), png(1), photo]
+    files = [("files", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)]
     r = httpx.post(url + "/predict?top_k=3", files=files)
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
@@ -144,7 +149,7 @@ def test_api_answers(served):
     from imagefit.data import load_image
     from imagefit.inference import load_predictor
     p = load_predictor(served["root"] / "run")
-    x = torch.from_numpy(np.stack([load_image(png(i), 32) for i in range(3)])).permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.stack([load_image(b, 32) for b in blobs])).permute(0, 3, 1, 2)
     expected = p.probabilities(x).max(1).values
     assert torch.allclose(torch.tensor([q["top"][0]["probability"] for q in preds]), expected, atol=1e-5)
     assert "/predict" in httpx.get(url + "/openapi.json").json()["paths"]

@@ -81,10 +81,11 @@ def main() -> None:
                     except OSError:
                         time.sleep(0.1)
                 _load(port, bodies, 1, 30)
-                r = _load(port, bodies, args.clients, args.requests)
+                r = _load(port, bodies, args.clients, args.requests, server.pid)
                 print(f"{http:>9} + {loop:<7} {model:>9}: {r['requests_per_s']:7.1f} req/s  p50 {r['p50_ms']:6.1f} ms"
                       f"  p99 {r['p99_ms']:6.1f} ms  ({args.clients} clients, {r['requests']} requests, "
-                      f"{r['errors']} errors)", flush=True)
+                      f"{r['errors']} errors; CPU ms per request: server {r['server_cpu_ms_per_request']:.2f}, "
+                      f"client {r['client_cpu_ms_per_request']:.2f})", flush=True)
             finally:
                 server.terminate()
                 server.wait(timeout=30)

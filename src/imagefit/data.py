@@ -102,6 +102,10 @@ class Splits:
 class ImageTooLarge(ValueError):
     """An image whose header promises more pixels than the caller allows (a decompression bomb, or a mistake)."""
 
+    def __init__(self, message: str, pixels: int = 0):
+        super().__init__(message)
+        self.pixels = pixels
+
 
 def load_image(source, size: int, resize: str = "crop", max_pixels: int | None = None) -> np.ndarray:
     """Decode one image file (path or bytes) to uint8 H×W×3 RGB at `size`×`size`.
@@ -114,7 +118,7 @@ def load_image(source, size: int, resize: str = "crop", max_pixels: int | None =
     fh = io.BytesIO(source) if isinstance(source, bytes) else source
     with Image.open(fh) as im:
         if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
-            raise ImageTooLarge(f"{im.size[0]}×{im.size[1]} pixels")
+            raise ImageTooLarge(f"{im.size[0]}×{im.size[1]} pixels", im.size[0] * im.size[1])
         im = im.convert("RGB")
         w, h = im.size
         if (w, h) != (size, size):

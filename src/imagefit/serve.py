@@ -169,16 +169,26 @@ async def _send_error(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _decode(data: bytes, name: str, preprocessing: dict, max_pixels: int):
-    """uint8 3×S×S, or (status, message) saying what is wrong with the file."""
+# Images up to this many pixels are decoded on the event loop (a 32×32 PNG takes ~0.05 ms); larger ones in a worker
+# thread, so a photo's decode never stalls the loop. Handing a small image to a thread cost more than decoding it:
+# the wake-up and the GIL hand-over were ~15% of a batch-1 request's CPU in the app (benchmarks/RESULTS.md, issue 7).
+INLINE_PIXELS = 128 * 128
+
+
+def _decode(data: bytes, name: str, preprocessing: dict, max_pixels: int, inline_only: bool = False):
+    """uint8 3×S×S, or (status, message) saying what is wrong with the file; with `inline_only`, None for an image
+    that declares more than INLINE_PIXELS (to be decoded again off the event loop)."""
     from PIL import Image, UnidentifiedImageError
 
     from .data import ImageTooLarge, load_image
     if not data:
         return 400, f"file '{name}' is empty; send the image's bytes"
+    limit = min(max_pixels, INLINE_PIXELS) if inline_only else max_pixels
     try:
-        array = load_image(data, preprocessing["size"], preprocessing["resize"], max_pixels=max_pixels)
+        array = load_image(data, preprocessing["size"], preprocessing["resize"], max_pixels=limit)
     except ImageTooLarge as e:
+        if inline_only and e.pixels <= max_pixels:
+            return None
         return 413, f"file '{name}' declares {e} (over the {max_pixels:,}-pixel limit); send a smaller image"
     except Image.DecompressionBombError:
         return 413, f"file '{name}' is a decompression bomb (too many pixels); send a smaller image"
@@ -259,8 +269,14 @@ def create_app(predictor, opts: ServeOptions | None = None):
             blobs = [await f.read() for f in uploads]
         finally:
             await form.close()
-        decoded = await run_in_threadpool(lambda: [_decode(b, n, predictor.preprocessing, opts.max_pixels)
-                                                   for b, n in zip(blobs, names)])
+        decoded = [_decode(b, n, predictor.preprocessing, opts.max_pixels, inline_only=True)
+                   for b, n in zip(blobs, names)]
+        large = [i for i, d in enumerate(decoded) if d is None]
+        if large:
+            later = await run_in_threadpool(lambda: [_decode(blobs[i], names[i], predictor.preprocessing,
+                                                             opts.max_pixels) for i in large])
+            for i, d in zip(large, later):
+                decoded[i] = d
         for d in decoded:
             if isinstance(d, tuple):
                 raise HTTPException(*d)
@@ -271,10 +287,14 @@ def create_app(predictor, opts: ServeOptions | None = None):
                 from None
         k = min(top_k, len(predictor.classes))
         top = probs.topk(k, dim=1)
-        return {"predictions": [{"file": n, "top": [{"class": predictor.classes[c], "probability": round(v, 6)}
-                                                    for v, c in zip(vals, idx)]}
-                                for n, vals, idx in zip(names, top.values.tolist(), top.indices.tolist())],
-                "backend": predictor.backend}
+        # A JSONResponse of plain Python values: FastAPI's own encoding of a returned dict walks it again (~4% of a
+        # batch-1 request's CPU in the app).
+        return JSONResponse({"predictions": [{"file": n, "top": [{"class": predictor.classes[c],
+                                                                  "probability": round(v, 6)}
+                                                                 for v, c in zip(vals, idx)]}
+                                             for n, vals, idx in zip(names, top.values.tolist(),
+                                                                     top.indices.tolist())],
+                             "backend": predictor.backend})
 
     app.add_middleware(BodyLimit, limit=opts.max_upload_bytes)
     return app
