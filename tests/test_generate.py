@@ -172,7 +172,8 @@ def test_quality_scores_and_cas(capsys, cifar_dir, tmp_path):
     r16 = run(capsys, "generate", "eval", "--model", "gen/g16", *data, "--classifier", "runs/clf", "--per-class",
               "4", "--steps", "2")
     assert r16["fid"] >= 0 and r16["fake_images"] == 12
-    assert "--size must be 8 or more" in fails(capsys, *TRAIN, *data, "--size", "4", "--out", "gen/g4")
+    assert "--size must be >= 8 and <= 1024 (got 4)" in fails(capsys, *TRAIN, *data, "--size", "4", "--out", "gen/g4")
+    assert "(got 2048)" in fails(capsys, *TRAIN, *data, "--size", "2048", "--out", "gen/g4")
 
     syn = tmp_path / "syn" / "train"
     for i, (img, label) in enumerate(zip(real.images, real.labels)):

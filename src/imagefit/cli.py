@@ -453,14 +453,16 @@ def _generate(args) -> dict:
         if not args.json:
             print(f"{r['written']} images in {r['seconds']} s ({r['images_per_s']:.2f}/s) under {r['out']}")
         return r
-    from .config import DataConfig
+    from .config import Config, DataConfig
     from .data import ImageSet, load_splits
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else []
     for name, value, low in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
-                             ("--checkpoint-every", args.checkpoint_every, 1), ("--size", args.size, 8)):
+                             ("--checkpoint-every", args.checkpoint_every, 1)):
         if value < low:
             raise ImagefitError(f"{name} must be {low} or more (got {value})")
-    data = load_splits(DataConfig(data=args.data, val_fraction=0.0, classes=classes, size=args.size), args.seed)
+    data_cfg = DataConfig(data=args.data, val_fraction=0.0, classes=classes, size=args.size)
+    Config(data=data_cfg).validate()  # --size: the data path's own range
+    data = load_splits(data_cfg, args.seed)
     if not isinstance(data.train, ImageSet):
         raise ImagefitError(f"{data.source} is streamed from disk; 'generate train' needs it in memory")
     common = dict(preset=args.preset, size=data.train.images.shape[-1], classes=tuple(data.classes), steps=args.steps,
