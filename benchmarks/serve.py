@@ -38,18 +38,21 @@ def _png_bodies(data: str, n: int) -> list[bytes]:
     from imagefit.config import DataConfig
     from imagefit.data import load_test_split
     test = load_test_split(DataConfig(data=data))
-    boundary = "imagefitbench"
     bodies = []
     for i in range(n):
         buf = io.BytesIO()
         Image.fromarray(test.images[i * 37 % len(test)].permute(1, 2, 0).numpy()).save(buf, format="PNG")
-        bodies.append((f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{i}.png\"\r\n"
-                       f"Content-Type: image/png\r\n\r\n").encode() + buf.getvalue() + f"\r\n--{boundary}--\r\n"
-                      .encode())
+        bodies.append(multipart(buf.getvalue(), f"{i}.png"))
     return bodies
 
 
 HEADERS = {"Content-Type": "multipart/form-data; boundary=imagefitbench"}
+
+
+def multipart(content: bytes, name: str = "x.png") -> bytes:
+    """A multipart body (boundary of HEADERS) holding one file in the field 'files'."""
+    return (f"--imagefitbench\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + content + b"\r\n--imagefitbench--\r\n"
 
 
 def _client(port: int, bodies: list[bytes], count: int, latencies: list, errors: list) -> None:
@@ -113,27 +116,29 @@ def _bad_inputs(port: int) -> dict:
         finally:
             conn.close()
 
-    def part(content: bytes, name: str = "x.png") -> bytes:
-        return (f"--imagefitbench\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
-                f"Content-Type: image/png\r\n\r\n").encode() + content + b"\r\n--imagefitbench--\r\n"
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.test_serve import huge_png, png
-    return {"not an image": post(part(b"hello")), "corrupt": post(part(png()[:60])), "empty": post(b""),
-            "bomb": post(part(huge_png())), "50 MB": post(part(b"\0" * 50_000_000)),
+    return {"not an image": post(multipart(b"hello")), "corrupt": post(multipart(png()[:60])), "empty": post(b""),
+            "bomb": post(multipart(huge_png())), "50 MB": post(multipart(b"\0" * 50_000_000)),
             "wrong type": post(b"{}", "application/json")}
 
 
-def _offline(bundle: str, backend: str, threads: int, tta: str, bodies_n: int = 2048) -> tuple[float, float]:
-    """Images/s and CPU ms per image of the predictor in this process, batches of 256."""
-    from imagefit.inference import load_predictor
-    predictor = load_predictor(bundle, backend, threads)
+def throughput(predictor, tta: str, batch: int = 256, images: int = 2048, warmup: int = 1) -> tuple[float, float]:
+    """Images/s and CPU ms per image of `predictor` in this process, on random images in batches of `batch`."""
     size = predictor.preprocessing["size"]
-    x = torch.randint(0, 256, (bodies_n, 3, size, size), dtype=torch.uint8)
-    predictor.probabilities(x[:256], tta)  # warm-up
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    for _ in range(warmup):
+        predictor.probabilities(x, tta)
+    n = max(1, images // batch)
     start, cpu = time.perf_counter(), _cpu_s(os.getpid())
-    for i in range(0, bodies_n, 256):
-        predictor.probabilities(x[i:i + 256], tta)
-    return bodies_n / (time.perf_counter() - start), 1000 * (_cpu_s(os.getpid()) - cpu) / bodies_n
+    for _ in range(n):
+        predictor.probabilities(x, tta)
+    return n * batch / (time.perf_counter() - start), 1000 * (_cpu_s(os.getpid()) - cpu) / (n * batch)
+
+
+def _offline(bundle: str, backend: str, threads: int, tta: str) -> tuple[float, float]:
+    from imagefit.inference import load_predictor
+    return throughput(load_predictor(bundle, backend, threads), tta)
 
 
 def main() -> None:

@@ -50,7 +50,6 @@ def main() -> None:
     p.add_argument("--source-epochs", type=int, default=6)
     p.add_argument("--target-epochs", type=int, default=30)
     p.add_argument("--scratch-lrs", default="", help="comma-separated fixed peak rates for more scratch arms")
-    p.add_argument("--source-lr", default="0.2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
@@ -60,7 +59,7 @@ def main() -> None:
               "--batch-size", "50"]
     with tempfile.TemporaryDirectory() as tmp:
         source = imagefit("train", *common, "--classes", SOURCE, "--epochs", str(args.source_epochs),
-                          "--batch-size", "256", "--lr", args.source_lr, "--out", f"{tmp}/source")
+                          "--batch-size", "256", "--lr", "0.2", "--out", f"{tmp}/source")
         print(f"source ({SOURCE}): held-out {100 * source['accuracy']:.2f}% in {source['wall_s']} s", flush=True)
         rows = {
             "scratch": imagefit("train", *target, "--lr", "auto", "--out", f"{tmp}/scratch"),

@@ -7,11 +7,13 @@ against the offline batch of 256. Same settings as the server: inference threads
 from __future__ import annotations
 
 import argparse
-import time
-
-import torch
+import sys
+from pathlib import Path
 
 from imagefit.inference import load_predictor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from serve import throughput  # noqa: E402
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -22,15 +24,6 @@ if __name__ == "__main__":
     args = p.parse_args()
     for backend in args.backends.split(","):
         predictor = load_predictor(args.bundle, backend, args.threads, spin=False)
-        size = predictor.preprocessing["size"]
         for b in map(int, args.batches.split(",")):
-            x = torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8)
-            for _ in range(3):
-                predictor.probabilities(x, "none")
-            n = max(1, 1024 // b)
-            wall, cpu = time.perf_counter(), time.process_time()
-            for _ in range(n):
-                predictor.probabilities(x, "none")
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            print(f"{backend:>8} batch {b:4d}: {n * b / wall:7.1f} images/s, "
-                  f"{1e3 * cpu / (n * b):.2f} CPU ms per image", flush=True)
+            images_per_s, cpu_ms = throughput(predictor, "none", b, images=1024, warmup=3)
+            print(f"{backend:>8} batch {b:4d}: {images_per_s:7.1f} images/s, {cpu_ms:.2f} CPU ms per image", flush=True)

@@ -10,38 +10,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
-import torch
 from PIL import Image
 
 from imagefit.serve import ServeOptions, create_app
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from serve_stack import NullPredictor  # noqa: E402  (this folder)
+from serve import HEADERS, multipart  # noqa: E402
 
-class NullPredictor:
-    classes = [f"class{i}" for i in range(10)]
-    preprocessing = {"size": 32, "resize": "crop", "mean": [0.5] * 3, "std": [0.25] * 3}
-    identity, backend, tta = {"model": "null"}, "null", "none"
-
-    def probabilities(self, images, tta=None):
-        return torch.full((len(images), len(self.classes)), 1 / len(self.classes))
-
-    def describe(self):
-        return {"classes": self.classes}
+# What NullPredictor copies from a real predictor: ten classes at 32 px.
+MODEL = SimpleNamespace(classes=[f"class{i}" for i in range(10)], identity={"model": "null"}, tta="none",
+                        preprocessing={"size": 32, "resize": "crop", "mean": [0.5] * 3, "std": [0.25] * 3})
 
 
 def png_part() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return (b'--B\r\nContent-Disposition: form-data; name="files"; filename="0.png"\r\nContent-Type: image/png\r\n\r\n'
-            + buf.getvalue() + b"\r\n--B--\r\n")
+    return multipart(buf.getvalue(), "0.png")
 
 
 async def request(app, body: bytes) -> None:
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": "/predict", "raw_path": b"/predict", "query_string": b"top_k=3", "root_path": "",
-             "headers": [(b"content-type", b"multipart/form-data; boundary=B"),
+             "headers": [(b"content-type", HEADERS["Content-Type"].encode()),
                          (b"content-length", str(len(body)).encode())],
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
     sent = []
@@ -56,7 +53,7 @@ async def request(app, body: bytes) -> None:
 
 
 async def main(requests: int, concurrency: int) -> None:
-    app, body = create_app(NullPredictor(), ServeOptions(queue=1024, tta="none")), png_part()
+    app, body = create_app(NullPredictor(MODEL), ServeOptions(queue=1024, tta="none")), png_part()
     async with app.router.lifespan_context(app):
         for _ in range(100):
             await request(app, body)
