@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop-after-steps", type=int, default=0, help="stop as if interrupted (resume later)")
+    p.add_argument("--amp", choices=("auto", "bf16", "no"), default="auto",
+                   help="bfloat16 autocast of the UNet (auto: where the CPU has native bfloat16, AVX512-BF16 or AMX)")
     _add_tracking(p)
     _add_json(p)
     p = gsub.add_parser("sample", help="write synthetic images as an ImageFolder tree (resumable)")
@@ -164,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (default: 2)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", choices=("auto", "bf16", "no"), default="auto",
+                   help="bfloat16 autocast of the UNet (auto: where the CPU has native bfloat16, AVX512-BF16 or AMX)")
     _add_json(p)
     p = gsub.add_parser("vary", help="diffuse-and-denoise variations of the real training images (resumable); "
                                      "mix them in with train --synthetic")
@@ -178,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", choices=("auto", "bf16", "no"), default="auto",
+                   help="bfloat16 autocast of the UNet (auto: where the CPU has native bfloat16, AVX512-BF16 or AMX)")
     _add_json(p)
     p = gsub.add_parser("eval", help="FID, KID, Inception Score and CAS of a generator or of a folder of its images")
     p.add_argument("--model", help="a 'generate train' folder: sample --per-class images per class from it")
@@ -448,7 +454,7 @@ def _generate(args) -> dict:
         return _generate_vary(args, log)
     if args.generate_command == "sample":
         r = generate.sample_folder(args.model, args.out, args.per_class, steps=args.steps, guidance=args.guidance,
-                                   sampler=args.sampler, batch=args.batch_size, seed=args.seed,
+                                   sampler=args.sampler, batch=args.batch_size, seed=args.seed, amp=args.amp,
                                    log=log)
         if not args.json:
             print(f"{r['written']} images in {r['seconds']} s ({r['images_per_s']:.2f}/s) under {r['out']}")
@@ -477,7 +483,7 @@ def _generate(args) -> dict:
         r = train_gan(data.train.images, data.train.labels, GanConfig(**common), Path(args.out),
                       args.stop_after_steps, log=log, save_grid=generate.save_grid)
     else:
-        cfg = generate.DiffusionConfig(**common, schedule=args.schedule)
+        cfg = generate.DiffusionConfig(**common, schedule=args.schedule, amp=args.amp)
         r = generate.train_diffusion(data.train.images, data.train.labels, cfg, Path(args.out), args.stop_after_steps,
                                      log=log)
     if not args.json:
@@ -503,7 +509,8 @@ def _generate_vary(args, log) -> dict:
     train = data.train.subset(per_class_subset(data.train.labels, args.per_class, args.seed)) if args.per_class \
         else data.train
     r = generate.vary_folder(args.model, train.images, train.labels, data.classes, args.out, args.strength,
-                             steps=args.steps, guidance=args.guidance, batch=args.batch_size, seed=args.seed, log=log)
+                             steps=args.steps, guidance=args.guidance, batch=args.batch_size, seed=args.seed,
+                             amp=args.amp, log=log)
     if not args.json:
         print(f"{r['written']} variations at strength {args.strength:g} in {r['seconds']} s under {r['out']}")
     return r

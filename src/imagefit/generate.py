@@ -11,6 +11,7 @@ family (gan.py) plugs into the same train/sample/grid functions.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -53,6 +54,30 @@ class DiffusionConfig:
     checkpoint_every: int = 1000
     seed: int = 0
     family: str = "diffusion"
+    amp: str = "auto"  # bfloat16 autocast: auto (where the CPU has it natively), bf16, no
+
+
+def use_bf16(amp: str) -> bool:
+    """Whether a UNet runs under bfloat16 autocast: `auto` follows the classifier's rule (train.autocast_for: native
+    AVX512-BF16 or AMX only; emulated bfloat16 is slower than float32)."""
+    from .train import cpu_has_native_bf16
+    if amp not in ("auto", "bf16", "no"):
+        raise ImagefitError(f"--amp must be auto, bf16 or no (got {amp!r})")
+    return amp == "bf16" or (amp == "auto" and cpu_has_native_bf16())
+
+
+def _precision(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+def _training_attention(bf16: bool):
+    """The attention kernel of a training step. PyTorch's CPU flash-attention backward is ~10x slower in bfloat16
+    than in float32 at the `small` UNet's 8x8 attention (440 against 42 ms per 3 steps under torch.profiler, AMX
+    machine), which ate the bfloat16 gain; its plain math kernel does not: a bf16 step of `small` at 32 px takes 0.33 s
+    with it against 0.47 s with flash, and 0.58 s in float32 (benchmarks/probes/unet_step.py). Sampling keeps flash,
+    whose forward is the faster of the two."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.MATH]) if bf16 else contextlib.nullcontext()
 
 
 def make_unet(cfg: DiffusionConfig):
@@ -119,6 +144,7 @@ def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionCo
         step, history, seconds = state["step"], state["history"], state.get("seconds", 0.0)
         log(f"resuming at step {step}")
     null = len(cfg.classes)
+    bf16 = use_bf16(cfg.amp)
     unet.train()
     start = time.perf_counter()
     while step < cfg.steps:
@@ -131,8 +157,9 @@ def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionCo
         y[torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout] = null  # classifier-free guidance
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(cfg.train_timesteps, (cfg.batch_size,), generator=g)
-        pred = unet(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample
-        loss = F.mse_loss(pred, noise)
+        with _precision(bf16), _training_attention(bf16):
+            pred = unet(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample
+        loss = F.mse_loss(pred.float(), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -166,7 +193,8 @@ def save_grid(model, cfg, path: Path, per_class: int = 4, steps: int = 25) -> Pa
     was_training = model.training
     model.eval()
     labels = torch.arange(len(cfg.classes)).repeat_interleave(per_class)
-    images = draw(model, cfg, labels, steps=min(steps, getattr(cfg, "train_timesteps", steps)), guidance=2.0)
+    images = draw(model, cfg, labels, steps=min(steps, getattr(cfg, "train_timesteps", steps)), guidance=2.0,
+                  amp=getattr(cfg, "amp", "no"))
     model.train(was_training)
     grid = make_grid(images, nrow=per_class, padding=1)
     tmp = path.with_name(path.name + ".tmp")
@@ -209,33 +237,36 @@ def check_options(cfg, steps: int, guidance: float) -> None:
 
 
 def draw(model, cfg, labels: torch.Tensor, *, steps: int = 50, guidance: float = 2.0, sampler: str = "ddim",
-         generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 images of `labels` from either family."""
+         generator: torch.Generator | None = None, amp: str = "auto") -> torch.Tensor:
+    """uint8 images of `labels` from either family (`amp`: the diffusion UNet's precision; a GAN runs in float32)."""
     from .gan import GanConfig, sample_gan
     g = generator or torch.Generator().manual_seed(0)
     if isinstance(cfg, GanConfig):
         return sample_gan(model, cfg, labels, g)
-    return sample(model, cfg, labels, steps=steps, guidance=guidance, sampler=sampler, generator=g)
+    return sample(model, cfg, labels, steps=steps, guidance=guidance, sampler=sampler, generator=g, amp=amp)
 
 
 @torch.inference_mode()
 def sample(unet, cfg: DiffusionConfig, labels: torch.Tensor, *, steps: int = 50, guidance: float = 2.0,
-           sampler: str = "ddim", generator: torch.Generator | None = None) -> torch.Tensor:
+           sampler: str = "ddim", generator: torch.Generator | None = None, amp: str = "auto") -> torch.Tensor:
     """uint8 images for `labels`, denoised in `steps` steps; with guidance w the noise estimate is
-    uncond + w·(cond − uncond), both halves in one forward pass. `generator` draws the noise (default: seed 0)."""
+    uncond + w·(cond − uncond), both halves in one forward pass. `generator` draws the noise (default: seed 0);
+    `amp` the UNet's precision (use_bf16); the sampler's own arithmetic stays float32."""
     check_options(cfg, steps, guidance)
     scheduler = make_scheduler(cfg, sampler)
     scheduler.set_timesteps(steps)
     g = generator or torch.Generator().manual_seed(0)
     x = torch.randn((len(labels), 3, cfg.size, cfg.size), generator=g)
-    return _to_uint8(_denoise(unet, cfg, scheduler, x, labels, scheduler.timesteps, guidance, g))
+    return _to_uint8(_denoise(unet, cfg, scheduler, x, labels, scheduler.timesteps, guidance, g, use_bf16(amp)))
 
 
-def _denoise(unet, cfg, scheduler, x, labels, timesteps, guidance, g):
+def _denoise(unet, cfg, scheduler, x, labels, timesteps, guidance, g, bf16=False):
     null = torch.full_like(labels, len(cfg.classes))
     both = torch.cat([labels, null])
     for t in timesteps:
-        eps_cond, eps_uncond = unet(torch.cat([x, x]), t, class_labels=both).sample.chunk(2)
+        with _precision(bf16):
+            eps = unet(torch.cat([x, x]), t, class_labels=both).sample
+        eps_cond, eps_uncond = eps.float().chunk(2)
         eps = eps_uncond + guidance * (eps_cond - eps_uncond)
         x = scheduler.step(eps, t, x, generator=g).prev_sample
     return x
@@ -243,7 +274,8 @@ def _denoise(unet, cfg, scheduler, x, labels, timesteps, guidance, g):
 
 @torch.inference_mode()
 def vary(unet, cfg: DiffusionConfig, images: torch.Tensor, labels: torch.Tensor, strength: float, *,
-         steps: int = 50, guidance: float = 2.0, generator: torch.Generator | None = None) -> torch.Tensor:
+         steps: int = 50, guidance: float = 2.0, generator: torch.Generator | None = None,
+         amp: str = "auto") -> torch.Tensor:
     """Diffuse-and-denoise (SDEdit, Meng et al. 2022): noise real uint8 images with the forward process to
     t ≈ strength·T, q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I), then run the last strength·steps DDIM steps back.
     Strength 0 returns the images; 1 forgets them (a plain sample of their class)."""
@@ -257,11 +289,11 @@ def vary(unet, cfg: DiffusionConfig, images: torch.Tensor, labels: torch.Tensor,
     x0 = _to_unit(images)
     noise = torch.randn(x0.shape, generator=g)
     x = scheduler.add_noise(x0, noise, timesteps[:1].repeat(len(x0)))
-    return _to_uint8(_denoise(unet, cfg, scheduler, x, labels, timesteps, guidance, g))
+    return _to_uint8(_denoise(unet, cfg, scheduler, x, labels, timesteps, guidance, g, use_bf16(amp)))
 
 
 def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps: int = 50, guidance: float = 2.0,
-                  sampler: str = "ddim", batch: int = 100, seed: int = 0, log=print) -> dict:
+                  sampler: str = "ddim", batch: int = 100, seed: int = 0, amp: str = "auto", log=print) -> dict:
     """Write per_class images of every class as OUT/train/<class>/<i>.png (an ImageFolder tree). Batches are
     seeded by (seed, class, first index), so a stopped run resumes where it stopped without duplicating images."""
     unet, cfg = load_generator(folder)
@@ -269,6 +301,7 @@ def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps:
     if per_class < 1:
         raise ImagefitError(f"--per-class must be 1 or more (got {per_class})")
     check_options(cfg, steps, guidance)
+    bf16 = hasattr(cfg, "train_timesteps") and use_bf16(amp)
     written, start = 0, time.perf_counter()
     for c, name in enumerate(cfg.classes):
         d = out / "train" / name
@@ -278,13 +311,14 @@ def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps:
             if all((d / f"{i}.png").exists() for i in range(first, first + n)):
                 continue  # done in an earlier run
             images = draw(unet, cfg, torch.full((n,), c), steps=steps, guidance=guidance, sampler=sampler,
-                          generator=choice_generator(seed, c * 1_000_000 + first, 7))
+                          generator=choice_generator(seed, c * 1_000_000 + first, 7), amp="bf16" if bf16 else "no")
             _write_pngs(images, d, first)
             written += n
             rate = written / (time.perf_counter() - start)
             log(f"{name}: {first + n}/{per_class}  ({rate:.2f} images/s)")
     meta = {"generator": str(folder), "family": getattr(cfg, "family", "diffusion"), "per_class": per_class,
-            "steps": steps, "guidance": guidance, "sampler": sampler, "seed": seed, "classes": list(cfg.classes)}
+            "steps": steps, "guidance": guidance, "sampler": sampler, "seed": seed, "classes": list(cfg.classes),
+            "precision": "bfloat16" if bf16 else "float32"}
     seconds = time.perf_counter() - start
     meta["gflop_per_image"] = round(flops_per_image(unet, cfg, steps) / 1e9, 2)
     if written:  # this run's sampling speed (a resumed run that had nothing to do keeps the earlier figure)
@@ -320,7 +354,7 @@ def _write_pngs(images: torch.Tensor, folder: Path, first: int) -> None:
 
 def vary_folder(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, classes: list[str], out: str | Path,
                 strength: float, *, steps: int = 50, guidance: float = 2.0, batch: int = 100, seed: int = 0,
-                log=print) -> dict:
+                amp: str = "auto", log=print) -> dict:
     """Diffuse-and-denoise variations of real images as OUT/train/<class>/<index>.png, the index being the real
     image's position in its split: resumable like `sample_folder`. Mixed in with `train --synthetic OUT
     --synthetic-ratio p`, this is the augmentation 'replace an image by a variation with probability p'
@@ -347,7 +381,7 @@ def vary_folder(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, 
             continue
         y = remap[labels[idx]]
         varied = vary(unet, cfg, images[idx], y, strength, steps=steps, guidance=guidance,
-                      generator=choice_generator(seed, first, 13))
+                      generator=choice_generator(seed, first, 13), amp=amp)
         for i, img, path in zip(idx.tolist(), varied, paths):
             _write_pngs(img[None], path.parent, i)
         written += len(idx)
