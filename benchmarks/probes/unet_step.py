@@ -1,10 +1,12 @@
-"""Probe: one training step (forward + backward + AdamW) of a diffusion UNet, float32 against bfloat16 autocast,
-alternating A/B in one process so a drifting machine hits both alike.
+"""Probe: one training step (forward + backward + AdamW) of a diffusion UNet: float32, bfloat16 autocast with
+PyTorch's default attention kernel (flash on the CPU), and bfloat16 with the math kernel (what `generate train`
+runs), alternated in one process so a drifting machine hits all alike.
 
     python benchmarks/probes/unet_step.py [PRESET] [SIZE] [BATCH] [ROUNDS]
 """
 import sys, time, torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from imagefit.allocator import keep_freed_memory
 from imagefit.generate import DiffusionConfig, make_unet
 
@@ -20,15 +22,16 @@ t = torch.randint(1000, (batch,))
 y = torch.randint(11, (batch,))
 
 
-def step(dtype):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+def step(kind):
+    kernels = [SDPBackend.MATH] if kind == "bf16-math" else [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
+    with sdpa_kernel(kernels), torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind != "fp32"):
         loss = F.mse_loss(unet(x, t, class_labels=y).sample.float(), x)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
 
 
-times = {"fp32": [], "bf16": []}
+times = {"fp32": [], "bf16": [], "bf16-math": []}
 for kind in times:  # warm-up
     step(kind); step(kind)
 for _ in range(rounds):
@@ -38,4 +41,5 @@ for _ in range(rounds):
         times[kind].append(time.perf_counter() - s)
 med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 print(f"{preset} {size}px batch {batch}, {torch.get_num_threads()} threads, median of {rounds}: "
-      f"fp32 {med['fp32']:.3f} s/step, bf16 {med['bf16']:.3f} s/step ({med['fp32'] / med['bf16']:.2f}x)")
+      f"fp32 {med['fp32']:.3f} s/step, bf16 {med['bf16']:.3f} ({med['fp32'] / med['bf16']:.2f}x), "
+      f"bf16 + math attention {med['bf16-math']:.3f} ({med['fp32'] / med['bf16-math']:.2f}x)")

@@ -17,6 +17,11 @@ from .config import (TTA_MODES, Config, all_fields, check_fixed, coerce, field_t
 from .errors import ImagefitError
 
 
+def _add_unet_amp(p) -> None:
+    p.add_argument("--amp", choices=("auto", "bf16", "no"), default="auto",
+                   help="bfloat16 autocast of the UNet (auto: where the CPU has native bfloat16, AVX512-BF16 or AMX)")
+
+
 def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
 
@@ -152,8 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop-after-steps", type=int, default=0, help="stop as if interrupted (resume later)")
-    p.add_argument("--amp", choices=("auto", "bf16", "no"), default="auto",
-                   help="bfloat16 autocast of the UNet (auto: where the CPU has native bfloat16, AVX512-BF16 or AMX)")
+    _add_unet_amp(p)
     _add_tracking(p)
     _add_json(p)
     p = gsub.add_parser("sample", help="write synthetic images as an ImageFolder tree (resumable)")
@@ -166,8 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (default: 2)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--amp", choices=("auto", "bf16", "no"), default="auto",
-                   help="bfloat16 autocast of the UNet (auto: where the CPU has native bfloat16, AVX512-BF16 or AMX)")
+    _add_unet_amp(p)
     _add_json(p)
     p = gsub.add_parser("vary", help="diffuse-and-denoise variations of the real training images (resumable); "
                                      "mix them in with train --synthetic")
@@ -182,8 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--amp", choices=("auto", "bf16", "no"), default="auto",
-                   help="bfloat16 autocast of the UNet (auto: where the CPU has native bfloat16, AVX512-BF16 or AMX)")
+    _add_unet_amp(p)
     _add_json(p)
     p = gsub.add_parser("eval", help="FID, KID, Inception Score and CAS of a generator or of a folder of its images")
     p.add_argument("--model", help="a 'generate train' folder: sample --per-class images per class from it")
