@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import choice_generator
@@ -58,12 +59,12 @@ class DiffusionConfig:
 
 
 def use_bf16(amp: str) -> bool:
-    """Whether a UNet runs under bfloat16 autocast: `auto` follows the classifier's rule (train.autocast_for: native
-    AVX512-BF16 or AMX only; emulated bfloat16 is slower than float32)."""
-    from .train import cpu_has_native_bf16
+    """Whether a UNet runs under bfloat16 autocast: the classifier's `--amp` rule on the CPU (train.resolve_amp:
+    `auto` only where bfloat16 is native, AVX512-BF16 or AMX; emulated bfloat16 is slower than float32)."""
+    from .train import resolve_amp
     if amp not in ("auto", "bf16", "no"):
         raise ImagefitError(f"--amp must be auto, bf16 or no (got {amp!r})")
-    return amp == "bf16" or (amp == "auto" and cpu_has_native_bf16())
+    return resolve_amp(torch.device("cpu"), amp) == "bf16"
 
 
 def _precision(bf16: bool):
@@ -76,7 +77,6 @@ def _training_attention(bf16: bool):
     machine), which ate the bfloat16 gain; its plain math kernel does not: a bf16 step of `small` at 32 px takes 0.33 s
     with it against 0.47 s with flash, and 0.58 s in float32 (benchmarks/probes/unet_step.py). Sampling keeps flash,
     whose forward is the faster of the two."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     return sdpa_kernel([SDPBackend.MATH]) if bf16 else contextlib.nullcontext()
 
 
@@ -260,7 +260,7 @@ def sample(unet, cfg: DiffusionConfig, labels: torch.Tensor, *, steps: int = 50,
     return _to_uint8(_denoise(unet, cfg, scheduler, x, labels, scheduler.timesteps, guidance, g, use_bf16(amp)))
 
 
-def _denoise(unet, cfg, scheduler, x, labels, timesteps, guidance, g, bf16=False):
+def _denoise(unet, cfg, scheduler, x, labels, timesteps, guidance, g, bf16: bool):
     null = torch.full_like(labels, len(cfg.classes))
     both = torch.cat([labels, null])
     for t in timesteps:
@@ -301,7 +301,7 @@ def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps:
     if per_class < 1:
         raise ImagefitError(f"--per-class must be 1 or more (got {per_class})")
     check_options(cfg, steps, guidance)
-    bf16 = hasattr(cfg, "train_timesteps") and use_bf16(amp)
+    precision = "bfloat16" if hasattr(cfg, "train_timesteps") and use_bf16(amp) else "float32"  # a GAN: float32
     written, start = 0, time.perf_counter()
     for c, name in enumerate(cfg.classes):
         d = out / "train" / name
@@ -311,14 +311,14 @@ def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps:
             if all((d / f"{i}.png").exists() for i in range(first, first + n)):
                 continue  # done in an earlier run
             images = draw(unet, cfg, torch.full((n,), c), steps=steps, guidance=guidance, sampler=sampler,
-                          generator=choice_generator(seed, c * 1_000_000 + first, 7), amp="bf16" if bf16 else "no")
+                          generator=choice_generator(seed, c * 1_000_000 + first, 7), amp=amp)
             _write_pngs(images, d, first)
             written += n
             rate = written / (time.perf_counter() - start)
             log(f"{name}: {first + n}/{per_class}  ({rate:.2f} images/s)")
     meta = {"generator": str(folder), "family": getattr(cfg, "family", "diffusion"), "per_class": per_class,
             "steps": steps, "guidance": guidance, "sampler": sampler, "seed": seed, "classes": list(cfg.classes),
-            "precision": "bfloat16" if bf16 else "float32"}
+            "precision": precision}
     seconds = time.perf_counter() - start
     meta["gflop_per_image"] = round(flops_per_image(unet, cfg, steps) / 1e9, 2)
     if written:  # this run's sampling speed (a resumed run that had nothing to do keeps the earlier figure)

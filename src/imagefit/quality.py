@@ -139,14 +139,15 @@ def _real_train(data: str | None, classes: tuple, size: int):
     return align_classes(splits.train, list(classes)), splits.source
 
 
-def _draw_set(model, cfg, per_class: int, steps: int, guidance: float, seed: int, size: int, batch: int = 250):
+def _draw_set(model, cfg, per_class: int, steps: int, guidance: float, seed: int, size: int, batch: int = 250,
+              amp: str = "auto"):
     """per_class images of every class, at `size` px: a generator trained smaller (--size 16) is scored scaled up,
-    the way its images are used."""
+    the way its images are used. `amp`: the UNet's precision (generate.use_bf16)."""
     from .data import choice_generator, resize_images
     from .generate import draw
     labels = torch.arange(len(cfg.classes)).repeat_interleave(per_class)
     parts = [draw(model, cfg, labels[i:i + batch], steps=steps, guidance=guidance,
-                  generator=choice_generator(seed, i, 17)) for i in range(0, len(labels), batch)]
+                  generator=choice_generator(seed, i, 17), amp=amp) for i in range(0, len(labels), batch)]
     return resize_images(torch.cat(parts), size), labels
 
 

@@ -108,15 +108,21 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def autocast_for(device: torch.device, amp: str):
-    """(context factory, GradScaler or None): `auto` is bfloat16 on CUDA and on CPUs with native bfloat16
-    (cpu_has_native_bf16), float32 elsewhere; fp16 (CUDA only) comes with a gradient scaler."""
+def resolve_amp(device: torch.device, amp: str) -> str:
+    """What `--amp` means on `device`: `auto` is bf16 on CUDA and on CPUs with native bfloat16
+    (cpu_has_native_bf16), no elsewhere; fp16 is CUDA only."""
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()) else "no"
-    if amp == "no":
-        return contextlib.nullcontext, None
     if amp == "fp16" and device.type != "cuda":
         raise ImagefitError("--amp fp16 needs a CUDA device; use --amp bf16 or --amp no on the CPU")
+    return amp
+
+
+def autocast_for(device: torch.device, amp: str):
+    """(context factory, GradScaler or None) for `--amp` (resolve_amp); fp16 comes with a gradient scaler."""
+    amp = resolve_amp(device, amp)
+    if amp == "no":
+        return contextlib.nullcontext, None
     dtype = torch.float16 if amp == "fp16" else torch.bfloat16
     if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         dtype = torch.float16
