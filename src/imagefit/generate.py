@@ -75,7 +75,7 @@ def _training_attention(bf16: bool):
     """The attention kernel of a training step. PyTorch's CPU flash-attention backward is ~10x slower in bfloat16
     than in float32 at the `small` UNet's 8x8 attention (440 against 42 ms per 3 steps under torch.profiler, AMX
     machine), which ate the bfloat16 gain; its plain math kernel does not: a bf16 step of `small` at 32 px takes 0.33 s
-    with it against 0.47 s with flash, and 0.58 s in float32 (benchmarks/probes/unet_step.py). Sampling keeps flash,
+    with it against 0.46 s with flash, and 0.55 s in float32 (benchmarks/probes/unet_step.py). Sampling keeps flash,
     whose forward is the faster of the two."""
     return sdpa_kernel([SDPBackend.MATH]) if bf16 else contextlib.nullcontext()
 
