@@ -4,6 +4,7 @@ the bad inputs (unknown field, unreachable storage, a study of another objective
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -133,6 +134,13 @@ def test_bad_search_inputs(capsys, cifar_dir, tmp_path):
     run(capsys, *args, "--space", space(tmp_path / "s.yaml"))
     other = space(tmp_path / "o.yaml", objective="val_loss")
     assert "was created for objective val_accuracy" in fails(capsys, *args, "--space", other)
+    assert "seeds must be a whole number from 1 to 100 (got 0)" in fails(
+        capsys, *args, "--space", space(tmp_path / "z.yaml", seeds=0))
+    both = space(tmp_path / "b.yaml", seeds=2)
+    tree = yaml.safe_load(open(both))
+    tree["fixed"]["data"]["folds"] = 3
+    open(both, "w").write(yaml.safe_dump(tree))
+    assert "seeds and data.folds both repeat each trial; use one of them" in fails(capsys, *args, "--space", both)
 
 
 def test_an_interrupted_trial_stops_the_search(monkeypatch, tmp_path, cifar_dir):
@@ -163,6 +171,47 @@ def test_the_last_epoch_is_never_pruned(monkeypatch, tmp_path, cifar_dir):
     r = imagefit.search.search(space(tmp_path / "s.yaml"), 1, tmp_path / "study", data=str(cifar_dir),
                                tracking_uri="none", log=lambda m: None)  # the space trains 2 epochs
     assert r["trials"]["complete"] == 1 and r["trials"]["pruned"] == 0  # a finished trial is kept, not pruned
+
+
+def seeded_space(path, seed: int, epochs: int) -> str:
+    tree = yaml.safe_load(open(space(path, seeds=2)))
+    tree["fixed"]["train"].update(seed=seed, epochs=epochs)
+    path.write_text(yaml.safe_dump(tree))
+    return str(path)
+
+
+def test_a_trial_of_several_seeds_scores_their_mean(capsys, monkeypatch, cifar_dir, tmp_path):
+    """`seeds: 2`: each trial trains with seeds 5 and 6 (each its own validation split), scores the mean, and
+    tracks both runs under the study; the pruner judges a later seed's epochs as steps of their own."""
+    import mlflow
+    import optuna
+
+    import imagefit.search
+    uri = f"sqlite:///{tmp_path}/m.db"
+    r = run(capsys, "search", "--space", seeded_space(tmp_path / "s.yaml", 5, 2), "--data", str(cifar_dir),
+            "--trials", "1", "--tracking-uri", uri, "--out", "study")
+    study = optuna.load_study(study_name="imagefit", storage=f"sqlite:///{os.path.abspath('study/optuna.db')}")
+    trial = study.trials[0]
+    scores = [json.load(open(f"study/trial-0/seed-{s}/metrics.json"))["val_accuracy"] for s in (5, 6)]
+    assert trial.user_attrs["seed_scores"] == scores and r["best_value"] == sum(scores) / 2
+    assert sorted(trial.intermediate_values) == [1, 2, 3, 4]  # epochs 1-2 of seed 5, then of seed 6
+    assert [yaml.safe_load(open(f"study/trial-0/seed-{s}/config.yaml"))["train"]["seed"] for s in (5, 6)] == [5, 6]
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.get_experiment_by_name("imagefit").experiment_id
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    nested = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(n.info.run_name for n in nested) == ["trial-0 seed 5", "trial-0 seed 6"]
+
+    class FromStep4(optuna.pruners.BasePruner):  # prunes from the second seed's first epoch on, if asked
+        def prune(self, study, trial):
+            return max(trial.intermediate_values, default=0) >= 4
+
+    monkeypatch.setattr(imagefit.search, "_pruner", lambda kind: FromStep4())
+    r = imagefit.search.search(seeded_space(tmp_path / "p.yaml", 0, 3), 1, tmp_path / "pruned",
+                               data=str(cifar_dir), tracking_uri="none", log=lambda m: None)
+    assert r["trials"]["pruned"] == 1
+    steps = optuna.load_study(study_name="imagefit", storage=f"sqlite:///{tmp_path}/pruned/optuna.db").trials[0]
+    assert sorted(steps.intermediate_values) == [1, 2, 3, 4, 5]  # seed 1's epoch 1 (step 4) unjudged; epoch 2 pruned
 
 
 def test_the_best_trial_is_weighed_against_the_base_config():

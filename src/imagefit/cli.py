@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
 
     p = sub.add_parser("search", help="hyperparameter search (Optuna) over config fields, on the validation split")
-    p.add_argument("--space", help="YAML search space (recipe, fixed, objective, params)")
+    p.add_argument("--space", help="YAML search space (recipe, fixed, objective, params, seeds)")
     p.add_argument("--trials", type=int, default=20, help="trials the study should reach, over all workers")
     p.add_argument("--out", default="runs/search", help="folder for trial runs, the study and best.yaml")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/optuna.db; postgresql://… for "

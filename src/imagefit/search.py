@@ -11,6 +11,7 @@ A space file (YAML) names the base recipe, fixed overrides, the objective and th
       train.batch_size: {low: 128, high: 512, step: 128}      # ints when the field is an int
       model.model: {choices: [fastnet-small, resnet20]}
       optim.weight_decay: {low: 1e-4, high: 1e-2, log: true, grid: [1e-4, 1e-3, 1e-2]}   # values for --sampler grid
+    seeds: 3                          # optional: score each trial as the mean of 3 runs (seeds S, S+1, S+2)
 
 The study lives in an Optuna storage (a local SQLite file by default; `--storage postgresql://…` for workers on
 many machines) and is resumed by running the same command again: `--trials N` is the total the study should
@@ -18,7 +19,13 @@ reach, counted across every worker (Optuna's MaxTrialsCallback), so two workers 
 ordinary training run in OUT/trial-K (trial 0 is the base config itself when its values lie in the space), its
 MLflow run nested under the study's parent run, its per-epoch validation accuracy reported so the pruner (median
 or Hyperband) can stop it early. With `--folds K` in the fixed part, a
-trial's score is the mean validation accuracy over K folds (no pruning then). The best trial's config is written
+trial's score is the mean validation accuracy over K folds (no pruning then). With `seeds: N`, each trial is
+trained N times, with the base config's seed and the N-1 after it; the seed also draws the validation split, so
+each run is scored on its own held-out share, and the trial's score is the mean (a repeated hold-out). One run's
+validation accuracy on a few thousand images moves by about half a point from seed to seed, as much as the
+rates being searched change it, so on a plateau a one-seed search picks noise; N seeds cut that noise by sqrt(N)
+(benchmarks/RESULTS.md, issue 8). The runs are trial-K/seed-S; the pruner judges each epoch of each seed against
+the same epoch and seed of the other trials. The best trial's config is written
 as a recipe (OUT/best.yaml) that `imagefit train --recipe OUT/best.yaml` takes.
 """
 
@@ -50,10 +57,13 @@ def load_space(path: str | Path) -> dict:
         space = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ImagefitError(f"search space {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    unknown = set(space) - {"recipe", "fixed", "objective", "params"}
+    unknown = set(space) - {"recipe", "fixed", "objective", "params", "seeds"}
     if unknown:
         raise ImagefitError(f"search space {path}: unknown key(s) {', '.join(sorted(unknown))}; use recipe, fixed, "
-                            f"objective, params")
+                            f"objective, params, seeds")
+    seeds = space.setdefault("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 100:
+        raise ImagefitError(f"search space {path}: seeds must be a whole number from 1 to 100 (got {seeds!r})")
     space.setdefault("objective", "val_accuracy")
     if space["objective"] not in OBJECTIVES:
         raise ImagefitError(f"search space {path}: objective must be {' or '.join(OBJECTIVES)} "
@@ -75,6 +85,8 @@ def load_space(path: str | Path) -> dict:
         base.update(load_recipe(space["recipe"]), where=f"recipe {space['recipe']}")
     base.update(space.get("fixed") or {}, where=f"{path}: fixed")
     space["base"] = base.validate()
+    if seeds > 1 and base.data.folds:
+        raise ImagefitError(f"search space {path}: seeds and data.folds both repeat each trial; use one of them")
     return space
 
 
@@ -222,16 +234,26 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
         if values == base_values(space):
             trial.set_user_attr("base", True)
 
-        def report(trainer, row):
-            value = row.get(objective_key)
-            if value is None:
-                return
-            if row["epoch"] == 1:
-                trial.set_user_attr("val_images", len(trainer.data.val))
-            trial.report(value, row["epoch"])
-            last = row["epoch"] >= trainer.cfg.train.epochs  # nothing left to save: the trial completes
-            if not last and trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {row['epoch']}: {objective_key} {value:.4f}")
+        seeds = space["seeds"]
+        epochs = cfg.train.epochs
+
+        def report(repeat: int):
+            def on_epoch_end(trainer, row):
+                value = row.get(objective_key)
+                if value is None:
+                    return
+                if row["epoch"] == 1 and repeat == 0:
+                    trial.set_user_attr("val_images", len(trainer.data.val))
+                trial.report(value, repeat * epochs + row["epoch"])  # step: this epoch of this seed, in every trial
+                # Not judged: the last epoch of the last seed (nothing left to save: the trial completes), and a
+                # later seed's first epoch, which the median pruner's warm-up leaves unjudged in the first seed
+                # (it ranks trials poorly: the fast recipes train it at 16 px).
+                last = repeat == seeds - 1 and row["epoch"] >= trainer.cfg.train.epochs
+                judged = not last and (repeat == 0 or row["epoch"] > 1)
+                if judged and trial.should_prune():
+                    raise optuna.TrialPruned(f"seed {trainer.cfg.train.seed} epoch {row['epoch']}: {objective_key} "
+                                             f"{value:.4f}")
+            return on_epoch_end
 
         opts = RunOptions(out=folder, tracking_uri=tracking_uri, experiment=experiment, progress="lines",
                           parent_run_id=parent_id, log=lambda m: None)
@@ -242,12 +264,24 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
             if objective_key != "val_accuracy":
                 raise ImagefitError("with data.folds the objective is val_accuracy (the folds' mean)")
         else:
-            r = train(cfg, replace(opts, on_epoch_end=report))
-            if r.get("stopped") == "interrupted":  # Ctrl-C stops the search, not just this trial
-                study.stop()
-                raise ImagefitError(f"trial {trial.number} was interrupted; run the same command again to go on")
-            score = r["val_accuracy"] if objective_key == "val_accuracy" else \
-                min(h["val_loss"] for h in json.loads((folder / "metrics.json").read_text())["history"])
+            scores = []
+            for repeat in range(seeds):
+                run_cfg, run_opts = cfg, replace(opts, on_epoch_end=report(repeat))
+                if seeds > 1:
+                    run_cfg = copy.deepcopy(cfg)
+                    run_cfg.train.seed = cfg.train.seed + repeat
+                    run_opts = replace(run_opts, out=folder / f"seed-{run_cfg.train.seed}",
+                                       run_name=f"trial-{trial.number} seed {run_cfg.train.seed}")
+                r = train(run_cfg.validate(), run_opts)
+                if r.get("stopped") == "interrupted":  # Ctrl-C stops the search, not just this trial
+                    study.stop()
+                    raise ImagefitError(f"trial {trial.number} was interrupted; run the same command again to go on")
+                scores.append(r["val_accuracy"] if objective_key == "val_accuracy" else
+                              min(h["val_loss"] for h in
+                                  json.loads((Path(run_opts.out) / "metrics.json").read_text())["history"]))
+            score = sum(scores) / seeds
+            if seeds > 1:
+                trial.set_user_attr("seed_scores", scores)
         trial.set_user_attr("run_dir", str(folder))
         log(f"trial {trial.number}: {objective_key} {score:.4f}  {json.dumps(values)}")
         return score
@@ -315,7 +349,8 @@ def _margin_over_base(study, complete: list, best) -> dict:
     paired difference). Trials whose configs differ little score within noise of each other on a few thousand
     images; a margin under two standard errors is no evidence that the best beats the base."""
     base = next((t for t in complete if t.user_attrs.get("base")), None)
-    n = best.user_attrs.get("val_images")
+    # with seeds: N, each trial's score is a mean over N runs, each on its own split of val_images
+    n = best.user_attrs.get("val_images", 0) * len(best.user_attrs.get("seed_scores", [None]))
     if base is None or base.number == best.number or not n or study.direction.name != "MAXIMIZE":
         return {}
     p = (best.value + base.value) / 2

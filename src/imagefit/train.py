@@ -61,6 +61,7 @@ class RunOptions:
     log: Callable[[str], None] | None = None  # where one-line messages go (stderr by default)
     on_epoch_end: Callable[[Trainer, dict], None] | None = None  # (trainer, the epoch's row), e.g. benchmarks
     parent_run_id: str | None = None  # MLflow run this one is nested under (a study, a cross-validation)
+    run_name: str | None = None  # the MLflow run's name (the --out folder's name by default)
 
 
 # ---------------------------------------------------------------------------------------------- setup helpers
@@ -357,7 +358,8 @@ class Trainer:
         if not self.opts.resume and self.world.main:
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.tracker = make_tracker(self.tracking_uri, self.opts.experiment)
-        self.tracker.start(self.out.name, cfg.to_dict(), run_id=self.tracking_run_id, parent=self.opts.parent_run_id)
+        self.tracker.start(self.opts.run_name or self.out.name, cfg.to_dict(), run_id=self.tracking_run_id,
+                           parent=self.opts.parent_run_id)
         self.tracking_run_id = self.tracker.run_id
         if self.lr_finder:
             atomic_write_text(self.out / "lr_finder.json", json.dumps(self.lr_finder.to_dict(), indent=1))
