@@ -72,16 +72,19 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--test-images", type=int, default=5000)
     p.add_argument("--grid-low", type=float, default=1e-3)
+    p.add_argument("--grid", help="comma-separated peak rates to run instead of the 6-rate grid (e.g. the best "
+                                  "rate of a seed-0 grid, to see how another seed moves it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--grid-from", help="reuse the grid rows of an earlier JSON of the same settings (the runs are "
                                        "deterministic for a seed); only the finder's run is trained")
     args = p.parse_args()
-    grid = [args.grid_low * 10 ** (3 * i / 5) for i in range(6)]
+    grid = [float(r) for r in args.grid.split(",")] if args.grid else \
+        [args.grid_low * 10 ** (3 * i / 5) for i in range(6)]
     if args.grid_from:
         earlier = json.loads(Path(args.grid_from).read_text())
-        same = ("model", "per_class", "epochs", "batch_size", "test_images", "grid_low", "seed", "data")
-        if any(earlier["args"][k] != vars(args)[k] for k in same):
+        same = ("model", "per_class", "epochs", "batch_size", "test_images", "grid_low", "grid", "seed", "data")
+        if any(earlier["args"].get(k) != vars(args)[k] for k in same):
             raise SystemExit(f"{args.grid_from} was run with other settings; drop --grid-from")
         rows = [one_run(args, "auto")] + [r for r in earlier["rows"] if not r["auto"]]
     else:
@@ -95,7 +98,7 @@ def main() -> None:
     print(f"finder vs grid best: {-gap:+.2f} points ({'within' if gap <= 1 else 'NOT within'} 1 point)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"finder-{date.today()}-{args.model}.json"
+    path = out / f"finder-{date.today()}-{args.model}{f'-seed{args.seed}' if args.seed else ''}.json"
     path.write_text(json.dumps({"args": vars(args), "rows": rows, "gap_points": gap}, indent=1))
     print(f"runs: {path}")
 
