@@ -201,6 +201,7 @@ def test_a_trial_of_several_seeds_scores_their_mean(capsys, monkeypatch, cifar_d
     parent = study.user_attrs["mlflow_parent_run_id"]
     nested = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
     assert sorted(n.info.run_name for n in nested) == ["trial-0 seed 5", "trial-0 seed 6"]
+    assert run(capsys, "search", "--report", "--out", "study")["best_trials"][0]["seed_scores"] == scores
 
     class FromStep4(optuna.pruners.BasePruner):  # prunes from the second seed's first epoch on, if asked
         def prune(self, study, trial):

@@ -394,7 +394,8 @@ def report(storage: str, study_name: str, out: str | Path, top: int = 5) -> dict
     folder.mkdir(parents=True, exist_ok=True)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    result["best_trials"] = [{"trial": t.number, "value": t.value, "params": t.params}
+    result["best_trials"] = [{"trial": t.number, "value": t.value, "params": t.params,
+                              **({"seed_scores": t.user_attrs["seed_scores"]} if "seed_scores" in t.user_attrs else {})}
                              for t in sorted(complete, key=lambda t: t.value, reverse=reverse)[:top]]
     figures = {"history.png": ovm.plot_optimization_history}
     if len(complete) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in complete}) >= 2:
