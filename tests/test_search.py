@@ -182,7 +182,7 @@ def seeded_space(path, seed: int, epochs: int) -> str:
 
 def test_a_trial_of_several_seeds_scores_their_mean(capsys, monkeypatch, cifar_dir, tmp_path):
     """`seeds: 2`: each trial trains with seeds 5 and 6 (each its own validation split), scores the mean, and
-    tracks both runs under the study; the pruner judges a later seed's epochs as steps of their own."""
+    tracks both runs under the study; the pruner judges only the first seed's second half."""
     import mlflow
     import optuna
 
@@ -203,16 +203,26 @@ def test_a_trial_of_several_seeds_scores_their_mean(capsys, monkeypatch, cifar_d
     assert sorted(n.info.run_name for n in nested) == ["trial-0 seed 5", "trial-0 seed 6"]
     assert run(capsys, "search", "--report", "--out", "study")["best_trials"][0]["seed_scores"] == scores
 
+    class Always(optuna.pruners.BasePruner):  # prunes whenever it is asked
+        def prune(self, study, trial):
+            return True
+
     class FromStep4(optuna.pruners.BasePruner):  # prunes from the second seed's first epoch on, if asked
         def prune(self, study, trial):
             return max(trial.intermediate_values, default=0) >= 4
 
-    monkeypatch.setattr(imagefit.search, "_pruner", lambda kind: FromStep4())
-    r = imagefit.search.search(seeded_space(tmp_path / "p.yaml", 0, 3), 1, tmp_path / "pruned",
-                               data=str(cifar_dir), tracking_uri="none", log=lambda m: None)
-    assert r["trials"]["pruned"] == 1
-    steps = optuna.load_study(study_name="imagefit", storage=f"sqlite:///{tmp_path}/pruned/optuna.db").trials[0]
-    assert sorted(steps.intermediate_values) == [1, 2, 3, 4, 5]  # seed 1's epoch 1 (step 4) unjudged; epoch 2 pruned
+    def steps(pruner, epochs: int, where: str) -> tuple[dict, list]:
+        monkeypatch.setattr(imagefit.search, "_pruner", lambda kind: pruner)
+        r = imagefit.search.search(seeded_space(tmp_path / f"{where}.yaml", 0, epochs), 1, tmp_path / where,
+                                   data=str(cifar_dir), tracking_uri="none", log=lambda m: None)
+        t = optuna.load_study(study_name="imagefit", storage=f"sqlite:///{tmp_path}/{where}/optuna.db").trials[0]
+        return r["trials"], sorted(t.intermediate_values)
+
+    # 4 epochs: only the first seed's epoch 3 is judged (the first half ranks by noise; epoch 4 is its last)
+    assert steps(Always(), 4, "always") == ({"complete": 0, "pruned": 1, "fail": 0, "running": 0}, [1, 2, 3])
+    # later seeds are reported but never judged: the trial completes
+    assert steps(FromStep4(), 3, "later") == ({"complete": 1, "pruned": 0, "fail": 0, "running": 0},
+                                              [1, 2, 3, 4, 5, 6])
 
 
 def test_the_best_trial_is_weighed_against_the_base_config():
