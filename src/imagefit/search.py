@@ -13,19 +13,20 @@ A space file (YAML) names the base recipe, fixed overrides, the objective and th
       optim.weight_decay: {low: 1e-4, high: 1e-2, log: true, grid: [1e-4, 1e-3, 1e-2]}   # values for --sampler grid
     seeds: 3                          # optional: score each trial as the mean of 3 runs (seeds S, S+1, S+2)
 
-The study lives in an Optuna storage (a local SQLite file by default; `--storage postgresql://…` for workers on
-many machines) and is resumed by running the same command again: `--trials N` is the total the study should
-reach, counted across every worker (Optuna's MaxTrialsCallback), so two workers never run N each. Each trial is an
-ordinary training run in OUT/trial-K (trial 0 is the base config itself when its values lie in the space), its
-MLflow run nested under the study's parent run, its per-epoch validation accuracy reported so the pruner (median
-or Hyperband) can stop it early. With `--folds K` in the fixed part, a trial's score is the mean validation
-accuracy over K folds (no pruning then). With `seeds: N`, each trial is trained N times, with the base config's seed and the N-1 after it; the seed also draws the validation split, so
-each run is scored on its own held-out share, and the trial's score is the mean (a repeated hold-out). One run's
-validation accuracy on a few thousand images moves by about half a point from seed to seed, as much as the
-rates being searched change it, so on a plateau a one-seed search picks noise; N seeds cut that noise by sqrt(N)
-(benchmarks/RESULTS.md, issue 8). The runs are trial-K/seed-S. The pruner judges the second half of the first
-seed's epochs, before the last (see `objective`); every seed's epochs are reported, as steps of their own. The
-best trial's config is written as a recipe (OUT/best.yaml) that `imagefit train --recipe OUT/best.yaml` takes.
+The study lives in an Optuna storage (a local SQLite file by default; `--storage postgresql://…` for workers on many
+machines) and is resumed by running the same command again: `--trials N` is the total the study should reach,
+counted across every worker (Optuna's MaxTrialsCallback), so two workers never run N each. Each trial is an ordinary
+training run in OUT/trial-K (trial 0 is the base config itself when its values lie in the space), its MLflow run
+nested under the study's parent run, its per-epoch validation accuracy reported so the pruner (median or Hyperband)
+can stop it early. With `--folds K` in the fixed part, a trial's score is the mean validation accuracy over K folds
+(no pruning then). With `seeds: N`, each trial is trained N times, with the base config's seed and the N-1 after it;
+the seed also draws the validation split, so each run is scored on its own held-out share, and the trial's score is
+the mean (a repeated hold-out). One run's validation accuracy on a few thousand images moves by about half a point
+from seed to seed, as much as the rates being searched change it, so on a plateau a one-seed search picks noise; N
+seeds cut that noise by sqrt(N) (benchmarks/RESULTS.md, issue 8). The runs are trial-K/seed-S. The pruner judges the
+second half of the first seed's epochs, before the last (see `objective`); every seed's epochs are reported, as
+steps of their own. The best trial's config is written as a recipe (OUT/best.yaml) that `imagefit train --recipe
+OUT/best.yaml` takes.
 """
 
 from __future__ import annotations
