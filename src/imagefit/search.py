@@ -36,6 +36,7 @@ import dataclasses
 import json
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -236,25 +237,23 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
         seeds = space["seeds"]
         epochs = cfg.train.epochs
 
-        def report(repeat: int):
-            def on_epoch_end(trainer, row):
-                value = row.get(objective_key)
-                if value is None:
-                    return
-                if row["epoch"] == 1 and repeat == 0:
-                    trial.set_user_attr("val_images", len(trainer.data.val))
-                trial.report(value, repeat * epochs + row["epoch"])  # step: this epoch of this seed, in every trial
-                # Judged: the first seed's epochs in the second half of its schedule, before its last. Earlier
-                # epochs rank trials by noise: in the 4-epoch fast recipes one config read 0.42 to 0.66 at epoch 2
-                # over three seeds, and 0.835 to 0.843 at the end (benchmarks/RESULTS.md, issue 8). The last epoch
-                # is never judged (nothing is left to save), nor are later seeds: on a plateau each judged step
-                # prunes about half the trials by noise, so judging every seed would leave almost none; a trial
-                # that survives its first seed is trained on all of them.
-                judged = repeat == 0 and epochs // 2 < row["epoch"] < epochs
-                if judged and trial.should_prune():
-                    raise optuna.TrialPruned(f"seed {trainer.cfg.train.seed} epoch {row['epoch']}: {objective_key} "
-                                             f"{value:.4f}")
-            return on_epoch_end
+        def report(repeat: int, trainer, row):  # train's on_epoch_end, for the repeat-th seed
+            value = row.get(objective_key)
+            if value is None:
+                return
+            if row["epoch"] == 1 and repeat == 0:
+                trial.set_user_attr("val_images", len(trainer.data.val))
+            trial.report(value, repeat * epochs + row["epoch"])  # step: this epoch of this seed, in every trial
+            # Judged: the first seed's epochs in the second half of its schedule, before its last. Earlier
+            # epochs rank trials by noise: in the 4-epoch fast recipes one config read 0.42 to 0.66 at epoch 2
+            # over three seeds, and 0.835 to 0.843 at the end (benchmarks/RESULTS.md, issue 8). The last epoch
+            # is never judged (nothing is left to save), nor are later seeds: on a plateau each judged step
+            # prunes about half the trials by noise, so judging every seed would leave almost none; a trial
+            # that survives its first seed is trained on all of them.
+            judged = repeat == 0 and epochs // 2 < row["epoch"] < epochs
+            if judged and trial.should_prune():
+                raise optuna.TrialPruned(f"seed {trainer.cfg.train.seed} epoch {row['epoch']}: {objective_key} "
+                                         f"{value:.4f}")
 
         opts = RunOptions(out=folder, tracking_uri=tracking_uri, experiment=experiment, progress="lines",
                           parent_run_id=parent_id, log=lambda m: None)
@@ -267,19 +266,20 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
         else:
             scores = []
             for repeat in range(seeds):
-                run_cfg, run_opts = cfg, replace(opts, on_epoch_end=report(repeat))
+                run_cfg, run_opts = cfg, replace(opts, on_epoch_end=partial(report, repeat))
                 if seeds > 1:
                     run_cfg = copy.deepcopy(cfg)
                     run_cfg.train.seed = cfg.train.seed + repeat
+                    run_cfg.validate()
                     run_opts = replace(run_opts, out=folder / f"seed-{run_cfg.train.seed}",
                                        run_name=f"trial-{trial.number} seed {run_cfg.train.seed}")
-                r = train(run_cfg.validate(), run_opts)
+                r = train(run_cfg, run_opts)
                 if r.get("stopped") == "interrupted":  # Ctrl-C stops the search, not just this trial
                     study.stop()
                     raise ImagefitError(f"trial {trial.number} was interrupted; run the same command again to go on")
                 scores.append(r["val_accuracy"] if objective_key == "val_accuracy" else
                               min(h["val_loss"] for h in
-                                  json.loads((Path(run_opts.out) / "metrics.json").read_text())["history"]))
+                                  json.loads((run_opts.out / "metrics.json").read_text())["history"]))
             score = sum(scores) / seeds
             if seeds > 1:
                 trial.set_user_attr("seed_scores", scores)
