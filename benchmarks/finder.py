@@ -8,17 +8,24 @@ Every run is the same short budget (a seeded class-balanced subset of train, a f
 one-cycle, crop + flip, no validation split) and is scored on --test-images held-out images (a seeded random
 choice; all 5,000 by default). The grid is 6 rates log-spaced over 3 decades (--grid-low to 1000x it); the
 issue's bar: the finder's run within 1 point of the grid's best. Prints a table; writes JSON to --out.
+
+    python benchmarks/finder.py --summary finder-DATE-resnet18.json finder-DATE-resnet18-seed1.json ...
+
+reads the JSONs of several seeds (same settings, same grid) and judges the bar on their means: the finder's mean
+accuracy against the grid rate with the best mean. One seed of these short runs moves a rate's accuracy by points.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from imagefit.config import Config
@@ -63,9 +70,39 @@ def one_run(args, lr) -> dict:
     return row
 
 
+def summary(paths: list[str]) -> None:
+    """The bar on the means over seeds, with each seed's own gap and the standard error of the mean gap."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    keys = ("model", "per_class", "epochs", "batch_size", "test_images", "data")
+    grids = [[r["lr"] for r in run["rows"] if not r["auto"]] for run in runs]
+    if any(tuple(run["args"][k] for k in keys) != tuple(runs[0]["args"][k] for k in keys) for run in runs) or \
+            any(g != grids[0] for g in grids):
+        raise SystemExit("the JSONs were run with other settings or other grids; summarize runs of one command")
+    seeds = [run["args"]["seed"] for run in runs]
+    if len(set(seeds)) < len(seeds):
+        raise SystemExit(f"seeds repeat ({seeds}); give one JSON per seed")
+    finder = np.array([[r for r in run["rows"] if r["auto"]][0]["accuracy"] for run in runs]) * 100
+    grid = np.array([[r["accuracy"] for r in run["rows"] if not r["auto"]] for run in runs]) * 100
+    best = int(np.argmax(grid.mean(0)))
+    gaps = grid[:, best] - finder
+    a = runs[0]["args"]
+    print(f"{a['model']}, {a['per_class']}/class x {a['epochs']} epochs, batch {a['batch_size']}, seeds {seeds}")
+    rates = ", ".join(f"{[r for r in run['rows'] if r['auto']][0]['lr']:.3g}" for run in runs)
+    print(f"{'finder':>10}  lr {rates}  held-out {', '.join(f'{x:.2f}' for x in finder)}  mean {finder.mean():.2f}%")
+    for i, lr in enumerate(grids[0]):
+        tag = "grid best" if i == best else "grid"
+        print(f"{tag:>10}  lr {lr:.3g}  held-out {', '.join(f'{x:.2f}' for x in grid[:, i])}  mean "
+              f"{grid[:, i].mean():.2f}%")
+    se = gaps.std(ddof=1) / np.sqrt(len(gaps)) if len(gaps) > 1 else math.nan
+    print(f"finder vs grid best, on the means: {-gaps.mean():+.2f} points (standard error {se:.2f}; per seed "
+          f"{', '.join(f'{-g:+.2f}' for g in gaps)}): {'within' if gaps.mean() <= 1 else 'NOT within'} 1 point")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True)
+    p.add_argument("--summary", nargs="+", metavar="JSON", help="judge the bar on the means of these runs' JSONs "
+                                                                    "(one per seed) instead of training")
+    p.add_argument("--data")
     p.add_argument("--model", default="fastnet-small")
     p.add_argument("--per-class", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=2)
@@ -79,6 +116,10 @@ def main() -> None:
     p.add_argument("--grid-from", help="reuse the grid rows of an earlier JSON of the same settings (the runs are "
                                        "deterministic for a seed); only the finder's run is trained")
     args = p.parse_args()
+    if args.summary:
+        return summary(args.summary)
+    if not args.data:
+        p.error("--data is required (or --summary JSON ...)")
     grid = [float(r) for r in args.grid.split(",")] if args.grid else \
         [args.grid_low * 10 ** (3 * i / 5) for i in range(6)]
     if args.grid_from:
