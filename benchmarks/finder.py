@@ -78,6 +78,8 @@ def summary(paths: list[str]) -> None:
     if any(tuple(run["args"][k] for k in keys) != tuple(runs[0]["args"][k] for k in keys) for run in runs) or \
             any(g != grids[0] for g in grids):
         raise SystemExit("the JSONs were run with other settings or other grids; summarize runs of one command")
+    if any(run["args"].get("no_finder") for run in runs):
+        raise SystemExit("a --no-finder JSON has no finder run to judge; leave it out of --summary")
     seeds = [run["args"]["seed"] for run in runs]
     if len(set(seeds)) < len(seeds):
         raise SystemExit(f"seeds repeat ({seeds}); give one JSON per seed")
@@ -115,6 +117,8 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--grid-from", help="reuse the grid rows of an earlier JSON of the same settings (the runs are "
                                        "deterministic for a seed); only the finder's run is trained")
+    p.add_argument("--no-finder", action="store_true", help="train the grid rates only (e.g. a rate another rule "
+                                                            "read off a saved curve); no bar")
     args = p.parse_args()
     if args.summary:
         return summary(args.summary)
@@ -122,6 +126,8 @@ def main() -> None:
         p.error("--data is required (or --summary JSON ...)")
     grid = [float(r) for r in args.grid.split(",")] if args.grid else \
         [args.grid_low * 10 ** (3 * i / 5) for i in range(6)]
+    if args.grid_from and args.no_finder:
+        raise SystemExit("--grid-from trains only the finder's run and --no-finder only the grid; use one of them")
     if args.grid_from:
         earlier = json.loads(Path(args.grid_from).read_text())
         same = ("model", "per_class", "epochs", "batch_size", "test_images", "grid_low", "grid", "seed", "data")
@@ -129,17 +135,19 @@ def main() -> None:
             raise SystemExit(f"{args.grid_from} was run with other settings; drop --grid-from")
         rows = [one_run(args, "auto")] + [r for r in earlier["rows"] if not r["auto"]]
     else:
-        rows = [one_run(args, "auto")] + [one_run(args, lr) for lr in grid]
-    best = max(rows[1:], key=lambda r: r["accuracy"])
-    gap = 100 * (best["accuracy"] - rows[0]["accuracy"])
+        rows = ([] if args.no_finder else [one_run(args, "auto")]) + [one_run(args, lr) for lr in grid]
+    best = max((r for r in rows if not r["auto"]), key=lambda r: r["accuracy"])
+    gap = None if args.no_finder else 100 * (best["accuracy"] - rows[0]["accuracy"])
     print(f"\n{args.model}, {args.per_class}/class x {args.epochs} epochs, batch {args.batch_size}, seed {args.seed}")
     for r in rows:
         tag = "finder" if r["auto"] else ("grid best" if r is best else "grid")
         print(f"{tag:>10}  lr {r['lr']:.3g}  held-out {100 * r['accuracy']:.2f}%  ({r['seconds']} s)")
-    print(f"finder vs grid best: {-gap:+.2f} points ({'within' if gap <= 1 else 'NOT within'} 1 point)")
+    if gap is not None:
+        print(f"finder vs grid best: {-gap:+.2f} points ({'within' if gap <= 1 else 'NOT within'} 1 point)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"finder-{date.today()}-{args.model}{f'-seed{args.seed}' if args.seed else ''}.json"
+    path = out / (f"finder-{date.today()}-{args.model}{f'-seed{args.seed}' if args.seed else ''}"
+                  f"{'-grid-only' if args.no_finder else ''}.json")
     path.write_text(json.dumps({"args": vars(args), "rows": rows, "gap_points": gap}, indent=1))
     print(f"runs: {path}")
 
