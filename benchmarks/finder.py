@@ -33,6 +33,9 @@ from imagefit.evaluate import gather_logits
 from imagefit.loader import Loader
 from imagefit.train import RunOptions, Trainer
 
+# What makes two runs' JSONs the same benchmark; --grid-from also needs the same grid and seed.
+SETTINGS = ("model", "per_class", "epochs", "batch_size", "test_images", "data")
+
 
 def config(args, lr) -> Config:
     cfg = Config()
@@ -73,23 +76,23 @@ def one_run(args, lr) -> dict:
 def summary(paths: list[str]) -> None:
     """The bar on the means over seeds, with each seed's own gap and the standard error of the mean gap."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    keys = ("model", "per_class", "epochs", "batch_size", "test_images", "data")
-    grids = [[r["lr"] for r in run["rows"] if not r["auto"]] for run in runs]
-    if any(tuple(run["args"][k] for k in keys) != tuple(runs[0]["args"][k] for k in keys) for run in runs) or \
-            any(g != grids[0] for g in grids):
-        raise SystemExit("the JSONs were run with other settings or other grids; summarize runs of one command")
     if any(run["args"].get("no_finder") for run in runs):
         raise SystemExit("a --no-finder JSON has no finder run to judge; leave it out of --summary")
+    grids = [[r["lr"] for r in run["rows"] if not r["auto"]] for run in runs]
+    if any([run["args"][k] for k in SETTINGS] != [runs[0]["args"][k] for k in SETTINGS] for run in runs) or \
+            any(g != grids[0] for g in grids):
+        raise SystemExit("the JSONs were run with other settings or other grids; summarize runs of one command")
     seeds = [run["args"]["seed"] for run in runs]
     if len(set(seeds)) < len(seeds):
         raise SystemExit(f"seeds repeat ({seeds}); give one JSON per seed")
-    finder = np.array([[r for r in run["rows"] if r["auto"]][0]["accuracy"] for run in runs]) * 100
+    found = [next(r for r in run["rows"] if r["auto"]) for run in runs]
+    finder = np.array([r["accuracy"] for r in found]) * 100
     grid = np.array([[r["accuracy"] for r in run["rows"] if not r["auto"]] for run in runs]) * 100
     best = int(np.argmax(grid.mean(0)))
     gaps = grid[:, best] - finder
     a = runs[0]["args"]
     print(f"{a['model']}, {a['per_class']}/class x {a['epochs']} epochs, batch {a['batch_size']}, seeds {seeds}")
-    rates = ", ".join(f"{[r for r in run['rows'] if r['auto']][0]['lr']:.3g}" for run in runs)
+    rates = ", ".join(f"{r['lr']:.3g}" for r in found)
     print(f"{'finder':>10}  lr {rates}  held-out {', '.join(f'{x:.2f}' for x in finder)}  mean {finder.mean():.2f}%")
     for i, lr in enumerate(grids[0]):
         tag = "grid best" if i == best else "grid"
@@ -115,9 +118,10 @@ def main() -> None:
                                   "rate of a seed-0 grid, to see how another seed moves it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--grid-from", help="reuse the grid rows of an earlier JSON of the same settings (the runs are "
+    once = p.add_mutually_exclusive_group()  # --grid-from trains only the finder's run, --no-finder only the grid
+    once.add_argument("--grid-from", help="reuse the grid rows of an earlier JSON of the same settings (the runs are "
                                        "deterministic for a seed); only the finder's run is trained")
-    p.add_argument("--no-finder", action="store_true", help="train the grid rates only (e.g. a rate another rule "
+    once.add_argument("--no-finder", action="store_true", help="train the grid rates only (e.g. a rate another rule "
                                                             "read off a saved curve); no bar")
     args = p.parse_args()
     if args.summary:
@@ -126,12 +130,9 @@ def main() -> None:
         p.error("--data is required (or --summary JSON ...)")
     grid = [float(r) for r in args.grid.split(",")] if args.grid else \
         [args.grid_low * 10 ** (3 * i / 5) for i in range(6)]
-    if args.grid_from and args.no_finder:
-        raise SystemExit("--grid-from trains only the finder's run and --no-finder only the grid; use one of them")
     if args.grid_from:
         earlier = json.loads(Path(args.grid_from).read_text())
-        same = ("model", "per_class", "epochs", "batch_size", "test_images", "grid_low", "grid", "seed", "data")
-        if any(earlier["args"].get(k) != vars(args)[k] for k in same):
+        if any(earlier["args"].get(k) != vars(args)[k] for k in SETTINGS + ("grid_low", "grid", "seed")):
             raise SystemExit(f"{args.grid_from} was run with other settings; drop --grid-from")
         rows = [one_run(args, "auto")] + [r for r in earlier["rows"] if not r["auto"]]
     else:
