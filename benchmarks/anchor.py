@@ -27,11 +27,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from imagefit.augment import BatchAugment, Normalize
+from imagefit.augment import BatchAugment
+from imagefit.preprocessing import Normalize
 from imagefit.config import AugmentConfig
 from imagefit.data import Splits
 from imagefit.evaluate import gather_logits
-from imagefit.loader import Loader, mix_seed
+from imagefit.loader import Loader
+from imagefit.seeds import flip_seed
 from imagefit.models import FastNet
 from imagefit.optim import Muon
 
@@ -59,10 +61,10 @@ def train_anchor(name: str, splits: Splits, seed: int, on_epoch_end=None) -> dic
     widths, batch, epochs = ANCHORS[name]
     torch.manual_seed(seed)
     device = torch.device("cpu")
-    normalize = Normalize(splits.mean, splits.std, device, channels_last=True)
+    normalize = Normalize(splits.mean, splits.std, channels_last=True).to(device)
     aug = AugmentConfig(crop_padding=2, flip=True, alternate_flip=True)
     train = Loader(splits.train, batch, normalize, shuffle=True, drop_last=True, seed=seed,
-                   augment=BatchAugment(aug, normalize, len(splits.train), mix_seed(seed, 0, 0, 0)))
+                   augment=BatchAugment(aug, normalize, len(splits.train), flip_seed(seed)))
     model = AnchorNet(widths).to(memory_format=torch.channels_last)
     model.init_from_data(normalize(splits.train.images[:5000]))
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from imagefit.augment import BatchAugment, Normalize
+from imagefit.augment import BatchAugment
+from imagefit.preprocessing import Normalize
 from imagefit.config import AugmentConfig, Config, DataConfig, ModelConfig
 from imagefit.data import load_splits
 from imagefit.loader import Loader
@@ -102,7 +103,7 @@ def main():
 
     # Augmented batches: the whole fast path from the uint8 tensor to a normalized float batch.
     for cl in (False, True):
-        norm = Normalize(splits.mean, splits.std, torch.device("cpu"), cl)
+        norm = Normalize(splits.mean, splits.std, cl)
         loader = Loader(train, b, norm, augment=BatchAugment(AugmentConfig(), norm), shuffle=True, drop_last=True)
         it = loader.batches(0)
         next(it)

@@ -125,7 +125,7 @@ def _bad_inputs(port: int) -> dict:
 
 def throughput(predictor, tta: str, batch: int = 256, images: int = 2048, warmup: int = 1) -> tuple[float, float]:
     """Images/s and CPU ms per image of `predictor` in this process, on random images in batches of `batch`."""
-    size = predictor.preprocessing["size"]
+    size = predictor.preprocessing.size
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     for _ in range(warmup):
         predictor.probabilities(x, tta)

@@ -45,7 +45,7 @@ TTA_VIEWS = {"none": 1, "flip": 2, "crops": 3, "flip+crops": 6}
 
 def cpu_description() -> str:
     """The CPU this ran on, as the figures depend on it: model, family (26 = Zen 5), cores, native bfloat16."""
-    from imagefit.train import cpu_has_native_bf16
+    from imagefit.runtime import cpu_has_native_bf16
     info = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -132,8 +132,8 @@ def run_anchor(name: str, data: str, seed: int, curve_tta: str | None) -> dict:
         curve.append([round(seconds, 1), accuracy])
         off_clock[0] += time.perf_counter() - t
 
-    from imagefit.augment import Normalize
-    normalize_ref = [Normalize(splits.mean, splits.std, torch.device("cpu"), True)]
+    from imagefit.preprocessing import Normalize
+    normalize_ref = [Normalize(splits.mean, splits.std, True)]
     start = time.perf_counter()
     out = train_anchor(name, splits, seed, on_epoch_end=held_out)
     accuracy = anchor_accuracy(out["model"], splits, out["normalize"])

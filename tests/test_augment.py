@@ -1,7 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from imagefit.augment import BatchAugment, Normalize, crop_flip, cutout
+from imagefit.augment import BatchAugment, crop_flip, cutout
+from imagefit.preprocessing import Normalize
 from imagefit.config import AugmentConfig, DataConfig
 from imagefit.data import load_splits
 from imagefit.loader import Loader
@@ -40,13 +41,13 @@ def test_cutout_zeroes_a_square_per_image():
 def test_normalize_matches_the_formula():
     x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
-    got = Normalize(mean, std, torch.device("cpu"), channels_last=True)(x)
+    got = Normalize(mean, std, True)(x)
     want = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     assert torch.allclose(got, want, atol=1e-6) and got.is_contiguous(memory_format=torch.channels_last)
 
 
 def _loader(data, splits, **kw):
-    norm = Normalize(splits.mean, splits.std, torch.device("cpu"), False)
+    norm = Normalize(splits.mean, splits.std, False)
     aug = BatchAugment(AugmentConfig(crop_padding=2, flip=True, rotation=10, cutout=4), norm)
     return Loader(data, 8, norm, augment=aug, shuffle=True, drop_last=True, seed=7, workers=0, **kw)
 
@@ -74,7 +75,7 @@ def test_streaming_and_memory_paths_yield_the_same_batches(folder_dir):
 def test_alternate_flip_shows_every_image_both_ways_over_two_epochs():
     n = 64
     x = torch.arange(n * 3 * 4 * 4, dtype=torch.int64).remainder(251).to(torch.uint8).view(n, 3, 4, 4)
-    norm = Normalize([0.0] * 3, [1 / 255] * 3, torch.device("cpu"), False)  # identity on the uint8 values
+    norm = Normalize([0.0] * 3, [1 / 255] * 3, False)  # identity on the uint8 values
     aug = BatchAugment(AugmentConfig(crop_padding=0, flip=True, alternate_flip=True), norm, n, seed=3)
     index = torch.randperm(n)
 
@@ -89,19 +90,19 @@ def test_alternate_flip_shows_every_image_both_ways_over_two_epochs():
 
 
 def test_flip_tta_is_mirror_invariant_and_translate_adds_views():
-    from imagefit.evaluate import predict_logits
+    from imagefit.preprocessing import tta_scores
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
-        plain = predict_logits(model, x)
+        plain = tta_scores(model, x)
         assert plain.equal(model(x)) and not torch.allclose(plain, model(x.flip(-1)))
-        assert torch.allclose(predict_logits(model, x, "flip"), predict_logits(model, x.flip(-1), "flip"), atol=1e-6)
-        assert not torch.allclose(predict_logits(model, x, "flip+crops"), predict_logits(model, x, "flip"))
+        assert torch.allclose(tta_scores(model, x, "flip"), tta_scores(model, x.flip(-1), "flip"), atol=1e-6)
+        assert not torch.allclose(tta_scores(model, x, "flip+crops"), tta_scores(model, x, "flip"))
 
 
 def test_progressive_sizes_shrink_the_first_epochs_only():
-    norm = Normalize([0.5] * 3, [0.25] * 3, torch.device("cpu"), True)
+    norm = Normalize([0.5] * 3, [0.25] * 3, True)
     aug = BatchAugment(AugmentConfig(crop_padding=2, progressive_sizes=[16, 24]), norm)
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     shapes = [aug(x, torch.Generator().manual_seed(0), torch.arange(4), epoch).shape[-1] for epoch in range(4)]

@@ -14,7 +14,6 @@ def test_defaults_are_valid():
     ({"data": {"val_fraction": 1.5}}, "--val-fraction must be >= 0 and <= 0.9"),
     ({"optim": {"optimizer": "rmsprop"}}, "--optimizer must be one of sgd, adam, adamw"),
     ({"schedule": {"schedule": "step"}}, "--schedule step needs --milestones"),
-    ({"model": {"model": "resnet", "blocks": [1, 1], "widths": [8]}}, "must name the same number of stages"),
 ])
 def test_out_of_range_values_are_refused_with_the_valid_range(tree, message):
     with pytest.raises(ImagefitError, match=message):

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from torch import nn
 
-from imagefit.augment import Normalize
+from imagefit.preprocessing import Normalize
 from imagefit.config import DataConfig
 from imagefit.data import load_splits
 from imagefit.distributed import sync_batchnorm
@@ -29,7 +29,7 @@ ARGS = ["train", "--model", "resnet", "--blocks", "1", "--widths", "8", "--epoch
 
 def test_shards_make_up_the_global_batch(cifar_dir):
     data = load_splits(DataConfig(data=str(cifar_dir), val_fraction=0), 0)
-    norm = Normalize(data.mean, data.std, torch.device("cpu"), False)
+    norm = Normalize(data.mean, data.std, False)
     whole = list(Loader(data.train, 16, norm, shuffle=True, drop_last=True, seed=5).batches(1))
     parts = [list(Loader(data.train, 16, norm, shuffle=True, drop_last=True, seed=5, shard=(r, 2)).batches(1))
              for r in range(2)]

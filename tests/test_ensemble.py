@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from imagefit.ensemble import combine, disagreement, independent_error
-from imagefit.evaluate import tta_views
+from imagefit.preprocessing import tta_views
+from imagefit.voting import combine, disagreement, independent_error
 
 from .conftest import TINY
 from .test_train import fails, run, same_weights

@@ -78,7 +78,7 @@ def test_bad_generator_options(capsys, cifar_dir):
 def test_synthetic_images_mix_into_training(capsys, cifar_dir, tmp_path):
     from PIL import Image
 
-    from imagefit.augment import Normalize
+    from imagefit.preprocessing import Normalize
     from imagefit.config import DataConfig
     from imagefit.data import load_splits
     from imagefit.loader import Loader
@@ -95,7 +95,7 @@ def test_synthetic_images_mix_into_training(capsys, cifar_dir, tmp_path):
     mixed = load_splits(cfg, 0)
     assert len(mixed.synthetic) == 15 and mixed.synthetic.labels.max() <= 6  # relabelled to CIFAR's order
     assert mixed.mean == real.mean  # normalized by the real images only
-    loader = Loader(mixed.train, 16, Normalize(real.mean, real.std, torch.device("cpu"), False), shuffle=True,
+    loader = Loader(mixed.train, 16, Normalize(real.mean, real.std, False), shuffle=True,
                     synthetic=mixed.synthetic, synthetic_ratio=0.25, drop_last=True)
     assert len(loader) == 120 // 12
     labels = next(loader.batches())[2]

@@ -3,7 +3,7 @@ import torch
 
 from imagefit.config import ModelConfig
 from imagefit.errors import ImagefitError
-from imagefit.models import count_params, create_model
+from imagefit.models import check_options, count_params, create_model, input_stats
 
 
 def test_he_cifar_resnets_have_the_papers_parameter_counts():
@@ -62,7 +62,7 @@ def test_fastnet_widths_are_configurable_with_three_groups():
     cfg = Config()
     cfg.model.model, cfg.model.widths = "fastnet", [32, 64]
     with pytest.raises(ImagefitError, match="names its three conv groups"):
-        cfg.validate()
+        check_options(cfg.validate().model)
 
 
 def test_fastnet_res_is_built_of_torchvision_basic_blocks_under_the_challenge_budget():
@@ -81,7 +81,20 @@ def test_fastnet_res_is_built_of_torchvision_basic_blocks_under_the_challenge_bu
     cfg = Config()
     cfg.model.model, cfg.model.blocks = "fastnet-res", [1, 0, 1]
     with pytest.raises(ImagefitError, match="each at least 1"):
-        cfg.validate()
+        check_options(cfg.validate().model)
     cfg.model.model, cfg.model.blocks = "fastnet", [1, 1, 1]
     with pytest.raises(ImagefitError, match="--blocks does not apply to --model fastnet"):
-        cfg.validate()
+        check_options(cfg.validate().model)
+
+
+def test_configurable_resnet_needs_as_many_widths_as_stages():
+    with pytest.raises(ImagefitError, match="must name the same number of stages"):
+        check_options(ModelConfig(model="resnet", blocks=[1, 1], widths=[8]))
+
+
+def test_registry_entries_state_the_statistics_of_their_pretrained_weights():
+    assert input_stats(ModelConfig(model="resnet18", pretrained="imagenet")) == ([0.485, 0.456, 0.406],
+                                                                                  [0.229, 0.224, 0.225])
+    assert input_stats(ModelConfig(model="resnet18")) is None  # from scratch: the training set's own statistics
+    with pytest.raises(ImagefitError, match="has weights for resnet18, resnet34 and resnet50, not --model resnet20"):
+        check_options(ModelConfig(model="resnet20", pretrained="imagenet"))

@@ -11,7 +11,8 @@ import subprocess
 import pytest
 import torch
 
-from imagefit.report import PROBES, calibration
+from imagefit.metrics import calibration
+from imagefit.report import PROBES
 
 from .conftest import TINY
 from .test_train import run

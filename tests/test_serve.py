@@ -146,7 +146,7 @@ def test_api_answers(served):
     assert [p["file"] for p in preds] == ["0.png", "1.png", "2.png"]
     assert all(len(p["top"]) == 3 and p["top"][0]["class"] in CLASSES for p in preds)
     # the server gives what `imagefit predict` gives for the same bytes
-    from imagefit.data import load_image
+    from imagefit.preprocessing import load_image
     from imagefit.inference import load_predictor
     p = load_predictor(served["root"] / "run")
     x = torch.from_numpy(np.stack([load_image(b, 32) for b in blobs])).permute(0, 3, 1, 2)

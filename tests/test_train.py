@@ -199,12 +199,12 @@ def test_amp_auto_follows_the_cpu_and_bundles_record_float32_figures(capsys, cif
     run records is the float32 one that `evaluate` reproduces from its bundle."""
     import torch
 
-    from imagefit import train as train_module
+    from imagefit import runtime
     cpu = torch.device("cpu")
     for native, expected in ((True, torch.bfloat16), (False, None)):
         with monkeypatch.context() as patch:
-            patch.setattr(train_module, "cpu_has_native_bf16", lambda native=native: native)
-            factory, scaler = train_module.autocast_for(cpu, "auto")
+            patch.setattr(runtime, "cpu_has_native_bf16", lambda native=native: native)
+            factory, scaler = runtime.autocast_for(cpu, "auto")
         with factory():
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
         assert dtype == expected and scaler is None, native

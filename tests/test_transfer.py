@@ -45,7 +45,7 @@ def test_init_from_freeze_and_fine_tune(capsys, cifar_dir):
     assert head["fc.weight"].shape[0] == 4 and tuned["layer_lr_decay"] == 2.6
     assert tuned["accuracy"] == tuned["all"]["accuracy"] and tuned["bundle"].endswith("2-all/bundle.safetensors")
     # the normalization is the source bundle's, not the vehicle subset's own statistics
-    assert load_bundle("runs/ft/2-all").preprocessing["mean"] == load_bundle("runs/animals").preprocessing["mean"]
+    assert load_bundle("runs/ft/2-all").preprocessing.mean == load_bundle("runs/animals").preprocessing.mean
 
 
 def test_init_from_an_incompatible_bundle_names_the_layers(capsys, cifar_dir):

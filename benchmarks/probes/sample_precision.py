@@ -9,7 +9,7 @@ import time
 import torch
 
 from imagefit.bundle import load_bundle
-from imagefit.data import choice_generator
+from imagefit.seeds import Stream, choice_generator
 from imagefit.generate import load_generator
 from imagefit.quality import Scorer, _draw_set, _real_train
 
@@ -18,13 +18,13 @@ per_class = int(sys.argv[3]) if len(sys.argv) > 3 else 50
 data = sys.argv[4] if len(sys.argv) > 4 else None
 unet, cfg = load_generator(gen)
 bundle = load_bundle(clf)
-real, _ = _real_train(data, cfg.classes, bundle.preprocessing["size"])
-real = real.subset(torch.randperm(len(real), generator=choice_generator(0, 19))[:10000])
+real, _ = _real_train(data, cfg.classes, bundle.preprocessing.size)
+real = real.subset(torch.randperm(len(real), generator=choice_generator(0, Stream.REAL_SUBSET))[:10000])
 scorer = Scorer(real.images, bundle, fake_size=per_class * len(cfg.classes))
 images = {}
 for amp in ("no", "bf16"):  # generate eval's draw: DDIM 50 steps, guidance 2, batches of 250, seed 0
     start = time.perf_counter()
-    images[amp], labels = _draw_set(unet, cfg, per_class, 50, 2.0, 0, bundle.preprocessing["size"], amp=amp)
+    images[amp], labels = _draw_set(unet, cfg, per_class, 50, 2.0, 0, bundle.preprocessing.size, amp=amp)
     seconds = time.perf_counter() - start
     r = scorer.score(images[amp], labels)
     print(f"{'float32' if amp == 'no' else 'bfloat16'}: {len(labels) / seconds:.2f} images/s, FID {r['fid']:.3f}, "

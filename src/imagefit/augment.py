@@ -7,7 +7,8 @@ a CPU. Here each op is one or two tensor operations over the batch:
 - crop with reflect padding and horizontal flip are fused into one uint8 gather: every output pixel's source
   row and column are computed (shifted, reflected at the border, mirrored for flipped images) and read once;
   no padded copy is made, and uint8 moves a quarter of the bytes float32 would;
-- normalization is one fused multiply-add to float32 in the loader's memory format;
+- normalization is the contract's `preprocessing.Normalize`, one fused multiply-add to float32 in the loader's
+  memory format;
 - rotation is `affine_grid` + `grid_sample` with one angle per image (only when enabled);
 - cutout is one broadcast comparison per axis and a masked fill with 0, the dataset mean after normalizing.
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import AugmentConfig
+from .preprocessing import Normalize
 
 
 def _reflect(idx: torch.Tensor, n: int) -> torch.Tensor:
@@ -72,19 +74,6 @@ def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     in_cols = (xs >= left) & (xs < left + size)  # N×W
     mask = in_rows[:, None, :, None] & in_cols[:, None, None, :]
     return x.masked_fill(mask, 0.0)
-
-
-class Normalize:
-    """uint8 → float32 (x/255 - mean)/std in one fused op, in the requested memory format."""
-
-    def __init__(self, mean: list[float], std: list[float], device: torch.device, channels_last: bool):
-        self.scale = (1.0 / (255.0 * torch.tensor(std))).view(1, -1, 1, 1).to(device)
-        self.shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1).to(device)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(memory_format=self.memory_format)
-        return torch.addcmul(self.shift, x.float(), self.scale).contiguous(memory_format=self.memory_format)
 
 
 class BatchAugment:

@@ -1,9 +1,11 @@
 """The bundle: everything downstream needs, in one file that loads without executing code.
 
 `bundle.safetensors` holds the weights as safetensors and, in the same file's JSON header, the class order, the
-preprocessing (size, resize rule, mean, std), the model and full training config, and the final metrics.
-Evaluate, predict and serve read only this, so they can never see other preprocessing or class order than
-training used. safetensors parses a header and raw arrays: a bundle someone sent you cannot run code.
+preprocessing (size, resize rule, mean, std, logit adjustment), the model and full training config (whose `tta`
+and `tta_average` complete the preprocessing contract), and the final metrics. `load_bundle` gives the contract
+back as one `Preprocessing`; evaluate, predict, serve and export read only that, so they can never see other
+preprocessing or class order than training used. safetensors parses a header and raw arrays: a bundle someone
+sent you cannot run code.
 """
 
 from __future__ import annotations
@@ -12,19 +14,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .augment import Normalize
 from .config import Config, ModelConfig
-from .data import load_image
 from .errors import ImagefitError
 from .files import atomic_path
 from .models import create_model
+from .preprocessing import Preprocessing
 
 FORMAT = "imagefit-bundle/1"
 FILENAME = "bundle.safetensors"
@@ -33,44 +33,25 @@ FILENAME = "bundle.safetensors"
 @dataclass
 class Bundle:
     model: nn.Module
-    classes: list[str]
-    preprocessing: dict  # size, resize, mean, std
+    preprocessing: Preprocessing  # size, resize, mean, std, class order, TTA, logit adjustment
     config: Config
     metrics: dict
     path: Path
 
-    def normalizer(self, device: torch.device = torch.device("cpu")) -> Normalize:
-        p = self.preprocessing
-        return Normalize(p["mean"], p["std"], device, channels_last=False)
+    @property
+    def classes(self) -> list[str]:
+        return self.preprocessing.classes
 
-    def load_images(self, sources) -> torch.Tensor:
-        """Files (paths or bytes) → uint8 N×C×H×W, prepared exactly as in training."""
-        p = self.preprocessing
-        arrays = [load_image(s, p["size"], p["resize"]) for s in sources]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-
-    def adjust(self, scores: torch.Tensor) -> torch.Tensor:
-        """The logit adjustment training chose (--logit-adjust), if any."""
-        from .imbalance import adjust
-        la = self.preprocessing.get("logit_adjust")
-        return adjust(scores, torch.tensor(la["log_prior"]), la["tau"]) if la else scores
-
-    @torch.inference_mode()
-    def probabilities(self, images: torch.Tensor, tta: str | None = None) -> torch.Tensor:
-        """Class probabilities for uint8 images, with the test-time augmentation training used unless `tta` says
-        otherwise (so predictions agree with `imagefit evaluate`)."""
-        from .evaluate import predict_logits
-        device = next(self.model.parameters()).device
-        t = self.config.train
-        scores = predict_logits(self.model, self.normalizer(device)(images.to(device)), tta or t.tta, t.tta_average)
-        return self.adjust(scores).softmax(1).cpu()
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
 
-def save_bundle(path: str | Path, model: nn.Module, classes: list[str], preprocessing: dict, config: Config,
+def save_bundle(path: str | Path, model: nn.Module, preprocessing: Preprocessing, config: Config,
                 metrics: dict) -> Path:
     path = Path(path)
-    meta = {"format": FORMAT, "imagefit_version": __version__, "classes": classes,
-            "preprocessing": preprocessing, "config": config.to_dict(), "metrics": metrics}
+    meta = {"format": FORMAT, "imagefit_version": __version__, "classes": preprocessing.classes,
+            "preprocessing": preprocessing.to_dict(), "config": config.to_dict(), "metrics": metrics}
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(weights, str(tmp), metadata={"imagefit": json.dumps(meta)})
@@ -118,7 +99,9 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     model = create_model(len(meta["classes"]), ModelConfig(**arch))
     load_weights(model, weights, str(path))
     model.to(device).eval()
-    return Bundle(model, meta["classes"], meta["preprocessing"], config, meta.get("metrics", {}), path)
+    t = config.train
+    preprocessing = Preprocessing.from_dict(meta["preprocessing"], meta["classes"], t.tta, t.tta_average)
+    return Bundle(model, preprocessing, config, meta.get("metrics", {}), path)
 
 
 def load_weights(model: nn.Module, weights: dict, where: str) -> None:

@@ -21,7 +21,11 @@ import yaml
 from .errors import ImagefitError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-TTA_MODES = ("none", "flip", "crops", "flip+crops")  # evaluate.tta_views says what each is
+# The vocabulary of the preprocessing contract (preprocessing.py says what each means), here so that reading a
+# config (and `imagefit --help`) needs no torch.
+TTA_MODES = ("none", "flip", "crops", "flip+crops")
+TTA_AVERAGES = ("logits", "probs")
+RESIZE_MODES = ("crop", "squish")
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, low: float | None = None,
@@ -42,7 +46,7 @@ class DataConfig:
     download: bool = opt(False, "download CIFAR-10 through torchvision when the folder has no data")
     size: int = opt(32, "image side in pixels after resizing", low=8, high=1024)
     resize: str = opt("crop", "how other sizes are resized: crop (shorter side, centre crop) or squish",
-                      choices=("crop", "squish"))
+                      choices=RESIZE_MODES)
     val_fraction: float = opt(0.1, "share of train held out (stratified, seeded) for validation", low=0.0, high=0.9)
     folds: int = opt(0, "k-fold cross-validation: train once per fold of K stratified, seeded folds, each held out "
                         "in turn for validation (replaces --val-fraction); reports mean ± std (0: off)", low=0, high=100)
@@ -163,7 +167,7 @@ class TrainConfig:
     tta: str = opt("none", "test-time augmentation for validation and test: none, flip (2 views), crops (3: the "
                            "image and two 1-pixel shifts) or flip+crops (6)", choices=TTA_MODES)
     tta_average: str = opt("logits", "how test-time views combine: mean of the logits or of the probabilities",
-                           choices=("logits", "probs"))
+                           choices=TTA_AVERAGES)
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     sync_bn: bool = opt(True, "under torchrun, BatchNorm normalizes by the statistics of the whole global batch, "
                               "as one process would (off: each rank's own share)")
@@ -218,7 +222,9 @@ class Config:
                 setattr(target, name, coerce(target, name, value, where))
 
     def validate(self) -> Config:
-        """Check every value against its field's type, choices and range; raise on the first bad one."""
+        """Check every value against its field's type, choices and range, and the fields against each other;
+        raise on the first bad one. Which options a model takes is the model registry's to check
+        (`models.check_options`)."""
         for section in SECTIONS:
             obj = getattr(self, section)
             for f in dataclasses.fields(obj):
@@ -228,8 +234,7 @@ class Config:
         if any(s > self.data.size for s in self.augment.progressive_sizes):
             raise ImagefitError(f"--progressive-sizes {','.join(map(str, self.augment.progressive_sizes))} must not "
                                 f"exceed --size {self.data.size}; progressive resizing trains smaller first")
-        from .imbalance import parse
-        parse(self.data.imbalance)
+        parse_imbalance(self.data.imbalance)
         if self.train.logit_adjust == "auto" and self.data.val_fraction == 0:
             raise ImagefitError("--logit-adjust auto chooses on the validation split; set --val-fraction above 0 "
                                 "or give a number")
@@ -241,32 +246,25 @@ class Config:
                                 f"each cycle needs whole epochs")
         if any(m < 1 for m in self.schedule.milestones):
             raise ImagefitError(f"--milestones must be epochs >= 1 (got {self.schedule.milestones})")
-        from .models import check_name  # here: models imports this module
-        check_name(self.model.model)
-        m, defaults = self.model, ModelConfig()
-        fastnet = m.model.startswith("fastnet")
-        ignored = {"blocks": m.model not in ("resnet", "fastnet-res"), "widths": m.model != "resnet" and not fastnet,
-                   "whiten_bias_epochs": not fastnet,
-                   "stem": fastnet}
-        for name, ignores in ignored.items():
-            if ignores and getattr(m, name) != getattr(defaults, name):
-                raise ImagefitError(f"{flag(name)} does not apply to --model {m.model}; drop {flag(name)} "
-                                    f"or choose a model it applies to")
-        if m.pretrained != "none" and m.model not in ("resnet18", "resnet34", "resnet50"):
-            raise ImagefitError(f"--pretrained {m.pretrained} has weights for resnet18, resnet34 and resnet50, not "
-                                f"--model {m.model}")
+        m = self.model
         if m.pretrained != "none" and m.init_from:
             raise ImagefitError("--pretrained and --init-from both choose the starting weights; keep one")
-        if fastnet and m.widths != defaults.widths and len(m.widths) != 3:
-            raise ImagefitError(f"--widths for --model {m.model} names its three conv groups, e.g. 32,64,128 "
-                                f"(got {len(m.widths)} numbers)")
-        if m.model == "fastnet-res" and m.blocks != defaults.blocks and (len(m.blocks) != 3 or min(m.blocks) < 1):
-            raise ImagefitError(f"--blocks for --model fastnet-res names the basic blocks of its three groups, "
-                                f"each at least 1, e.g. 1,1,1 (got {','.join(map(str, m.blocks))})")
-        if self.model.model == "resnet" and len(self.model.blocks) != len(self.model.widths):
-            raise ImagefitError(f"--blocks ({len(self.model.blocks)} stages) and --widths "
-                                f"({len(self.model.widths)} stages) must name the same number of stages")
         return self
+
+
+def parse_imbalance(spec: str) -> tuple[str, float] | None:
+    """--imbalance: 'none' → None; 'exp:100' → ('exp', 100.0); refuses anything else in one line."""
+    if spec == "none":
+        return None
+    kind, _, ratio = spec.partition(":")
+    try:
+        value = float(ratio)
+    except ValueError:
+        value = 0.0
+    if kind not in ("exp", "step") or value < 1:
+        raise ImagefitError(f"--imbalance {spec!r} is not none, exp:RATIO or step:RATIO with RATIO >= 1 "
+                            f"(e.g. exp:100)")
+    return kind, value
 
 
 def flag(name: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -25,18 +24,10 @@ from PIL import Image, UnidentifiedImageError
 from .config import DataConfig
 from .errors import ImagefitError
 from .files import atomic_torch_save, atomic_write_text
+from .preprocessing import IMAGE_EXTENSIONS, load_image
+from .seeds import Stream, choice_generator
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 CIFAR_DIR = "cifar-10-batches-py"
-# Decompression bombs: refuse anything over 64 megapixels rather than let PIL allocate gigabytes.
-Image.MAX_IMAGE_PIXELS = 64_000_000
-
-
-def choice_generator(*parts: int) -> torch.Generator:
-    """A generator for a seeded data choice (per-class subsets, imbalance, bootstrap samples), its seed hashed
-    from `parts` (NumPy's SeedSequence, 32 bits); each kind of choice adds its own constant part, so choices made
-    with one seed are independent of each other and of the validation split."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(parts)).generate_state(1)[0]))
 
 
 def cache_dir() -> Path:
@@ -98,40 +89,6 @@ class Splits:
 
 
 # ---------------------------------------------------------------------------------------------- images
-
-class ImageTooLarge(ValueError):
-    """An image whose header promises more pixels than the caller allows (a decompression bomb, or a mistake)."""
-
-    def __init__(self, message: str, pixels: int = 0):
-        super().__init__(message)
-        self.pixels = pixels
-
-
-def load_image(source, size: int, resize: str = "crop", max_pixels: int | None = None) -> np.ndarray:
-    """Decode one image file (path or bytes) to uint8 H×W×3 RGB at `size`×`size`.
-
-    The one preprocessing function: ImageFolder loading, predict and serve all call it, so a served model sees
-    exactly what it was trained on. `crop` scales the shorter side to `size` and takes the centre; `squish`
-    scales both sides. Grayscale, palette and alpha images become RGB. With `max_pixels`, an image whose header
-    declares more pixels is refused before any decoding (ImageTooLarge).
-    """
-    fh = io.BytesIO(source) if isinstance(source, bytes) else source
-    with Image.open(fh) as im:
-        if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
-            raise ImageTooLarge(f"{im.size[0]}×{im.size[1]} pixels", im.size[0] * im.size[1])
-        im = im.convert("RGB")
-        w, h = im.size
-        if (w, h) != (size, size):
-            if resize == "squish":
-                im = im.resize((size, size), Image.BILINEAR)
-            else:
-                scale = size / min(w, h)
-                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-                im = im.resize((nw, nh), Image.BILINEAR)
-                left, top = (nw - size) // 2, (nh - size) // 2
-                im = im.crop((left, top, left + size, top + size))
-        return np.asarray(im, dtype=np.uint8).copy()
-
 
 def _try_load(path: str, size: int, resize: str):
     try:
@@ -324,7 +281,7 @@ def kfold_split(labels: torch.Tensor, folds: int, fold: int, seed: int) -> tuple
     if folds < 2 or not 0 <= fold < folds:
         raise ImagefitError(f"--fold must be between 0 and {folds - 1} with --folds {folds} (got {fold}); "
                             f"--folds needs 2 or more")
-    g = choice_generator(seed, 23)
+    g = choice_generator(seed, Stream.FOLDS)
     which = torch.empty(len(labels), dtype=torch.long)
     for c in labels.unique().tolist():
         idx = torch.nonzero(labels == c).flatten()
@@ -466,7 +423,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     val = train.subset(held) if len(held) else None
     train = train.subset(keep)
     if cfg.bootstrap:
-        train = train.subset(torch.randint(len(train), (len(train),), generator=choice_generator(cfg.bootstrap, 3)))
+        train = train.subset(torch.randint(len(train), (len(train),), generator=choice_generator(cfg.bootstrap, Stream.BOOTSTRAP)))
     key = _fingerprint(fingerprint, cfg.size, cfg.resize, cfg.val_fraction, seed, cfg.classes, cfg.per_class,
                        cfg.imbalance, cfg.bootstrap, *((cfg.folds, cfg.fold) if cfg.folds else ()))
     mean, std = _cached_stats(train, key)  # the real images' statistics, synthetic ones or not
@@ -511,7 +468,7 @@ def select_classes(data: ImageSet | FileSet, names: list[str]) -> ImageSet | Fil
 
 def per_class_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """Sorted indices of at most `n` images per class, chosen by `seed`."""
-    g = choice_generator(seed, 1)
+    g = choice_generator(seed, Stream.PER_CLASS)
     keep = [idx[torch.randperm(len(idx), generator=g)[:n]] for c in labels.unique().tolist()
             for idx in [torch.nonzero(labels == c).flatten()]]
     return torch.cat(keep).sort().values

@@ -29,21 +29,19 @@ TOLERANCE = 1e-4
 
 
 class Deployable(nn.Module):
-    """Pixels in [0, 255] → normalize → the bundle's network → logits."""
+    """Pixels in [0, 255] → the contract's `Normalize` → the bundle's network → logits: what the file holds."""
 
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+    def __init__(self, bundle):
         super().__init__()
-        self.model = model
-        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(std))).view(1, -1, 1, 1))
-        self.register_buffer("shift", (-torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1))
+        self.normalize, self.model = bundle.preprocessing.normalizer(), bundle.model
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixels * self.scale + self.shift)
+        return self.model(self.normalize(pixels))
 
 
 def _parity_images(bundle, data: str | None, n: int) -> torch.Tensor:
     from .data import FileSet
-    from .ensemble import split_images
+    from .evaluate import split_images
     try:
         images = split_images(bundle, data, "test")
     except ImagefitError as e:
@@ -92,7 +90,7 @@ def export(bundle_path: str | Path, fmt: str, out: str | Path | None = None, dat
     out = Path(out) if out else bundle.path.parent / FORMATS[fmt]
     out.parent.mkdir(parents=True, exist_ok=True)
     pixels = _parity_images(bundle, data, parity_images)
-    module = Deployable(bundle.model, bundle.preprocessing["mean"], bundle.preprocessing["std"]).eval()
+    module = Deployable(bundle).eval()
     meta = {"format": "imagefit-export/1", **reference.describe(),
             "input": {"name": "pixels", "dtype": "float32", "layout": "NCHW, RGB", "range": [0, 255]}}
     with torch.inference_mode(False), torch.no_grad():

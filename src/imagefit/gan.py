@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import choice_generator
+from .seeds import Stream, choice_generator
 from .errors import ImagefitError
 
 CHECKPOINT = "gan.pt"
@@ -124,7 +124,7 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, cfg: GanConfig, out: P
     disc.train()
     start = time.perf_counter()
     while step < cfg.steps:
-        g = choice_generator(cfg.seed, step, 11)
+        g = choice_generator(cfg.seed, step, Stream.GAN)
         idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
         real = images[idx].float() / 127.5 - 1
         flip = torch.rand(cfg.batch_size, generator=g) < 0.5

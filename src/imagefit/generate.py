@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import choice_generator
+from .seeds import Stream, choice_generator
 from .errors import ImagefitError
 from .files import atomic_write_text
 
@@ -59,9 +59,9 @@ class DiffusionConfig:
 
 
 def use_bf16(amp: str) -> bool:
-    """Whether a UNet runs under bfloat16 autocast: the classifier's `--amp` rule on the CPU (train.resolve_amp:
+    """Whether a UNet runs under bfloat16 autocast: the classifier's `--amp` rule on the CPU (runtime.resolve_amp:
     `auto` only where bfloat16 is native, AVX512-BF16 or AMX; emulated bfloat16 is slower than float32)."""
-    from .train import resolve_amp
+    from .runtime import resolve_amp
     if amp not in ("auto", "bf16", "no"):
         raise ImagefitError(f"--amp must be auto, bf16 or no (got {amp!r})")
     return resolve_amp(torch.device("cpu"), amp) == "bf16"
@@ -148,7 +148,7 @@ def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionCo
     unet.train()
     start = time.perf_counter()
     while step < cfg.steps:
-        g = choice_generator(cfg.seed, step, 7)
+        g = choice_generator(cfg.seed, step, Stream.DIFFUSION)
         idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
         x0 = _to_unit(images[idx])
         flip = torch.rand(cfg.batch_size, generator=g) < 0.5
@@ -311,7 +311,7 @@ def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps:
             if all((d / f"{i}.png").exists() for i in range(first, first + n)):
                 continue  # done in an earlier run
             images = draw(unet, cfg, torch.full((n,), c), steps=steps, guidance=guidance, sampler=sampler,
-                          generator=choice_generator(seed, c * 1_000_000 + first, 7), amp=amp)
+                          generator=choice_generator(seed, c * 1_000_000 + first, Stream.DIFFUSION), amp=amp)
             _write_pngs(images, d, first)
             written += n
             rate = written / (time.perf_counter() - start)
@@ -368,7 +368,7 @@ def vary_folder(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, 
                             f"{', '.join(missing)} (pass --classes to choose among its classes)")
     if images.shape[-1] != cfg.size:
         raise ImagefitError(f"{folder} makes {cfg.size} px images; these are {images.shape[-1]} px "
-                            f"(pass --size {cfg.size})")
+                            f"(resize them to {cfg.size} px)")
     remap = torch.tensor([cfg.classes.index(c) for c in classes])
     out = Path(out)
     for name in classes:
@@ -381,7 +381,7 @@ def vary_folder(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, 
             continue
         y = remap[labels[idx]]
         varied = vary(unet, cfg, images[idx], y, strength, steps=steps, guidance=guidance,
-                      generator=choice_generator(seed, first, 13), amp=amp)
+                      generator=choice_generator(seed, first, Stream.VARIATIONS), amp=amp)
         for i, img, path in zip(idx.tolist(), varied, paths):
             _write_pngs(img[None], path.parent, i)
         written += len(idx)
@@ -391,3 +391,78 @@ def vary_folder(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, 
     atomic_write_text(out / "synthetic.json", json.dumps(meta, indent=1))
     seconds = time.perf_counter() - start
     return {**meta, "written": written, "seconds": round(seconds, 1), "out": str(out)}
+
+
+# ---------------------------------------------------------------------------------------------- from a data folder
+
+def _training_images(data: str | None, classes, size: int, seed: int, command: str):
+    """The training split of `data` in memory at `size` px, in the order of `classes` (all when empty)."""
+    from .config import Config, DataConfig
+    from .data import ImageSet, load_splits
+    data_cfg = DataConfig(data=data, val_fraction=0.0, classes=list(classes), size=size)
+    Config(data=data_cfg).validate()  # --size: the data path's own range
+    splits = load_splits(data_cfg, seed)
+    if not isinstance(splits.train, ImageSet):
+        raise ImagefitError(f"{splits.source} is streamed from disk; 'generate {command}' needs it in memory")
+    return splits.train
+
+
+def train_generator(data: str | None, out: str | Path, *, family: str = "diffusion", preset: str = "small",
+                    classes=(), size: int = 32, steps: int = 20000, batch_size: int = 64, lr: float = 2e-4,
+                    schedule: str = "cosine", checkpoint_every: int = 1000, seed: int = 0, stop_after_steps: int = 0,
+                    amp: str = "auto", log=print) -> dict:
+    """`imagefit generate train`: a class-conditional diffusion model (or DCGAN, `family="gan"`) of the training
+    images of `data`, resized to `size`; resumes when `out` holds a checkpoint of the same family."""
+    from . import gan
+    for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--checkpoint-every", checkpoint_every)):
+        if value < 1:
+            raise ImagefitError(f"{name} must be 1 or more (got {value})")
+    if family not in ("diffusion", "gan"):
+        raise ImagefitError(f"--family must be diffusion or gan (got {family!r})")
+    train = _training_images(data, classes, size, seed, "train")
+    common = dict(preset=preset, size=train.images.shape[-1], classes=tuple(train.classes), steps=steps,
+                  batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, seed=seed)
+    other = Path(out) / (CHECKPOINT if family == "gan" else gan.CHECKPOINT)
+    if other.exists():
+        raise ImagefitError(f"{out} holds a {'diffusion' if family == 'gan' else 'GAN'} run ({other.name}); pass "
+                            f"its --family to resume it, or a new --out")
+    if family == "gan":
+        return gan.train_gan(train.images, train.labels, gan.GanConfig(**common), Path(out), stop_after_steps,
+                             log=log, save_grid=save_grid)
+    cfg = DiffusionConfig(**common, schedule=schedule, amp=amp)
+    return train_diffusion(train.images, train.labels, cfg, Path(out), stop_after_steps, log=log)
+
+
+def loss_history(out: str | Path, every: int) -> list[tuple[int, dict]]:
+    """A generator run's training loss averaged over each `every` steps: [(step, {"loss"} or {"loss_d",
+    "loss_g"})], for tracking."""
+    from . import gan
+    out = Path(out)
+    ckpt = next((p for p in (out / CHECKPOINT, out / gan.CHECKPOINT) if p.exists()), None)
+    history = load_checkpoint(ckpt)["history"] if ckpt else []
+    steps = []
+    for end in range(every, len(history) + 1, every):
+        part = history[end - every:end]
+        values = [sum(v) / len(part) for v in zip(*part)] if isinstance(part[0], (list, tuple)) else \
+            [sum(part) / len(part)]
+        steps.append((end, dict(zip(("loss",) if len(values) == 1 else ("loss_d", "loss_g"), values))))
+    return steps
+
+
+def vary_data(model: str | Path, data: str | None, out: str | Path, strength: float, *, classes=(),
+              per_class: int = 0, steps: int = 50, guidance: float = 2.0, batch: int = 100, seed: int = 0,
+              amp: str = "auto", log=print) -> dict:
+    """`imagefit generate vary`: variations of the training images of `data` (at most `per_class` a class, a seeded
+    choice; the generator's classes unless `classes` narrows them), read at the generator's own image size."""
+    from .data import per_class_subset
+    if not 0 < strength <= 1:
+        raise ImagefitError(f"--strength must be in (0, 1] (got {strength:g}); 0.3 keeps the layout, 1 is a new "
+                            f"sample")
+    if per_class < 0:
+        raise ImagefitError(f"--per-class must be 0 (all) or more (got {per_class})")
+    _, cfg = load_generator(model)
+    train = _training_images(data, list(classes) or list(cfg.classes), cfg.size, seed, "vary")
+    if per_class:
+        train = train.subset(per_class_subset(train.labels, per_class, seed))
+    return vary_folder(model, train.images, train.labels, train.classes, out, strength, steps=steps,
+                       guidance=guidance, batch=batch, seed=seed, amp=amp, log=log)

@@ -7,38 +7,25 @@
 - `--balance oversample|undersample`: each epoch draws every class to the largest (with replacement) or to the
   smallest (without) class's count, seeded by (seed, epoch) like the plain order, so resume stays exact and the
   in-memory and streaming paths draw the same images. `reweight`: the loss weighs class c by N/(K·n_c).
-- `--logit-adjust T`: at evaluation, scores − T·log(prior of the class in the training set) (Menon et al. 2021);
-  `auto` picks T on the validation split (the best balanced accuracy over a grid).
+- `--logit-adjust T`: at evaluation, scores − T·log(prior of the class in the training set) (Menon et al. 2021;
+  applied by `preprocessing.adjust_logits`, part of the bundle's contract); `auto` picks T on the validation split
+  (the best balanced accuracy over a grid).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .data import choice_generator
+from .seeds import Stream, choice_generator
+from .config import parse_imbalance
 from .errors import ImagefitError
 
 TAU_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
-def parse(spec: str) -> tuple[str, float] | None:
-    """'none' → None; 'exp:100' → ('exp', 100.0); refuses anything else in one line."""
-    if spec == "none":
-        return None
-    kind, _, ratio = spec.partition(":")
-    try:
-        value = float(ratio)
-    except ValueError:
-        value = 0.0
-    if kind not in ("exp", "step") or value < 1:
-        raise ImagefitError(f"--imbalance {spec!r} is not none, exp:RATIO or step:RATIO with RATIO >= 1 "
-                            f"(e.g. exp:100)")
-    return kind, value
-
-
 def counts_for(spec: str, sizes: list[int]) -> list[int]:
     """Images to keep per class (in class order) for the profile, refusing ratios the data cannot meet."""
-    kind, ratio = parse(spec)
+    kind, ratio = parse_imbalance(spec)
     k, n_max = len(sizes), min(sizes)
     if ratio > n_max:
         raise ImagefitError(f"--imbalance {spec} needs {ratio:g} images or more in every class, and the smallest "
@@ -52,7 +39,7 @@ def imbalanced_subset(labels: torch.Tensor, spec: str, num_classes: int, seed: i
     """Sorted indices of a seeded imbalanced subset."""
     sizes = [int((labels == c).sum()) for c in range(num_classes)]
     keep = counts_for(spec, sizes)
-    g = choice_generator(seed, 2)
+    g = choice_generator(seed, Stream.IMBALANCE)
     parts = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
     return torch.cat([idx[torch.randperm(len(idx), generator=g)[:n]] for idx, n in zip(parts, keep)]).sort().values
 
@@ -90,7 +77,3 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 def log_priors(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     counts = torch.bincount(labels, minlength=num_classes).double().clamp_min(1)
     return (counts / counts.sum()).log().float()
-
-
-def adjust(scores: torch.Tensor, log_prior: torch.Tensor, tau: float) -> torch.Tensor:
-    return scores - tau * log_prior.to(scores.device) if tau else scores

@@ -3,8 +3,9 @@ by ONNX Runtime. Both take uint8 images prepared by the bundle's rule (decode, r
 probabilities with the same test-time augmentation and logit adjustment as `imagefit evaluate`, so the backends
 agree to float rounding (the export's parity check holds them to it).
 
-The exported graph takes float pixels in [0, 255] and contains the normalization (see export.py): flips and
-one-pixel shifts commute with a per-channel affine map, so the TTA views are cut from the pixels before the graph.
+Both backends run the same contract (`preprocessing.Preprocessing`): the PyTorch one normalizes with its `Normalize`
+module, and the exported graph contains that very module (see export.py), taking float pixels in [0, 255]; flips
+and one-pixel shifts commute with a per-channel affine map, so the TTA views are cut from the pixels before it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import ImagefitError
+from .preprocessing import IMAGE_EXTENSIONS, Preprocessing
 
 ONNX_NAME = "model.onnx"
 
@@ -29,54 +31,47 @@ def file_digest(path: Path) -> str:
 
 
 class Predictor:
-    """Class probabilities for uint8 N×3×S×S images. Subclasses give `_logits(pixels)` for float pixels."""
+    """Class probabilities for uint8 N×3×S×S images, by the bundle's preprocessing contract. Subclasses give
+    `_logits(pixels)` for float pixels in [0, 255]; the contract makes and combines the test-time views and
+    applies the logit adjustment."""
 
     backend = "?"
 
-    def __init__(self, classes: list[str], preprocessing: dict, tta: str, tta_average: str, identity: dict,
-                 metrics: dict):
-        self.classes, self.preprocessing = classes, preprocessing
-        self.tta, self.tta_average, self.identity, self.metrics = tta, tta_average, identity, metrics
-        la = preprocessing.get("logit_adjust")
-        self.log_prior = (torch.tensor(la["log_prior"]), la["tau"]) if la else None
+    def __init__(self, preprocessing: Preprocessing, identity: dict, metrics: dict):
+        self.preprocessing, self.identity, self.metrics = preprocessing, identity, metrics
+
+    @property
+    def classes(self) -> list[str]:
+        return self.preprocessing.classes
+
+    @property
+    def tta(self) -> str:
+        return self.preprocessing.tta
 
     def _logits(self, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor, tta: str | None = None) -> torch.Tensor:
-        from .evaluate import tta_views
-        from .imbalance import adjust
-        views = tta_views(images.float(), tta or self.tta)
-        if self.tta_average == "probs":
-            scores = torch.log(sum(w * self._logits(v).softmax(1) for w, v in views).clamp_min(1e-30))
-        else:
-            scores = sum(w * self._logits(v) for w, v in views)
-        if self.log_prior is not None:
-            scores = adjust(scores, *self.log_prior)
-        return scores.softmax(1)
+        return self.preprocessing.scores(self._logits, images.float(), tta).softmax(1)
 
     def describe(self) -> dict:
-        return {"classes": self.classes, "preprocessing": self.preprocessing, "tta": self.tta,
-                "tta_average": self.tta_average, "backend": self.backend, "identity": self.identity,
-                "metrics": self.metrics}
+        p = self.preprocessing
+        return {"classes": p.classes, "preprocessing": p.to_dict(), "tta": p.tta, "tta_average": p.tta_average,
+                "backend": self.backend, "identity": self.identity, "metrics": self.metrics}
 
 
 class TorchPredictor(Predictor):
     backend = "pytorch"
 
     def __init__(self, bundle):
-        t = bundle.config.train
-        super().__init__(bundle.classes, bundle.preprocessing, t.tta, t.tta_average,
-                         {"bundle": str(bundle.path), "sha256": file_digest(bundle.path),
-                          "model": bundle.config.model.model}, bundle.metrics)
+        super().__init__(bundle.preprocessing, {"bundle": str(bundle.path), "sha256": file_digest(bundle.path),
+                                                "model": bundle.config.model.model}, bundle.metrics)
         self.model = bundle.model.eval()
-        p = bundle.preprocessing
-        self.scale = (1.0 / (255.0 * torch.tensor(p["std"]))).view(1, -1, 1, 1)
-        self.shift = (-torch.tensor(p["mean"]) / torch.tensor(p["std"])).view(1, -1, 1, 1)
+        self.normalize = bundle.preprocessing.normalizer(bundle.device)
 
     def _logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.addcmul(self.shift, pixels, self.scale)).float()
+        return self.model(self.normalize(pixels)).float()
 
 
 class OnnxPredictor(Predictor):
@@ -105,8 +100,9 @@ class OnnxPredictor(Predictor):
         if "imagefit" not in props:
             raise ImagefitError(f"{path} has no imagefit metadata; export it with 'imagefit export'")
         meta = json.loads(props["imagefit"])
-        super().__init__(meta["classes"], meta["preprocessing"], meta["tta"], meta["tta_average"],
-                         {**meta["identity"], "onnx": str(path)}, meta.get("metrics", {}))
+        preprocessing = Preprocessing.from_dict(meta["preprocessing"], meta["classes"], meta["tta"],
+                                                meta["tta_average"])
+        super().__init__(preprocessing, {**meta["identity"], "onnx": str(path)}, meta.get("metrics", {}))
         self.input = self.session.get_inputs()[0].name
 
     def _logits(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -137,3 +133,50 @@ def load_predictor(path: str | Path, backend: str = "auto", threads: int = 0, sp
     if threads:
         torch.set_num_threads(threads)
     return TorchPredictor(load_bundle(bundle_path))
+
+
+def image_files(paths: list[str | Path]) -> list[str]:
+    """Image files, folders expanded to the image files under them (sorted); a one-line error for a path that does
+    not exist or a folder without images."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ImagefitError(f"folder {p} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            files += found
+        elif p.is_file():
+            files.append(str(p))
+        else:
+            raise ImagefitError(f"{p} does not exist; give image files or folders of images")
+    return files
+
+
+def top_classes(probs: torch.Tensor, classes: list[str], k: int) -> list[list[dict]]:
+    """The `k` most probable classes of each row, as [{"class", "probability"}] (probabilities to 6 places)."""
+    top = probs.topk(min(k, len(classes)), dim=1)
+    return [[{"class": classes[c], "probability": round(v, 6)} for v, c in zip(values, indices)]
+            for values, indices in zip(top.values.tolist(), top.indices.tolist())]
+
+
+def predict_files(predictor: Predictor, files: list[str], *, top_k: int = 3, tta: str | None = None,
+                  batch_size: int = 256, skip_bad: bool = False, progress: bool = False) -> list[dict]:
+    """[{"file", "top"}] for image files, decoded by the predictor's contract in batches of `batch_size`
+    (unreadable files: an error naming them, or skipped with `skip_bad`)."""
+    from .data import decode_files
+    p = predictor.preprocessing
+    chunks = range(0, len(files), batch_size)
+    if progress and len(chunks) > 1:
+        import sys
+
+        from rich.console import Console
+        from rich.progress import track
+        chunks = track(chunks, description="predicting", console=Console(file=sys.stderr), transient=True)
+    results = []
+    for start in chunks:
+        names = files[start:start + batch_size]
+        images, keep = decode_files(names, p.size, p.resize, skip_bad)
+        if keep:
+            tops = top_classes(predictor.probabilities(images, tta), predictor.classes, top_k)
+            results += [{"file": names[i], "top": top} for i, top in zip(keep, tops)]
+    return results

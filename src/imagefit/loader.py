@@ -14,18 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
-from .augment import BatchAugment, Normalize
+from .augment import BatchAugment
 from .data import FileSet, ImageSet
 from .errors import ImagefitError
 from .imbalance import epoch_size, resampled_order
-
-
-def mix_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from several integers (NumPy's SeedSequence hashing)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+from .preprocessing import Normalize
+from .seeds import augment_generator, order_generator, synthetic_generator
 
 
 class _Files(torch.utils.data.Dataset):
@@ -76,7 +72,7 @@ class Loader:
     def order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(len(self.data))
-        gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+        gen = order_generator(self.seed, epoch)
         if self.n_synthetic:
             return torch.randperm(self.n_real, generator=gen)
         if self.weights is not None:  # as many draws as images, with replacement, in proportion to the weights
@@ -92,11 +88,11 @@ class Loader:
         if self.n_synthetic:  # each batch's synthetic share, drawn by (seed, epoch, step) like everything else
             chunks = [torch.cat([c, self.n_real + torch.randint(
                 self.synthetic_size, (self.n_synthetic,),
-                generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, step, 1)))])
+                generator=synthetic_generator(self.seed, epoch, step))])
                 for step, c in enumerate(chunks, start=start)]
         for step, (index, (x, y)) in enumerate(zip(chunks, self._raw(chunks)), start=start):
             if self.augment is not None:
-                gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, step))
+                gen = augment_generator(self.seed, epoch, step)
                 x = self.augment(x, gen, index, epoch)
             else:
                 x = self.normalize(x)

@@ -7,27 +7,73 @@
 - `resnet`: stages of torchvision basic blocks with the blocks and widths of the config, for the parameter
   budget of the ResNet challenge (`--max-params`).
 
-Dropout, when asked for, sits just before the linear head.
+Dropout, when asked for, sits just before the linear head. Each entry names the options it takes and the input
+statistics of its pretrained weights (`ModelEntry`); the optional hooks a model may offer are the Protocols
+`TrainsFromData` and `EpochAware`, and the conventions every model keeps are written beside them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from .config import ModelConfig, flag
 from .errors import ImagefitError
 
-REGISTRY: dict[str, Callable[[int, ModelConfig], nn.Module]] = {}
+IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # what torchvision's ImageNet weights expect
+# Options every model takes; the others are named by each registry entry.
+COMMON_OPTIONS = frozenset({"model", "dropout", "max_params", "init_from", "freeze_body", "pretrained"})
 
 
-def register(name: str):
+@runtime_checkable
+class TrainsFromData(Protocol):
+    """A model with a data-dependent initialization (fastnet's whitening filters): the trainer calls it once, on
+    up to 5,000 normalized training images, before the first step of a run that starts from scratch."""
+
+    def init_from_data(self, images: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
+class EpochAware(Protocol):
+    """A model whose training changes by epoch (fastnet freezes its whitening bias after a few): the trainer calls
+    `set_epoch` (0-based) before each epoch."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+# The rest of the contract every registry model keeps (the trainer, optimizer and transfer code rely on it):
+# - the classifier is the child `fc` (a Linear, or Dropout + Linear): `is_head` finds it, --init-from with other
+#   classes starts it afresh, --freeze-body leaves it learning;
+# - stages, when the model has them, are the items of a child `layers` (`layer_groups` splits them for
+#   discriminative rates and freezing);
+# - `fresh_parameters`, when present, names parameters that start untrained although the rest is pretrained
+#   (a CIFAR stem on ImageNet weights): --freeze-body leaves them learning.
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registry entry: how to build the model, which options beyond COMMON_OPTIONS it reads, the input
+    statistics of each set of pretrained weights it has (timm's pretrained configs), and a check of its options."""
+    build: Callable[[int, ModelConfig], nn.Module]
+    options: frozenset[str] = frozenset()
+    pretrained: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    check: Callable[[ModelConfig], None] | None = None
+
+
+REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, options: tuple[str, ...] = (), pretrained: dict | None = None,
+             check: Callable[[ModelConfig], None] | None = None):
     def wrap(fn):
-        REGISTRY[name] = fn
+        REGISTRY[name] = ModelEntry(fn, frozenset(options), pretrained or {}, check)
         return fn
     return wrap
 
@@ -39,9 +85,37 @@ def check_name(name: str) -> None:
         raise ImagefitError(f"unknown model '{name}'; {hint}available: {', '.join(sorted(REGISTRY))}")
 
 
-def create_model(num_classes: int, cfg: ModelConfig) -> nn.Module:
+def check_options(cfg: ModelConfig) -> None:
+    """Refuse options the model does not take (a flag away from its default) and values it cannot use, in one line."""
     check_name(cfg.model)
-    model = REGISTRY[cfg.model](num_classes, cfg)
+    entry, defaults = REGISTRY[cfg.model], ModelConfig()
+    for f in dataclasses.fields(ModelConfig):
+        name = f.name
+        if name not in COMMON_OPTIONS | entry.options and getattr(cfg, name) != getattr(defaults, name):
+            raise ImagefitError(f"{flag(name)} does not apply to --model {cfg.model}; drop {flag(name)} "
+                                f"or choose a model it applies to")
+    if cfg.pretrained != "none" and cfg.pretrained not in entry.pretrained:
+        having = sorted(n for n, e in REGISTRY.items() if cfg.pretrained in e.pretrained)
+        raise ImagefitError(f"--pretrained {cfg.pretrained} has weights for {', '.join(having[:-1])} and "
+                            f"{having[-1]}, not --model {cfg.model}")
+    if entry.check:
+        entry.check(cfg)
+
+
+def input_stats(cfg: ModelConfig) -> tuple[list[float], list[float]] | None:
+    """(mean, std) the starting weights expect of their inputs (the pretrained weights'), or None: then the
+    training set's own statistics."""
+    return REGISTRY[cfg.model].pretrained.get(cfg.pretrained) if cfg.pretrained != "none" else None
+
+
+def create_model(num_classes: int, cfg: ModelConfig) -> nn.Module:
+    """The model `cfg` names, its options checked for values it cannot build (options it ignores are refused
+    earlier, when a run's config is checked: `check_options`)."""
+    check_name(cfg.model)
+    entry = REGISTRY[cfg.model]
+    if entry.check:
+        entry.check(cfg)
+    model = entry.build(num_classes, cfg)
     n = count_params(model)
     if cfg.max_params and n > cfg.max_params:
         raise ImagefitError(f"model {cfg.model} has {n:,} parameters, over --max-params {cfg.max_params:,}; "
@@ -98,9 +172,6 @@ def _basic_block():
     return BasicBlock
 
 
-IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # what torchvision's ImageNet weights expect
-
-
 def _imagenet_weights(arch: str):
     """torchvision's best ImageNet weights for `arch`, downloaded once into torch's hub cache."""
     import torchvision
@@ -133,7 +204,7 @@ def _torchvision(arch: str):
 
 
 for _arch in ("resnet18", "resnet34", "resnet50"):
-    register(_arch)(_torchvision(_arch))
+    register(_arch, ("stem",), pretrained={"imagenet": IMAGENET_STATS})(_torchvision(_arch))
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR ResNets
@@ -198,10 +269,16 @@ def _cifar_resnet(depth: int):
 
 
 for _depth in (20, 32, 44, 56, 110, 1202):
-    register(f"resnet{_depth}")(_cifar_resnet(_depth))
+    register(f"resnet{_depth}", ("stem",))(_cifar_resnet(_depth))
 
 
-@register("resnet")
+def _check_stages(cfg: ModelConfig) -> None:
+    if len(cfg.blocks) != len(cfg.widths):
+        raise ImagefitError(f"--blocks ({len(cfg.blocks)} stages) and --widths ({len(cfg.widths)} stages) must "
+                            f"name the same number of stages")
+
+
+@register("resnet", ("stem", "blocks", "widths"), check=_check_stages)
 def _configurable(num_classes: int, cfg: ModelConfig) -> nn.Module:
     return ResNet(cfg.blocks, cfg.widths, num_classes, stem=cfg.stem, dropout=cfg.dropout)
 
@@ -303,8 +380,19 @@ def _fastnet(widths: tuple[int, int, int], blocks: tuple[int, int, int] = (0, 0,
     return build
 
 
-register("fastnet")(_fastnet((64, 256, 256)))  # airbench94's widths
-register("fastnet-small")(_fastnet((32, 64, 128)))
+def _check_fastnet(cfg: ModelConfig) -> None:
+    defaults = ModelConfig()
+    if cfg.widths != defaults.widths and len(cfg.widths) != 3:
+        raise ImagefitError(f"--widths for --model {cfg.model} names its three conv groups, e.g. 32,64,128 "
+                            f"(got {len(cfg.widths)} numbers)")
+    if cfg.blocks != defaults.blocks and (len(cfg.blocks) != 3 or min(cfg.blocks) < 1):
+        raise ImagefitError(f"--blocks for --model {cfg.model} names the basic blocks of its three groups, "
+                            f"each at least 1, e.g. 1,1,1 (got {','.join(map(str, cfg.blocks))})")
+
+
+FASTNET_OPTIONS = ("widths", "whiten_bias_epochs")
+register("fastnet", FASTNET_OPTIONS, check=_check_fastnet)(_fastnet((64, 256, 256)))  # airbench94's widths
+register("fastnet-small", FASTNET_OPTIONS, check=_check_fastnet)(_fastnet((32, 64, 128)))
 # The ResNet challenge's net (issue 3: a residual network of torchvision basic blocks, at most 5M parameters):
 # airbench96's shape, one basic block after each group's conv and pool, at widths that fit the budget (4.63M).
-register("fastnet-res")(_fastnet((96, 256, 352), (1, 1, 1)))
+register("fastnet-res", (*FASTNET_OPTIONS, "blocks"), check=_check_fastnet)(_fastnet((96, 256, 352), (1, 1, 1)))

@@ -29,8 +29,8 @@ class ClassifierFeatures(nn.Module):
         self.model = copy.deepcopy(bundle.model).eval()
         if not logits:
             self.model.fc = nn.Identity()
-        self.normalize = bundle.normalizer()
-        self.size = bundle.preprocessing["size"]
+        self.normalize = bundle.preprocessing.normalizer()
+        self.size = bundle.preprocessing.size
         with torch.inference_mode():
             probe = torch.zeros(1, 3, self.size, self.size, dtype=torch.uint8)
             self.num_features = self.model(self.normalize(probe)).flatten(1).shape[1]
@@ -143,11 +143,12 @@ def _draw_set(model, cfg, per_class: int, steps: int, guidance: float, seed: int
               amp: str = "auto"):
     """per_class images of every class, at `size` px: a generator trained smaller (--size 16) is scored scaled up,
     the way its images are used. `amp`: the UNet's precision (generate.use_bf16)."""
-    from .data import choice_generator, resize_images
+    from .data import resize_images
+    from .seeds import Stream, choice_generator
     from .generate import draw
     labels = torch.arange(len(cfg.classes)).repeat_interleave(per_class)
     parts = [draw(model, cfg, labels[i:i + batch], steps=steps, guidance=guidance,
-                  generator=choice_generator(seed, i, 17), amp=amp) for i in range(0, len(labels), batch)]
+                  generator=choice_generator(seed, i, Stream.GENERATOR_SAMPLES), amp=amp) for i in range(0, len(labels), batch)]
     return resize_images(torch.cat(parts), size), labels
 
 
@@ -162,7 +163,7 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
 
     from . import plots
     from .bundle import load_bundle
-    from .data import choice_generator
+    from .seeds import Stream, choice_generator
     from .files import atomic_write_text
     from .generate import check_options, load_generator, snapshots
 
@@ -178,17 +179,17 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
     else:
         from .config import DataConfig
         from .data import synthetic_tree
-        syn = synthetic_tree(synthetic, DataConfig(size=bundle.preprocessing["size"] if bundle else 32))
+        syn = synthetic_tree(synthetic, DataConfig(size=bundle.preprocessing.size if bundle else 32))
         classes, size = tuple(syn.classes), syn.images.shape[-1]
     if bundle is not None and list(classes) != list(bundle.classes):
         missing = [c for c in classes if c not in bundle.classes]
         if missing:
             raise ImagefitError(f"the classifier {bundle.path} has no class {', '.join(missing)}; use one trained "
                                 f"on the generator's classes")
-    score_size = bundle.preprocessing["size"] if bundle is not None else size  # what the features network takes
+    score_size = bundle.preprocessing.size if bundle is not None else size  # what the features network takes
     real, source = _real_train(data, classes, score_size)
     if len(real) > real_limit:
-        real = real.subset(torch.randperm(len(real), generator=choice_generator(seed, 19))[:real_limit])
+        real = real.subset(torch.randperm(len(real), generator=choice_generator(seed, Stream.REAL_SUBSET))[:real_limit])
     if bundle is not None and list(classes) != list(bundle.classes):
         order = torch.tensor([bundle.classes.index(c) for c in classes])  # labels in the classifier's order
     else:

@@ -24,22 +24,6 @@ from .errors import ImagefitError
 PROBES = ("rotated 15°", "blurred", "shrunk to half", "darkened ×0.5", "brightened ×1.5")
 
 
-def calibration(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict:
-    """Expected calibration error over equal-width confidence bins, and the bins (confidence, accuracy, count)."""
-    confidence, predicted = probs.max(1)
-    correct = (predicted == labels).float()
-    edges = torch.linspace(0, 1, bins + 1)
-    rows, ece = [], 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (confidence > lo) & (confidence <= hi)
-        n = int(inside.sum())
-        if n:
-            conf, acc = confidence[inside].mean().item(), correct[inside].mean().item()
-            ece += n / len(labels) * abs(acc - conf)
-            rows.append({"low": lo.item(), "high": hi.item(), "confidence": conf, "accuracy": acc, "n": n})
-    return {"ece": ece, "bins": rows}
-
-
 def probe(images: torch.Tensor, kind: str) -> torch.Tensor:
     """A uint8 N×C×H×W batch, altered as the robustness probe `kind` says."""
     x = images.float()
@@ -63,8 +47,8 @@ def probe(images: torch.Tensor, kind: str) -> torch.Tensor:
 def build_report(run: str | Path, data: str | None = None, top: int = 16) -> Path:
     from .bundle import load_bundle
     from .data import ImageSet
-    from .ensemble import bundle_scores, split_images
-    from .evaluate import summarize
+    from .evaluate import bundle_scores, split_images
+    from .metrics import calibration, summarize
     bundle = load_bundle(run)
     run = bundle.path.parent
     out = run / "report"

@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import ImagefitError
+from .inference import top_classes
 
 
 @dataclass
@@ -180,12 +181,12 @@ def _decode(data: bytes, name: str, preprocessing: dict, max_pixels: int, inline
     that declares more than INLINE_PIXELS (to be decoded again off the event loop)."""
     from PIL import Image, UnidentifiedImageError
 
-    from .data import ImageTooLarge, load_image
+    from .preprocessing import ImageTooLarge
     if not data:
         return 400, f"file '{name}' is empty; send the image's bytes"
     limit = min(max_pixels, INLINE_PIXELS) if inline_only else max_pixels
     try:
-        array = load_image(data, preprocessing["size"], preprocessing["resize"], max_pixels=limit)
+        image = preprocessing.decode(data, max_pixels=limit)
     except ImageTooLarge as e:
         if inline_only and e.pixels <= max_pixels:
             return None
@@ -196,7 +197,7 @@ def _decode(data: bytes, name: str, preprocessing: dict, max_pixels: int, inline
         return 415, f"file '{name}' is not an image this server can read; send JPEG, PNG, WebP, BMP, GIF or TIFF"
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         return 400, f"file '{name}' is corrupt or truncated ({type(e).__name__}); send it again or another file"
-    return torch.from_numpy(array).permute(2, 0, 1)
+    return image
 
 
 PREDICT_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -285,15 +286,10 @@ def create_app(predictor, opts: ServeOptions | None = None):
         except Overloaded:
             raise HTTPException(503, f"the server is busy ({batcher.pending} images queued); retry shortly") \
                 from None
-        k = min(top_k, len(predictor.classes))
-        top = probs.topk(k, dim=1)
+        tops = top_classes(probs, predictor.classes, top_k)
         # A JSONResponse of plain Python values: FastAPI's own encoding of a returned dict walks it again (~4% of a
         # batch-1 request's CPU in the app).
-        return JSONResponse({"predictions": [{"file": n, "top": [{"class": predictor.classes[c],
-                                                                  "probability": round(v, 6)}
-                                                                 for v, c in zip(vals, idx)]}
-                                             for n, vals, idx in zip(names, top.values.tolist(),
-                                                                     top.indices.tolist())],
+        return JSONResponse({"predictions": [{"file": n, "top": top} for n, top in zip(names, tops)],
                              "backend": predictor.backend})
 
     app.add_middleware(BodyLimit, limit=opts.max_upload_bytes)

@@ -9,21 +9,17 @@ the weights at the end are bitwise those of a run that was never stopped (on the
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
-import os
-import random
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -32,20 +28,25 @@ from safetensors.torch import load_file, save_file
 
 from . import distributed, plots
 from .allocator import keep_freed_memory
-from .augment import BatchAugment, Normalize
+from .augment import BatchAugment
 from .bundle import load_bundle, load_weights, save_bundle
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import ImageSet, Splits, load_splits
 from .errors import ImagefitError
-from .evaluate import gather_logits, summarize
+from .evaluate import gather_logits
 from .files import atomic_path, atomic_write_text
-from .imbalance import TAU_GRID, adjust, class_weights, log_priors
-from .loader import Loader, mix_seed
+from .imbalance import TAU_GRID, class_weights, log_priors
+from .loader import Loader
 from .lr_finder import FinderResult, range_test
-from .models import IMAGENET_STATS, count_params, create_model, is_head, norm_parameter_ids
+from .metrics import summarize
+from .models import (EpochAware, TrainsFromData, check_options, count_params, create_model, input_stats, is_head,
+                     norm_parameter_ids)
 from .optim import Lookahead, build_optimizer, build_schedule
+from .preprocessing import Normalize, Preprocessing, adjust_logits
 from .progress import Progress
+from .runtime import autocast_for, resolve_device, set_threads
+from .seeds import flip_seed, seed_everything
 from .tracking import default_uri, make_tracker
 
 
@@ -66,30 +67,6 @@ class RunOptions:
 
 # ---------------------------------------------------------------------------------------------- setup helpers
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ImagefitError(f"--device got {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ImagefitError(f"--device {name} asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-    if device.type not in ("cpu", "cuda"):
-        raise ImagefitError(f"--device {name} is not supported; use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # every device
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = not deterministic
-
-
 def make_loss(cfg: Config, weight: torch.Tensor | None = None):
     """The training loss; `weight` (one per class) for --balance reweight."""
     if cfg.optim.loss == "nll":
@@ -97,38 +74,6 @@ def make_loss(cfg: Config, weight: torch.Tensor | None = None):
             raise ImagefitError("--label-smoothing needs --loss cross-entropy; nll takes hard labels only")
         return lambda logits, y: F.nll_loss(F.log_softmax(logits.float(), 1), y, weight=weight)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.optim.label_smoothing)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN has bfloat16 instructions on this CPU (AVX512-BF16 or AMX). Where it has them, bf16 autocast
-    trains the fast nets 1.4-1.7x faster than float32 (benchmarks/probes/step_speed.py, Zen 5); where it has not,
-    oneDNN emulates bfloat16 and runs slower than float32, so `--amp auto` stays in float32 there."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # a PyTorch without these probes: assume emulation
-        return False
-
-
-def resolve_amp(device: torch.device, amp: str) -> str:
-    """What `--amp` means on `device`: `auto` is bf16 on CUDA and on CPUs with native bfloat16
-    (cpu_has_native_bf16), no elsewhere; fp16 is CUDA only."""
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()) else "no"
-    if amp == "fp16" and device.type != "cuda":
-        raise ImagefitError("--amp fp16 needs a CUDA device; use --amp bf16 or --amp no on the CPU")
-    return amp
-
-
-def autocast_for(device: torch.device, amp: str):
-    """(context factory, GradScaler or None) for `--amp` (resolve_amp); fp16 comes with a gradient scaler."""
-    amp = resolve_amp(device, amp)
-    if amp == "no":
-        return contextlib.nullcontext, None
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        dtype = torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
 class _StopSignal:
@@ -174,10 +119,10 @@ class Trainer:
             raise ImagefitError(f"{self.out} already holds a run; continue it with --resume {self.out}, "
                                 f"or choose another --out")
         self.cfg = cfg.validate()
+        check_options(cfg.model)
         keep_freed_memory()  # a library caller gets the tool's speed too
         t = cfg.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
+        set_threads(t.threads)
         self.world = distributed.setup(t.device)
         if not self.world.main:
             self.log = lambda msg: None
@@ -193,16 +138,13 @@ class Trainer:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = create_model(len(self.data.classes), cfg.model)
         start = self._starting_weights(load=checkpoint is None)  # a resumed run has its weights already
-        if cfg.model.pretrained == "imagenet":  # inputs as the starting weights saw them
-            self.data.mean, self.data.std = IMAGENET_STATS
-        elif cfg.model.init_from:
-            self.data.mean, self.data.std = start.preprocessing["mean"], start.preprocessing["std"]
+        self.preprocessing = self._resolve_preprocessing(start)
         self.model.to(self.device, memory_format=memory_format)
         if cfg.model.freeze_body:
             self._freeze_body()
-        self.normalize = normalize = Normalize(self.data.mean, self.data.std, self.device, self.channels_last)
+        self.normalize = normalize = self.preprocessing.normalizer(self.device, self.channels_last)
         self.params = count_params(self.model)
-        if hasattr(self.model, "init_from_data") and checkpoint is None and not cfg.model.init_from:
+        if isinstance(self.model, TrainsFromData) and checkpoint is None and not cfg.model.init_from:
             self._init_from_data(normalize)
         auto_lr = cfg.optim.lr == "auto"
         if auto_lr and self.world.active:
@@ -218,9 +160,8 @@ class Trainer:
         self.autocast, self.scaler = autocast_for(self.device, t.amp)
 
         common = dict(seed=t.seed, device=self.device, workers=cfg.data.workers)
-        flip_seed = mix_seed(t.seed, 0, 0, 0)  # four parts: apart from every (seed, epoch[, step]) stream
         synthetic = self.data.synthetic
-        augment = BatchAugment(cfg.augment, normalize, self._distinct_images(), flip_seed)
+        augment = BatchAugment(cfg.augment, normalize, self._distinct_images(), flip_seed(t.seed))
         self.train_loader = Loader(self.data.train, t.batch_size, normalize, augment=augment,
                                    shuffle=True, drop_last=True, balance=t.balance, synthetic=synthetic,
                                    synthetic_ratio=cfg.data.synthetic_ratio,
@@ -269,6 +210,17 @@ class Trainer:
             weights = {k: own[k] if is_head(k) else v for k, v in weights.items()}
         load_weights(self.model, weights, f"--init-from {bundle.path} (a {bundle.config.model.model})")
         return bundle
+
+    def _resolve_preprocessing(self, start) -> Preprocessing:
+        """The contract, once: the data's size and resize rule, its class order, the run's TTA, and the statistics
+        the starting weights saw (the --init-from bundle's, the pretrained weights', else the training set's)."""
+        c, data = self.cfg, self.data
+        if start is not None:
+            mean, std = start.preprocessing.mean, start.preprocessing.std
+        else:
+            mean, std = input_stats(c.model) or (data.mean, data.std)
+        return Preprocessing(c.data.size, c.data.resize, list(mean), list(std), list(data.classes), c.train.tta,
+                             c.train.tta_average)
 
     def _freeze_body(self) -> None:
         norm_params = norm_parameter_ids(self.model)
@@ -400,7 +352,7 @@ class Trainer:
     def _train_epoch(self, progress: Progress, stop: _StopSignal) -> bool:
         """Train from the current (epoch, step) to the epoch's end; False if stopped on the way."""
         model, t0 = self.net.train(), time.perf_counter()
-        if hasattr(model, "set_epoch"):
+        if isinstance(model, EpochAware):  # the model itself; under torchrun its DDP wrapper is not
             model.set_epoch(self.epoch)
         progress.start_epoch(self.epoch, self.cfg.train.epochs, len(self.train_loader), self.step)
         per_step = self.schedule is not None and not isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau)
@@ -466,7 +418,7 @@ class Trainer:
         if s.schedule == "cyclic" and s.cycles > 1 and self.epoch % cycle_epochs == 0 and self.world.main:
             cycle = self.epoch // cycle_epochs
             save_bundle(self.out / "snapshots" / f"cycle-{cycle}" / "bundle.safetensors", self.model,
-                        self.data.classes, self._preprocessing(), self.cfg, {"epoch": self.epoch, "cycle": cycle})
+                        self._preprocessing(), self.cfg, {"epoch": self.epoch, "cycle": cycle})
         self.sums = torch.zeros(3, dtype=torch.float64)
 
         if self.val_loader is None:
@@ -494,24 +446,32 @@ class Trainer:
     def _scores(self, loader: Loader, tau: float | None = None, autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores in float32 unless an autocast is given: the figures a bundle records are the ones `evaluate`,
         `predict` and `serve` reproduce from it; only the per-epoch validation runs in the training precision."""
-        t = self.cfg.train
-        scores, labels = gather_logits(self.model, loader, autocast, t.tta, t.tta_average)
-        return adjust(scores, self.log_prior, self.tau if tau is None else tau), labels
+        p = self.preprocessing
+        scores, labels = gather_logits(self.model, loader, autocast, p.tta, p.tta_average)
+        return adjust_logits(scores, self.log_prior, self.tau if tau is None else tau), labels
+
+    def test_scores(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 scores (the bundle's TTA and logit adjustment applied) and labels of the test split, in its
+        order: what the run's final test figures are computed from."""
+        if self.test_loader is None:
+            raise ImagefitError(f"{self.data.source} has no test split")
+        return self._scores(self.test_loader)
 
     def _choose_tau(self) -> None:
         """--logit-adjust auto: the strength with the best validation balanced accuracy (ties: the smaller)."""
         scores, labels = self._scores(self.val_loader, tau=0.0)
-        table = {tau: summarize(adjust(scores, self.log_prior, tau), labels, self.data.classes)["balanced_accuracy"]
+        table = {tau: summarize(adjust_logits(scores, self.log_prior, tau), labels, self.data.classes)["balanced_accuracy"]
                  for tau in TAU_GRID}
         self.tau = max(TAU_GRID, key=lambda tau: (table[tau], -tau))
         self.log(f"logit adjustment: strength {self.tau:g} (validation balanced accuracy "
                  f"{table[self.tau]:.4f}; {table[0.0]:.4f} without)")
 
-    def _preprocessing(self) -> dict:
-        p = {"size": self.cfg.data.size, "resize": self.cfg.data.resize, "mean": self.data.mean, "std": self.data.std}
-        if self.tau:  # the bundle's scores are adjusted wherever it is used
-            p["logit_adjust"] = {"tau": self.tau, "log_prior": self.log_prior.tolist()}
-        return p
+    def _preprocessing(self) -> Preprocessing:
+        """The contract the bundle carries: the one resolved at the start, with the logit adjustment chosen."""
+        if not self.tau:
+            return self.preprocessing
+        # the bundle's scores are adjusted wherever it is used
+        return replace(self.preprocessing, logit_adjust={"tau": self.tau, "log_prior": self.log_prior.tolist()})
 
     def _finish(self, stopped: str) -> dict:
         """Best weights back in, test evaluation, plots, bundle, tracking; the result as a dict."""
@@ -528,7 +488,7 @@ class Trainer:
             metrics["val_accuracy"] = summarize(*self._scores(self.val_loader), self.data.classes)["accuracy"]
         report = None
         if self.test_loader:
-            report = summarize(*self._scores(self.test_loader), self.data.classes)
+            report = summarize(*self.test_scores(), self.data.classes)
             metrics.update({k: report[k] for k in ("accuracy", "top5", "loss", "n")})
         if not self.world.main:  # rank 0 writes the bundle, the plots and the metrics
             return {**metrics, "rank": self.world.rank}
@@ -538,8 +498,8 @@ class Trainer:
         full = {**metrics, "history": self.history, "test": report}
         atomic_write_text(self.out / "metrics.json", json.dumps(full, indent=1))
 
-        bundle = save_bundle(self.out / "bundle.safetensors", self.model, self.data.classes, self._preprocessing(),
-                             self.cfg, {**metrics, "created": datetime.now().isoformat(timespec="seconds")})
+        bundle = save_bundle(self.out / "bundle.safetensors", self.model, self._preprocessing(), self.cfg,
+                             {**metrics, "created": datetime.now().isoformat(timespec="seconds")})
         # End-of-run figures get their own names, so they never extend the per-epoch curves.
         final_names = {"accuracy": "test_accuracy", "top5": "test_top5", "loss": "test_loss",
                        "val_accuracy": "final_val_accuracy"}

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from .config import Config
 from .errors import ImagefitError
-from .evaluate import format_report, summarize
+from .metrics import format_report, summarize
 from .files import atomic_write_text
 from .loader import Loader
 from .train import RunOptions, Trainer, train

@@ -1,0 +1,28 @@
+"""`imagefit export`: a bundle to ONNX or TorchScript, checked for parity (`export.export`)."""
+
+from __future__ import annotations
+
+from .common import add_json
+
+NAME = "export"
+
+
+def add_arguments(sub) -> None:
+    p = sub.add_parser("export", help="export a bundle to ONNX or TorchScript (checked for parity on real images)")
+    p.add_argument("--bundle", required=True, help="run folder or bundle.safetensors")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
+    p.add_argument("--out", help="output file (default: model.onnx / model.torchscript.pt beside the bundle, where "
+                                 "predict and serve find it)")
+    p.add_argument("--data", help="data folder for the parity images (default: the bundle's)")
+    p.add_argument("--parity-images", type=int, default=64, help="real images the parity check runs on "
+                                                                 "(default: 64)")
+    add_json(p)
+
+
+def run(args) -> dict:
+    from ..export import export
+    r = export(args.bundle, args.format, args.out, args.data, args.parity_images)
+    if not args.json:
+        print(f"{r['export']} ({r['bytes'] / 1e6:.1f} MB); parity on {r['parity_images']} real images: max |logit "
+              f"difference| {r['parity_max_abs_diff']:.1e}")
+    return r

@@ -1,0 +1,36 @@
+"""`imagefit serve`: the web app and JSON API for a bundle (`serve.run_server`)."""
+
+from __future__ import annotations
+
+from ..config import TTA_MODES
+
+NAME = "serve"
+
+
+def add_arguments(sub) -> None:
+    p = sub.add_parser("serve", help="a web app and JSON API for a bundle (FastAPI under uvicorn)")
+    p.add_argument("--bundle", required=True, help="run folder, bundle.safetensors or an exported .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default: 8000")
+    p.add_argument("--backend", choices=("auto", "onnx", "pytorch"), default="auto", help="default: auto")
+    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the bundle's)")
+    p.add_argument("--max-batch", type=int, default=32, help="largest micro-batch of queued images (default: 32)")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a micro-batch waits to fill "
+                                                                  "(default: 2)")
+    p.add_argument("--queue", type=int, default=256, help="images waiting at most; beyond it requests get 503 "
+                                                          "(default: 256)")
+    p.add_argument("--max-files", type=int, default=16, help="images per request at most (default: 16)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="request body size limit (default: 10)")
+    p.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image (width × height) decoded "
+                                                                      "(default: 25000000)")
+    p.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+    p.set_defaults(json=False)
+
+
+def run(args) -> dict:
+    from ..serve import ServeOptions, run_server
+    opts = ServeOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
+                        max_files=args.max_files, max_upload_bytes=int(args.max_upload_mb * 1e6),
+                        max_pixels=args.max_pixels, tta=args.tta)
+    run_server(args.bundle, args.host, args.port, opts, backend=args.backend, threads=args.threads)
+    return {}

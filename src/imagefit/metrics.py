@@ -1,0 +1,71 @@
+"""Metrics from scores and labels: accuracy, balanced accuracy, macro-F1, top-5, per-class precision/recall/F1, the
+confusion matrix, and the calibration error.
+
+Every classification metric derives from the confusion matrix, one `bincount`, written here rather than imported
+from torchmetrics: importing torchmetrics takes 4.6 s on the 2-core reference machine (it loads torchvision,
+torch._dynamo and scipy.signal), 1.5% of the `fast` recipe's five minutes and most of `imagefit predict`'s start-up.
+The tests check these figures against torchmetrics' functional API.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """k×k counts: row = true class, column = predicted class."""
+    return torch.bincount(labels * num_classes + predictions, minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+def summarize(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    """The headline metrics as plain numbers (JSON-ready), plus per-class rows and the confusion matrix. A class
+    never predicted has precision 0, a class absent from the labels recall 0 (torchmetrics' convention)."""
+    k = len(classes)
+    confusion = confusion_matrix(logits.argmax(1), labels, k)
+    hits, support, predicted = confusion.diag().double(), confusion.sum(1).double(), confusion.sum(0).double()
+    precision = torch.where(predicted > 0, hits / predicted.clamp(min=1), 0.0)
+    recall = torch.where(support > 0, hits / support.clamp(min=1), 0.0)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
+    top5 = (logits.topk(min(5, k), dim=1).indices == labels[:, None]).any(1)
+    present = support > 0
+    return {
+        "accuracy": (hits.sum() / max(len(labels), 1)).item(),
+        # beside accuracy, because on imbalanced data accuracy mostly measures the large classes
+        "balanced_accuracy": recall[present].mean().item() if present.any() else 0.0,
+        "macro_f1": f1[present].mean().item() if present.any() else 0.0,
+        "top5": top5.double().mean().item() if len(labels) else 0.0,
+        "loss": F.cross_entropy(logits, labels).item(),
+        "n": len(labels),
+        "per_class": {c: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
+                          "support": int(support[i])} for i, c in enumerate(classes)},
+        "confusion": confusion.tolist(),
+    }
+
+
+def format_report(m: dict, classes: list[str]) -> str:
+    """A plain-text table for the terminal."""
+    loss = "" if m["loss"] is None else f"   loss {m['loss']:.4f}"
+    lines = [f"accuracy {m['accuracy']:.4f}   balanced {m['balanced_accuracy']:.4f}   macro-F1 {m['macro_f1']:.4f}"
+             f"   top-5 {m['top5']:.4f}{loss}   n {m['n']}",
+             f"{'class':>14} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
+    for c in classes:
+        r = m["per_class"][c]
+        lines.append(f"{c:>14} {r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:7.3f} {r['support']:8d}")
+    return "\n".join(lines)
+
+
+def calibration(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict:
+    """Expected calibration error over equal-width confidence bins, and the bins (confidence, accuracy, count)."""
+    confidence, predicted = probs.max(1)
+    correct = (predicted == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    rows, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (confidence > lo) & (confidence <= hi)
+        n = int(inside.sum())
+        if n:
+            conf, acc = confidence[inside].mean().item(), correct[inside].mean().item()
+            ece += n / len(labels) * abs(acc - conf)
+            rows.append({"low": lo.item(), "high": hi.item(), "confidence": conf, "accuracy": acc, "n": n})
+    return {"ece": ece, "bins": rows}
