@@ -156,6 +156,16 @@ def test_diffuse_and_denoise_variations(capsys, cifar_dir):
                                                    "--strength", "0", "--out", "v")
 
 
+def test_variations_of_a_generator_trained_at_another_size(capsys, cifar_dir):
+    """`generate vary` reads the real images at the generator's own size (it had no --size and read them at 32 px,
+    so a 16-px generator could not vary anything)."""
+    from PIL import Image
+    run(capsys, *TRAIN, "--data", str(cifar_dir), "--size", "16", "--out", "gen/16")
+    r = run(capsys, "generate", "vary", "--model", "gen/16", "--data", str(cifar_dir), "--per-class", "2",
+            "--steps", "4", "--batch-size", "6", "--out", "var16")
+    assert r["written"] == 6 and Image.open("var16/train/cat/" + os.listdir("var16/train/cat")[0]).size == (16, 16)
+
+
 def test_quality_scores_and_cas(capsys, cifar_dir, tmp_path):
     """FID/KID/IS on a classifier's features rank real images above noise; per-checkpoint FID is plotted; CAS
     trains on the synthetic folder and tests on the real test split."""
