@@ -27,15 +27,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from imagefit.augment import BatchAugment
+from imagefit.data.augment import BatchAugment
 from imagefit.preprocessing import Normalize
 from imagefit.config import AugmentConfig
-from imagefit.data import Splits
-from imagefit.evaluate import gather_logits
-from imagefit.loader import Loader
+from imagefit.data.sources import Splits
+from imagefit.evaluation.evaluate import gather_logits
+from imagefit.data.loader import Loader
 from imagefit.seeds import flip_seed
 from imagefit.models import FastNet
-from imagefit.optim import Muon
+from imagefit.training.optim import Muon
 
 ANCHORS = {  # name: (widths, batch size, epochs)
     "airbench94": ((64, 256, 256), 2000, 8),

@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from imagefit.augment import BatchAugment
+from imagefit.data.augment import BatchAugment
 from imagefit.preprocessing import Normalize
 from imagefit.config import AugmentConfig, Config, DataConfig, ModelConfig
-from imagefit.data import load_splits
-from imagefit.loader import Loader
+from imagefit.data.sources import load_splits
+from imagefit.data.loader import Loader
 from imagefit.models import create_model
-from imagefit.train import RunOptions, Trainer
+from imagefit.training.train import RunOptions, Trainer
 
 
 def median(xs):

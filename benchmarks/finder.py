@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from imagefit.config import Config
-from imagefit.evaluate import gather_logits
-from imagefit.loader import Loader
-from imagefit.train import RunOptions, Trainer
+from imagefit.evaluation.evaluate import gather_logits
+from imagefit.data.loader import Loader
+from imagefit.training.train import RunOptions, Trainer
 
 # What makes two runs' JSONs the same benchmark; --grid-from also needs the same grid and seed.
 SETTINGS = ("model", "per_class", "epochs", "batch_size", "test_images", "data")

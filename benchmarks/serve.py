@@ -36,7 +36,7 @@ def _png_bodies(data: str, n: int) -> list[bytes]:
     from PIL import Image
 
     from imagefit.config import DataConfig
-    from imagefit.data import load_test_split
+    from imagefit.data.sources import load_test_split
     test = load_test_split(DataConfig(data=data))
     bodies = []
     for i in range(n):
@@ -137,7 +137,7 @@ def throughput(predictor, tta: str, batch: int = 256, images: int = 2048, warmup
 
 
 def _offline(bundle: str, backend: str, threads: int, tta: str) -> tuple[float, float]:
-    from imagefit.inference import load_predictor
+    from imagefit.deploy.inference import load_predictor
     return throughput(load_predictor(bundle, backend, threads), tta)
 
 

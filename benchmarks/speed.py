@@ -5,7 +5,7 @@
 DIR holds cifar-10-batches-py from ../shared/datasets/make-cifar10 (45,000 train, 5,000 held-out as the test
 split). Every run trains in this process; after each epoch the held-out accuracy (with the run's TTA) is measured
 and its time taken off the clock, so a curve point is (seconds the run would have taken to get here, accuracy).
-A recipe's clock runs from the call of `imagefit.train.train` (data loading, whitening, MLflow in a fresh SQLite
+A recipe's clock runs from the call of `imagefit.training.train.train` (data loading, whitening, MLflow in a fresh SQLite
 store, training, the final TTA test, plots and bundle: everything `imagefit train` does after its imports) to its
 return; the interpreter start and imports are timed once and added. An anchor's clock covers its training and
 final TTA test only (it has no loading or bundling to do here).
@@ -35,10 +35,10 @@ from anchor import ANCHORS, AnchorNet, anchor_accuracy, count_flops, train_ancho
 
 from imagefit.allocator import keep_freed_memory  # noqa: E402
 from imagefit.config import Config, DataConfig, all_fields, coerce, load_recipe  # noqa: E402
-from imagefit.data import load_splits  # noqa: E402
-from imagefit.evaluate import gather_logits  # noqa: E402
+from imagefit.data.sources import load_splits  # noqa: E402
+from imagefit.evaluation.evaluate import gather_logits  # noqa: E402
 from imagefit.models import create_model  # noqa: E402
-from imagefit.train import RunOptions, train  # noqa: E402
+from imagefit.training.train import RunOptions, train  # noqa: E402
 
 TTA_VIEWS = {"none": 1, "flip": 2, "crops": 3, "flip+crops": 6}
 
@@ -59,7 +59,7 @@ def cpu_description() -> str:
 
 def import_seconds() -> float:
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import imagefit.cli, imagefit.train"], check=True)
+    subprocess.run([sys.executable, "-c", "import imagefit.cli, imagefit.training.train"], check=True)
     return time.perf_counter() - t
 
 

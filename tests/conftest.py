@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +93,45 @@ def _isolated(tmp_path, monkeypatch):
 # A small, fast model for every training test.
 TINY = ["--model", "resnet", "--blocks", "1,1", "--widths", "8,16", "--batch-size", "16", "--epochs", "2",
         "--tracking-uri", "none"]
+
+
+def tiny_bundle(root: Path, export: bool = False) -> tuple[Path, Path]:
+    """(data, run): a CIFAR folder under `root` and a tiny bundle trained on it (with its ONNX export), the cache
+    kept under `root` (for module-scoped fixtures, which the per-test isolation does not reach)."""
+    from imagefit.cli import main
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMAGEFIT_CACHE", str(root / "cache"))
+        data = write_cifar(root / "data")
+        assert main(["train", "--data", str(data), "--model", "resnet", "--blocks", "1", "--widths", "8",
+                     "--epochs", "2", "--batch-size", "16", "--tracking-uri", "none", "--out", str(root / "run"),
+                     "--json"]) == 0
+        if export:
+            assert main(["export", "--bundle", str(root / "run"), "--json"]) == 0
+    return data, root / "run"
+
+
+@contextmanager
+def serving(bundle: Path, *options: str, env: dict | None = None):
+    """`imagefit serve --bundle BUNDLE OPTIONS` on a free loopback port, in its own process; yields (url, process)
+    once /health answers, and stops the server after."""
+    import httpx
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "imagefit", "serve", "--bundle", str(bundle), "--port",
+                               str(port), *options], env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+            if server.poll() is not None:
+                raise RuntimeError(server.stdout.read())
+        yield url, server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

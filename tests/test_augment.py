@@ -1,11 +1,9 @@
 import torch
 import torch.nn.functional as F
 
-from imagefit.augment import BatchAugment, crop_flip, cutout
+from imagefit.data.augment import BatchAugment, crop_flip, cutout
 from imagefit.preprocessing import Normalize
-from imagefit.config import AugmentConfig, DataConfig
-from imagefit.data import load_splits
-from imagefit.loader import Loader
+from imagefit.config import AugmentConfig
 
 
 def _reference_crop_flip(x, padding, flip, gen):
@@ -38,40 +36,6 @@ def test_cutout_zeroes_a_square_per_image():
     assert torch.equal(out[:, 0] == 0, out[:, 2] == 0)  # the same square in every channel
 
 
-def test_normalize_matches_the_formula():
-    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
-    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
-    got = Normalize(mean, std, True)(x)
-    want = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    assert torch.allclose(got, want, atol=1e-6) and got.is_contiguous(memory_format=torch.channels_last)
-
-
-def _loader(data, splits, **kw):
-    norm = Normalize(splits.mean, splits.std, False)
-    aug = BatchAugment(AugmentConfig(crop_padding=2, flip=True, rotation=10, cutout=4), norm)
-    return Loader(data, 8, norm, augment=aug, shuffle=True, drop_last=True, seed=7, workers=0, **kw)
-
-
-def test_batches_depend_only_on_their_position(folder_dir):
-    """What makes resume exact: starting at step 2 yields exactly the batches 2.. of a full pass."""
-    s = load_splits(DataConfig(data=str(folder_dir), val_fraction=0), seed=0)
-    loader = _loader(s.train, s)
-    full = list(loader.batches(epoch=3))
-    later = list(loader.batches(epoch=3, start=2))
-    assert len(full) == len(loader) == 30 // 8
-    for (i, x, y), (j, x2, y2) in zip(full[2:], later):
-        assert i == j and torch.equal(x, x2) and torch.equal(y, y2)
-    other_epoch = next(loader.batches(epoch=4))
-    assert not torch.equal(full[0][2], other_epoch[2])
-
-
-def test_streaming_and_memory_paths_yield_the_same_batches(folder_dir):
-    mem = load_splits(DataConfig(data=str(folder_dir), in_memory="yes", val_fraction=0), seed=0)
-    stream = load_splits(DataConfig(data=str(folder_dir), in_memory="no", val_fraction=0), seed=0)
-    for (_, x1, y1), (_, x2, y2) in zip(_loader(mem.train, mem).batches(1), _loader(stream.train, stream).batches(1)):
-        assert torch.equal(x1, x2) and torch.equal(y1, y2)
-
-
 def test_alternate_flip_shows_every_image_both_ways_over_two_epochs():
     n = 64
     x = torch.arange(n * 3 * 4 * 4, dtype=torch.int64).remainder(251).to(torch.uint8).view(n, 3, 4, 4)
@@ -87,18 +51,6 @@ def test_alternate_flip_shows_every_image_both_ways_over_two_epochs():
     even, odd, even2 = flipped(0), flipped(1), flipped(2)
     assert torch.equal(even, ~odd) and torch.equal(even, even2)
     assert 16 < even.sum() < 48  # a random half, not all or none
-
-
-def test_flip_tta_is_mirror_invariant_and_translate_adds_views():
-    from imagefit.preprocessing import tta_scores
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        plain = tta_scores(model, x)
-        assert plain.equal(model(x)) and not torch.allclose(plain, model(x.flip(-1)))
-        assert torch.allclose(tta_scores(model, x, "flip"), tta_scores(model, x.flip(-1), "flip"), atol=1e-6)
-        assert not torch.allclose(tta_scores(model, x, "flip+crops"), tta_scores(model, x, "flip"))
 
 
 def test_progressive_sizes_shrink_the_first_epochs_only():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from imagefit.config import DataConfig
-from imagefit.data import FileSet, ImageSet, load_splits, load_test_split, stratified_split
+from imagefit.data.sources import FileSet, ImageSet, load_splits, load_test_split, stratified_split
 from imagefit.errors import ImagefitError
 
 

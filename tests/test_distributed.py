@@ -18,9 +18,9 @@ from torch import nn
 
 from imagefit.preprocessing import Normalize
 from imagefit.config import DataConfig
-from imagefit.data import load_splits
-from imagefit.distributed import sync_batchnorm
-from imagefit.loader import Loader
+from imagefit.data.sources import load_splits
+from imagefit.training.distributed import sync_batchnorm
+from imagefit.data.loader import Loader
 
 # float32 (--amp no): the test compares weights to 1e-3, which bfloat16's rounding in another order would not keep
 ARGS = ["train", "--model", "resnet", "--blocks", "1", "--widths", "8", "--epochs", "2", "--batch-size", "16",

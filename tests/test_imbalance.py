@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from imagefit.errors import ImagefitError
-from imagefit.imbalance import TAU_GRID, class_weights, counts_for, epoch_size, resampled_order
+from imagefit.data.imbalance import TAU_GRID, class_weights, counts_for, epoch_size, resampled_order
 
 from .conftest import TINY
 from .test_train import fails, run, same_weights
@@ -42,7 +42,10 @@ def test_imbalanced_runs_with_each_remedy(capsys, cifar_dir):
     plain = run(capsys, "train", *data, "--out", "runs/plain")
     assert plain["n"] == 40  # the test split is untouched
     test = json.load(open("runs/plain/metrics.json"))["test"]
-    assert 0 <= test["balanced_accuracy"] <= 1 and 0 <= test["macro_f1"] <= 1
+    rows = test["per_class"].values()  # every class is in the untouched test split
+    assert test["balanced_accuracy"] == pytest.approx(sum(r["recall"] for r in rows) / 10)
+    assert test["macro_f1"] == pytest.approx(sum(r["f1"] for r in rows) / 10)
+    assert [r["recall"] for r in rows] == pytest.approx([test["confusion"][i][i] / 4 for i in range(10)])
     for remedy in ("oversample", "undersample", "reweight"):
         run(capsys, "train", *data, "--balance", remedy, "--out", f"runs/{remedy}")
     # resampling keeps resume exact

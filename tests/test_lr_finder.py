@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from imagefit.errors import ImagefitError
-from imagefit.lr_finder import exponential_rates, range_test, smooth, suggest
+from imagefit.training.lr_finder import exponential_rates, range_test, smooth, suggest
 
 from .conftest import TINY
 from .test_train import fails, run, same_weights
@@ -124,7 +124,7 @@ def test_finder_errors_are_one_line(capsys, cifar_dir):
 
 def test_a_fall_within_the_noise_or_cut_off_by_the_range_is_flagged():
     import random
-    from imagefit.lr_finder import FinderResult
+    from imagefit.training.lr_finder import FinderResult
     lrs = exponential_rates(1e-7, 10, 100)
     rng = random.Random(0)
 

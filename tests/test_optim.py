@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from imagefit.config import Config
 from imagefit.errors import ImagefitError
 from imagefit.models import create_model
-from imagefit.optim import Lookahead, build_optimizer, build_schedule
+from imagefit.training.optim import Lookahead, build_optimizer, build_schedule
 
 
 def fastnet_config(**optim) -> Config:
@@ -91,7 +91,7 @@ def test_whitening_bias_learns_only_in_its_epochs():
 
 
 def test_muon_groups_without_orthogonal_match_torch_sgd():
-    from imagefit.optim import Muon
+    from imagefit.training.optim import Muon
     torch.manual_seed(0)
     a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
     b.load_state_dict(a.state_dict())
@@ -107,7 +107,7 @@ def test_muon_groups_without_orthogonal_match_torch_sgd():
 
 
 def test_muon_filter_steps_are_orthogonal_and_of_fixed_size():
-    from imagefit.optim import orthogonalize
+    from imagefit.training.optim import orthogonalize
     torch.manual_seed(0)
     g = torch.randn(16, 72) * torch.logspace(-3, 1, 72)  # badly conditioned, like a gradient
     s = torch.linalg.svdvals(orthogonalize(g))

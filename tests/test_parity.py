@@ -7,12 +7,7 @@ rule; and for an --init-from bundle whose statistics differ from its dataset's."
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -23,9 +18,9 @@ from PIL import Image
 
 import imagefit
 from imagefit.cli import main
-from imagefit.train import RunOptions, Trainer
+from imagefit.training.train import RunOptions, Trainer
 
-from .conftest import class_images, write_cifar
+from .conftest import class_images, serving, write_cifar
 
 TOLERANCE = 1e-5
 TINY = dict(model="resnet", blocks="1,1", widths="8,16", batch_size=16, epochs=1)
@@ -54,29 +49,11 @@ def as_matrix(predictions: list[dict], files: list[str], classes: list[str]) -> 
 
 def served_probabilities(run: Path, files: list[str], classes: list[str]) -> torch.Tensor:
     """(e): /predict of `imagefit serve` (PyTorch backend) in its own process, the files in one request."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "imagefit", "serve", "--bundle", str(run), "--port", str(port),
-                               "--backend", "pytorch", "--max-files", "64", "--threads", "1"],
-                              env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-            if server.poll() is not None:
-                raise RuntimeError(server.stdout.read())
+    with serving(run, "--backend", "pytorch", "--max-files", "64", "--threads", "1") as (url, _):
         uploads = [("files", (Path(f).name, Path(f).read_bytes())) for f in files]
         r = httpx.post(url + "/predict", params={"top_k": len(classes)}, files=uploads, timeout=60)
-        assert r.status_code == 200, r.text
-        return as_matrix(r.json()["predictions"], files, classes)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    assert r.status_code == 200, r.text
+    return as_matrix(r.json()["predictions"], files, classes)
 
 
 def check_parity(capsys, run: Path, expected: torch.Tensor, files: list[str], images: list) -> None:
@@ -87,14 +64,14 @@ def check_parity(capsys, run: Path, expected: torch.Tensor, files: list[str], im
     expected = expected.double()
 
     from imagefit.bundle import load_bundle
-    from imagefit.evaluate import bundle_scores, split_images
+    from imagefit.evaluation.evaluate import bundle_scores, split_images
     bundle = load_bundle(run)
     evaluated, _ = bundle_scores(bundle, split_images(bundle, None, "test"), batch_size=256,
                                  tta=bundle.preprocessing.tta, average=bundle.preprocessing.tta_average)
     m = cli_json(capsys, "evaluate", "--bundle", str(run), "--tracking-uri", "none")
 
     predicted = cli_json(capsys, "predict", "--bundle", str(run), "--backend", "pytorch", "--top-k", str(k), *files)
-    from imagefit.export import export
+    from imagefit.deploy.export import export
     export(run, "onnx")
     onnx = imagefit.load(run, backend="onnx")
     assert onnx.backend == "onnxruntime"
@@ -169,7 +146,7 @@ def test_parity_of_an_init_from_bundle_whose_statistics_differ_from_its_data(cap
     expected, _ = train_run(tmp_path / "run", data=str(tree), init_from=str(tmp_path / "source"), tta="crops")
     source, run = imagefit.load(tmp_path / "source"), imagefit.load(tmp_path / "run")
     from imagefit.config import DataConfig
-    from imagefit.data import load_splits
+    from imagefit.data.sources import load_splits
     own = load_splits(DataConfig(data=str(tree)), 0)
     assert run.preprocessing.mean == source.preprocessing.mean != own.mean  # the source's inputs, not the data's
     files = _tree_test_files(tree)

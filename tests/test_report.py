@@ -11,8 +11,8 @@ import subprocess
 import pytest
 import torch
 
-from imagefit.metrics import calibration
-from imagefit.report import PROBES
+from imagefit.evaluation.metrics import calibration
+from imagefit.evaluation.report import PROBES
 
 from .conftest import TINY
 from .test_train import run
@@ -38,7 +38,22 @@ def test_report_page_has_every_figure_and_loads_in_a_headless_browser(capsys, ci
     names = set(os.listdir(folder))
     assert {"index.html", "curves.png", "confusion.png", "reliability.png", "lr_finder.png", "report.json"} <= names
     assert len([n for n in names if n.startswith("top-loss-")]) == 5
-    assert set(r["robustness"]) == {"unaltered (no TTA)", *PROBES} and 0 <= r["ece"] <= 1
+    assert set(r["robustness"]) == {"unaltered (no TTA)", *PROBES}
+    # the calibration error, recomputed by hand from the bundle's test probabilities (15 equal-width bins)
+    from imagefit.bundle import load_bundle
+    from imagefit.evaluation.evaluate import bundle_scores, split_images
+    bundle = load_bundle("runs/r")
+    scores, labels = bundle_scores(bundle, split_images(bundle, None, "test"), batch_size=64,
+                                   tta=bundle.preprocessing.tta, average=bundle.preprocessing.tta_average)
+    confidence, said = scores.softmax(1).max(1)
+    ece = 0.0
+    for b in range(15):
+        inside = (confidence > b / 15) & (confidence <= (b + 1) / 15)
+        if inside.any():
+            ece += inside.sum().item() / 40 * abs((said == labels)[inside].double().mean().item()
+                                                  - confidence[inside].double().mean().item())
+    assert r["ece"] == pytest.approx(ece, abs=1e-5)
+    assert r["accuracy"] == pytest.approx((said == labels).double().mean().item())
     page = open(os.path.join(folder, "index.html")).read()
     assert page.count("<img") == 5 + 4 and "Most confused pairs" in page
     import mlflow

@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -25,7 +23,7 @@ from PIL import Image
 
 from imagefit.cli import main
 
-from .conftest import CLASSES, class_images, write_cifar
+from .conftest import CLASSES, class_images, serving, tiny_bundle
 from .test_report import _chromium
 from .test_train import fails, run
 
@@ -36,33 +34,10 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 def served(tmp_path_factory):
     """A tiny bundle with its ONNX export, served by `imagefit serve` in its own process."""
     root = tmp_path_factory.mktemp("serve")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IMAGEFIT_CACHE", str(root / "cache"))
-        data = write_cifar(root / "data")
-        assert main(["train", "--data", str(data), "--model", "resnet", "--blocks", "1", "--widths", "8",
-                     "--epochs", "2", "--batch-size", "16", "--tracking-uri", "none", "--out", str(root / "run"),
-                     "--json"]) == 0
-        assert main(["export", "--bundle", str(root / "run"), "--json"]) == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "IMAGEFIT_CACHE": str(root / "cache")}
-    server = subprocess.Popen([sys.executable, "-m", "imagefit", "serve", "--bundle", str(root / "run"), "--port",
-                               str(port), "--max-files", "4", "--max-upload-mb", "2", "--max-pixels", "4000000",
-                               "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        if server.poll() is not None:
-            raise RuntimeError(server.stdout.read())
-    yield {"url": url, "root": root, "data": data, "pid": server.pid}
-    server.terminate()
-    server.wait(timeout=30)
+    data, bundle = tiny_bundle(root, export=True)
+    with serving(bundle, "--max-files", "4", "--max-upload-mb", "2", "--max-pixels", "4000000", "--threads", "1",
+                 env={"IMAGEFIT_CACHE": str(root / "cache")}) as (url, server):
+        yield {"url": url, "root": root, "data": data, "pid": server.pid}
 
 
 def png(index: int = 0) -> bytes:
@@ -78,42 +53,6 @@ def huge_png(width: int = 100_000, height: int = 100_000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
-
-
-@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
-def test_export_parity_and_backends(capsys, served):
-    from imagefit.inference import OnnxPredictor, load_predictor
-    root = served["root"]
-    meta = json.loads(OnnxPredictor(root / "run" / "model.onnx").session.get_modelmeta()
-                      .custom_metadata_map["imagefit"])
-    assert meta["classes"] == CLASSES and meta["preprocessing"]["size"] == 32 and len(meta["identity"]["sha256"]) == 64
-    torch_p, onnx_p = load_predictor(root / "run", "pytorch"), load_predictor(root / "run")
-    assert (torch_p.backend, onnx_p.backend) == ("pytorch", "onnxruntime")
-
-    def spins(predictor) -> bool:  # the server's session does not busy-wait between runs; batch prediction's does
-        try:
-            return predictor.session.get_session_options().get_session_config_entry(
-                "session.intra_op.allow_spinning") != "0"
-        except Exception:  # not set: ONNX Runtime's default, spinning
-            return True
-    assert spins(onnx_p) and not spins(load_predictor(root / "run", spin=False))
-    for n in (1, 7):  # dynamic batch
-        x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
-        for tta in ("none", "flip+crops"):
-            assert (torch_p.probabilities(x, tta) - onnx_p.probabilities(x, tta)).abs().max() < 1e-5
-    r = run(capsys, "export", "--bundle", str(root / "run"), "--format", "torchscript", "--out", "m.pt",
-            "--data", str(served["data"]))
-    assert r["parity_max_abs_diff"] <= 1e-4 and r["parity_images"] == 40
-    scripted = torch.jit.load("m.pt", _extra_files=(extra := {"imagefit.json": ""}))
-    assert json.loads(extra["imagefit.json"])["classes"] == CLASSES
-    assert scripted(torch.zeros(3, 3, 32, 32)).shape == (3, 10)
-
-
-def test_parity_failure_removes_the_export(capsys, served, monkeypatch):
-    import imagefit.export
-    monkeypatch.setattr(imagefit.export, "TOLERANCE", -1.0)  # no export can pass: the failure path
-    err = fails(capsys, "export", "--bundle", str(served["root"] / "run"), "--out", "bad.onnx")
-    assert "parity check failed" in err and not os.path.exists("bad.onnx")
 
 
 def test_predict_files_and_folders_as_csv(capsys, served):
@@ -147,7 +86,7 @@ def test_api_answers(served):
     assert all(len(p["top"]) == 3 and p["top"][0]["class"] in CLASSES for p in preds)
     # the server gives what `imagefit predict` gives for the same bytes
     from imagefit.preprocessing import load_image
-    from imagefit.inference import load_predictor
+    from imagefit.deploy.inference import load_predictor
     p = load_predictor(served["root"] / "run")
     x = torch.from_numpy(np.stack([load_image(b, 32) for b in blobs])).permute(0, 3, 1, 2)
     expected = p.probabilities(x).max(1).values
@@ -196,7 +135,7 @@ class SlowPredictor:
 
 
 def test_micro_batching_merges_concurrent_requests_and_bounds_the_queue():
-    from imagefit.serve import MicroBatcher, Overloaded, ServeOptions
+    from imagefit.deploy.serve import MicroBatcher, Overloaded, ServeOptions
 
     async def scenario():
         slow = SlowPredictor()

@@ -39,7 +39,9 @@ def same_weights(a, b) -> bool:
 def test_train_evaluate_predict_end_to_end(capsys, cifar_dir, tmp_path):
     r = run(capsys, "train", "--data", str(cifar_dir), *TINY, "--out", "runs/a")
     assert set(r) >= {"accuracy", "bundle", "seconds", "params", "epochs"}
-    assert r["epochs"] == 2 and r["n"] == 40 and 0 <= r["accuracy"] <= 1
+    confusion = json.load(open(tmp_path / "runs/a/metrics.json"))["test"]["confusion"]
+    assert r["epochs"] == 2 and r["n"] == 40 and sum(map(sum, confusion)) == 40
+    assert r["accuracy"] == sum(confusion[i][i] for i in range(10)) / 40  # the diagonal's share
     for name in ("bundle.safetensors", "curves.png", "confusion.png", "metrics.json", "config.yaml",
                  "checkpoints/last.pt", "checkpoints/best.safetensors"):
         assert (tmp_path / "runs/a" / name).exists(), name
@@ -55,7 +57,11 @@ def test_train_evaluate_predict_end_to_end(capsys, cifar_dir, tmp_path):
             "--top-k", "3")
     assert p["n"] == 2 and len(p["predictions"][0]["top"]) == 3
     probs = [t["probability"] for t in p["predictions"][0]["top"]]
-    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    import imagefit
+    expected = imagefit.load("runs/a").probabilities([tmp_path / "cat.png"])[0].sort(descending=True).values[:3]
+    assert probs == pytest.approx(expected.tolist(), abs=1e-6)  # the bundle's own probabilities, best first
+    every = run(capsys, "predict", "--bundle", "runs/a", str(tmp_path / "dog.jpg"), "--top-k", "10")
+    assert sum(t["probability"] for t in every["predictions"][0]["top"]) == pytest.approx(1, abs=1e-5)
 
 
 def test_imagefolder_tree_end_to_end(capsys, folder_dir):

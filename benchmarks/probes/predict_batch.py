@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from imagefit.inference import load_predictor
+from imagefit.deploy.inference import load_predictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from serve import throughput  # noqa: E402

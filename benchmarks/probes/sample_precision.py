@@ -10,8 +10,8 @@ import torch
 
 from imagefit.bundle import load_bundle
 from imagefit.seeds import Stream, choice_generator
-from imagefit.generate import load_generator
-from imagefit.quality import Scorer, _draw_set, _real_train
+from imagefit.generative.generate import load_generator
+from imagefit.generative.quality import Scorer, _draw_set, _real_train
 
 gen, clf = sys.argv[1], sys.argv[2]
 per_class = int(sys.argv[3]) if len(sys.argv) > 3 else 50

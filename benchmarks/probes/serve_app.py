@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from imagefit.serve import ServeOptions, create_app
+from imagefit.deploy.serve import ServeOptions, create_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from serve_stack import NullPredictor  # noqa: E402  (this folder)

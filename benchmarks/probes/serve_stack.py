@@ -41,8 +41,8 @@ class NullPredictor:
 def serve(bundle: str, port: int, http: str, loop: str, model: str, threads: int) -> None:
     import uvicorn
 
-    from imagefit.inference import load_predictor
-    from imagefit.serve import ServeOptions, create_app
+    from imagefit.deploy.inference import load_predictor
+    from imagefit.deploy.serve import ServeOptions, create_app
     predictor = load_predictor(bundle, "pytorch" if model == "eager" else "onnx", threads, spin=model == "onnx-spin")
     if model == "null":
         predictor = NullPredictor(predictor)

@@ -1,5 +1,5 @@
 """Probe: one BatchNorm layer's forward + backward on a fastnet-small activation (one rank's half of batch 500),
-PyTorch's own against imagefit.distributed.GlobalBatchNorm2d in a Gloo group of one (the all-reduces are real
+PyTorch's own against imagefit.training.distributed.GlobalBatchNorm2d in a Gloo group of one (the all-reduces are real
 calls, the statistics local), one thread as each torchrun rank has. Median of 20 after 3 warm-up steps.
 
     python benchmarks/probes/sync_bn.py
@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from imagefit.distributed import sync_batchnorm
+from imagefit.training.distributed import sync_batchnorm
 
 torch.set_num_threads(1)
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29533"))

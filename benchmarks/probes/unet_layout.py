@@ -5,7 +5,7 @@
 import sys, time, torch
 # run from the repository root with the package installed; GEN is a `generate train` folder
 from imagefit.allocator import keep_freed_memory
-from imagefit.generate import load_generator
+from imagefit.generative.generate import load_generator
 keep_freed_memory()
 unet, cfg = load_generator(sys.argv[2] if len(sys.argv) > 2 else "runs/gen/small")
 unet.eval()

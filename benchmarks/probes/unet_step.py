@@ -8,7 +8,7 @@ import sys, time, torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from imagefit.allocator import keep_freed_memory
-from imagefit.generate import DiffusionConfig, make_unet
+from imagefit.generative.generate import DiffusionConfig, make_unet
 
 keep_freed_memory()
 preset, size, batch, rounds = (sys.argv[1:] + ["small", "32", "64", "5"][len(sys.argv) - 1:])[:4]

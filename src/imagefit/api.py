@@ -82,7 +82,7 @@ def train(recipe: str | None = None, *, out: str | Path | None = None, resume: s
     """Train, evaluate on the test split and bundle a model (`imagefit train`); with `folds` in the options, one
     run per fold (k-fold cross-validation). `resume=RUN_DIR` continues a stopped run exactly; `config` passes a
     ready Config instead of recipe and options. `tracking_uri="none"` turns MLflow off."""
-    from .train import RunOptions
+    from .training.train import RunOptions
     if resume is not None:
         if options or recipe or config:
             given = ", ".join([*(f"--{k.replace('_', '-')}" for k in options), *(["--recipe"] if recipe else [])])
@@ -95,9 +95,9 @@ def train(recipe: str | None = None, *, out: str | Path | None = None, resume: s
     opts = RunOptions(out=out, resume=resume is not None, tracking_uri=tracking_uri, experiment=experiment,
                       stop_after_steps=stop_after_steps, progress=progress, run_name=run_name)
     if cfg.data.folds and resume is None:
-        from .crossval import train_folds
+        from .experiments.crossval import train_folds
         return Run(out, train_folds(cfg, opts))
-    from .train import train as run_training
+    from .training.train import train as run_training
     return Run(out, run_training(cfg, opts))
 
 
@@ -111,7 +111,7 @@ def find_lr(recipe: str | None = None, *, out: str | Path | None = None, start_l
 
     from . import plots
     from .files import atomic_write_text
-    from .train import RunOptions, Trainer
+    from .training.train import RunOptions, Trainer
     if options.get("lr") == "auto":
         raise ImagefitError("find-lr sweeps the rate itself; drop --lr auto")
     cfg = make_config(recipe, **options)
@@ -170,7 +170,7 @@ class Model:
     def predict(self, images, top_k: int = 3, tta: str | None = None) -> list[list[dict]]:
         """The `top_k` most probable classes of each image, [{"class", "probability"}] best first (the same
         figures `imagefit predict` and the server give)."""
-        from .inference import top_classes
+        from .deploy.inference import top_classes
         if top_k < 1:
             raise ImagefitError(f"top_k must be at least 1 (got {top_k})")
         return top_classes(self.probabilities(images, tta), self.classes, top_k)
@@ -179,7 +179,7 @@ class Model:
                  tta_average: str | None = None, batch_size: int = 256, device: str = "cpu") -> dict:
         """Metrics on a split (`imagefit evaluate`): accuracy, balanced accuracy, macro-F1, top-5, loss, per-class
         rows and the confusion matrix; with TTA, the accuracy without it beside."""
-        from .evaluate import evaluate_bundles
+        from .evaluation.evaluate import evaluate_bundles
         from .runtime import resolve_device
         bundle = self.predictor.identity.get("bundle")
         if not bundle:
@@ -198,14 +198,14 @@ def _one_array(images) -> bool:
 def load(path: str | Path, backend: str = "auto", threads: int = 0) -> Model:
     """A bundle (run folder or .safetensors) or an exported .onnx file, ready to predict. `auto`: ONNX Runtime when
     the run folder holds an export of this very bundle, else PyTorch."""
-    from .inference import load_predictor
+    from .deploy.inference import load_predictor
     return Model(load_predictor(path, backend, threads), Path(path))
 
 
 def evaluate(bundles: str | Path | list, data: str | Path | None = None, **kwargs) -> dict:
     """One bundle, or an ensemble of bundles (a list, or an ensemble folder), evaluated on a split: the figures of
     `imagefit evaluate --bundle ...` (keywords: split, batch_size, tta, tta_average, vote, device)."""
-    from .evaluate import evaluate_bundles
+    from .evaluation.evaluate import evaluate_bundles
     from .runtime import resolve_device
     paths = [str(b) for b in bundles] if isinstance(bundles, (list, tuple)) else [str(bundles)]
     kwargs["device"] = resolve_device(kwargs.get("device", "cpu"))

@@ -44,18 +44,26 @@ class Tracker:
     """No tracking: the interface, and what `--tracking-uri none` gets."""
     run_id: str | None = None
 
-    def start(self, name: str, params: dict, run_id: str | None = None, parent: str | None = None) -> None: ...
-    def metrics(self, values: dict, step: int) -> None: ...
+    def start(self, name: str, params: dict, run_id: str | None = None, parent: str | None = None) -> Tracker:
+        return self
+
+    def metrics(self, values: dict, step: int = 0) -> None: ...
     def artifact(self, path: Path, folder: str | None = None) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
 
 class MLflowTracker(Tracker):
+    """One MLflow run, reached through MLflow's client API only: no process-wide "active run", so the runs one
+    process holds open at once (a study's parent and its trials, an ensemble and its members, a report attached to
+    a finished run) never get mixed up, and every caller tracks the same way."""
+
     def __init__(self, uri: str, experiment: str):
         import mlflow
+        from mlflow.tracking import MlflowClient
         self.mlflow = mlflow
         self.uri = uri
         mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(uri)
         for attempt in range(4):
             try:
                 self.experiment_id = self._experiment(experiment)
@@ -73,36 +81,42 @@ class MLflowTracker(Tracker):
                                     f"none") from None
 
     def _experiment(self, name: str) -> str:
-        exp = self.mlflow.get_experiment_by_name(name)
+        exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
         artifacts = None
         if self.uri.startswith("sqlite:///"):  # keep artifacts beside a local database, not under cwd's mlruns
             artifacts = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-        return self.mlflow.create_experiment(name, artifact_location=artifacts)
+        return self.client.create_experiment(name, artifact_location=artifacts)
 
-    def start(self, name: str, params: dict, run_id: str | None = None, parent: str | None = None) -> None:
+    def start(self, name: str, params: dict, run_id: str | None = None, parent: str | None = None) -> Tracker:
+        """A new run named `name` with `params` (nested under `parent` in `mlflow ui`), or with `run_id` the
+        existing run continued."""
         if run_id:
-            self.run = self.mlflow.start_run(run_id=run_id)
-        else:
-            tags = {"mlflow.parentRunId": parent} if parent else None  # shown nested under it in `mlflow ui`
-            self.run = self.mlflow.start_run(experiment_id=self.experiment_id, run_name=name, tags=tags)
-            flat = {k: str(v)[:500] for k, v in _flatten(params).items()}
-            self.mlflow.log_params(flat)
-            commit = git_commit()
-            if commit:
-                self.mlflow.set_tag("mlflow.source.git.commit", commit)
-        self.run_id = self.run.info.run_id
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return self
+        from mlflow.entities import Param
+        tags = {"mlflow.parentRunId": parent} if parent else {}  # shown nested under it in `mlflow ui`
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:500]) for k, v in _flatten(params).items()])
+        return self
 
-    def metrics(self, values: dict, step: int) -> None:
-        clean = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.mlflow.log_metrics(clean, step=step)
+    def metrics(self, values: dict, step: int = 0) -> None:
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        clean = [Metric(k, float(v), now, step) for k, v in values.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self.client.log_batch(self.run_id, metrics=clean)
 
     def artifact(self, path: Path, folder: str | None = None) -> None:
-        self.mlflow.log_artifact(str(path), artifact_path=folder)
+        self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
 
     def end(self, status: str = "FINISHED") -> None:
-        self.mlflow.end_run(status=status)
+        self.client.set_terminated(self.run_id, status)
 
 
 def _mask(uri: str) -> str:
@@ -121,48 +135,19 @@ def make_tracker(uri: str | None, experiment: str = "imagefit") -> Tracker:
     return MLflowTracker(uri or default_uri(), experiment)
 
 
-class ParentRun:
-    """A run that groups others (a study's trials, a cross-validation's folds) in `mlflow ui`: created through the
-    client API, so children can be ordinary active runs in this or other processes, tagged with its id."""
-
-    def __init__(self, uri: str | None, experiment: str, name: str, params: dict, run_id: str | None = None):
-        self.run_id = None
-        if tracking_off(uri):
-            return
-        tracker = MLflowTracker(uri or default_uri(), experiment)
-        self.client = tracker.mlflow.tracking.MlflowClient(tracker.uri)
-        if run_id:  # another worker's parent, or a resumed study's
-            self.run_id = run_id
-            return
-        tags = {"mlflow.runName": name}
-        commit = git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-        self.run_id = self.client.create_run(tracker.experiment_id, tags=tags, run_name=name).info.run_id
-        for k, v in _flatten(params).items():
-            self.client.log_param(self.run_id, k, str(v)[:500])
-
-    def metrics(self, values: dict, step: int = 0) -> None:
-        if self.run_id:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.client.log_metric(self.run_id, k, float(v), step=step)
-
-    def artifact(self, path: Path, folder: str | None = None) -> None:
-        if self.run_id:
-            self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
-
-    def end(self, status: str = "FINISHED") -> None:
-        if self.run_id:
-            self.client.set_terminated(self.run_id, status)
+def start_run(uri: str | None, experiment: str, name: str, params: dict, *, run_id: str | None = None,
+              parent: str | None = None) -> Tracker:
+    """A tracked run, started (or with `run_id`, continued): every run imagefit tracks begins here or in
+    `record`. A run that groups others (a study, a cross-validation, an ensemble) is an ordinary run whose id its
+    children name as `parent`."""
+    return make_tracker(uri, experiment).start(name, params, run_id=run_id, parent=parent)
 
 
 def record(uri: str | None, experiment: str, name: str, params: dict, metrics: dict, artifacts=(),
            steps: list[tuple[int, dict]] = (), parent: str | None = None) -> str | None:
     """One finished run for a one-shot command (find-lr, evaluate, generate): params, final metrics, per-step
     metrics, artifacts. Returns its id (None when tracking is off)."""
-    tracker = make_tracker(uri, experiment)
-    tracker.start(name, params, parent=parent)
+    tracker = start_run(uri, experiment, name, params, parent=parent)
     for step, values in steps:
         tracker.metrics(values, step=step)
     tracker.metrics(metrics, step=steps[-1][0] if steps else 0)  # the final figures at the last step

@@ -87,13 +87,13 @@ def out_dir(args, name: str, empty: bool = False) -> Path:
 
 
 def run_options(args, out: Path):
-    from ..train import RunOptions
+    from ..training.train import RunOptions
     return RunOptions(out=out, tracking_uri=args.tracking_uri, experiment=args.experiment,
                       stop_after_steps=args.stop_after_steps, progress=args.progress)
 
 
 def print_evaluation(m: dict, classes: list[str]) -> None:
-    from ..metrics import format_report
+    from ..evaluation.metrics import format_report
     if "members" in m:
         for r in m["members"]:
             print(f"member {r['bundle']}: accuracy {r['accuracy']:.4f} (tta {r['tta']})")

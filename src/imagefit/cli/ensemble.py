@@ -22,7 +22,7 @@ def add_arguments(sub) -> None:
 
 
 def run(args) -> dict:
-    from ..ensemble import train_ensemble
+    from ..experiments.ensemble import train_ensemble
     cfg = config_from_args(args)
     out = out_dir(args, "ensemble", empty=True)
     m, first = train_ensemble(cfg, run_options(args, out), args.members, args.kind)

@@ -29,7 +29,7 @@ def add_arguments(sub) -> None:
 
 def run(args) -> dict:
     from .. import plots
-    from ..evaluate import evaluate_bundles
+    from ..evaluation.evaluate import evaluate_bundles
     from ..runtime import resolve_device
     from ..tracking import record
     m, first = evaluate_bundles(args.bundle, data=args.data, split=args.split, batch_size=args.batch_size,

@@ -20,7 +20,7 @@ def add_arguments(sub) -> None:
 
 
 def run(args) -> dict:
-    from ..export import export
+    from ..deploy.export import export
     r = export(args.bundle, args.format, args.out, args.data, args.parity_images)
     if not args.json:
         print(f"{r['export']} ({r['bytes'] / 1e6:.1f} MB); parity on {r['parity_images']} real images: max |logit "

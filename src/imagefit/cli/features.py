@@ -19,7 +19,7 @@ def add_arguments(sub) -> None:
 
 
 def run(args) -> dict:
-    from ..transfer import linear_probe
+    from ..training.transfer import linear_probe
     cfg = config_from_args(args)
     out = out_dir(args, "features")
     if args.c <= 0:

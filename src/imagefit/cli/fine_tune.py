@@ -19,7 +19,7 @@ def add_arguments(sub) -> None:
 
 
 def run(args) -> dict:
-    from ..transfer import fine_tune
+    from ..training.transfer import fine_tune
     cfg = config_from_args(args)
     out = out_dir(args, "fine-tune", empty=True)
     result = fine_tune(cfg, run_options(args, out), args.head_epochs, lr_given="lr" in vars(args))

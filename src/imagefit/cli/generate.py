@@ -92,7 +92,7 @@ def _classes(args) -> list[str]:
 
 
 def run(args) -> dict:
-    from .. import generate
+    from ..generative import generate
     from ..tracking import record
     r = STEPS[args.generate_command](args)
     out = Path(r.get("out") or args.model or args.synthetic)
@@ -107,7 +107,7 @@ def run(args) -> dict:
 
 
 def _train(args) -> dict:
-    from ..generate import train_generator
+    from ..generative.generate import train_generator
     r = train_generator(args.data, args.out, family=args.family, preset=args.preset, classes=_classes(args),
                         size=args.size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         schedule=args.schedule, checkpoint_every=args.checkpoint_every, seed=args.seed,
@@ -118,7 +118,7 @@ def _train(args) -> dict:
 
 
 def _sample(args) -> dict:
-    from ..generate import sample_folder
+    from ..generative.generate import sample_folder
     r = sample_folder(args.model, args.out, args.per_class, steps=args.steps, guidance=args.guidance,
                       sampler=args.sampler, batch=args.batch_size, seed=args.seed, amp=args.amp, log=_log)
     if not args.json:
@@ -127,7 +127,7 @@ def _sample(args) -> dict:
 
 
 def _vary(args) -> dict:
-    from ..generate import vary_data
+    from ..generative.generate import vary_data
     r = vary_data(args.model, args.data, args.out, args.strength, classes=_classes(args), per_class=args.per_class,
                   steps=args.steps, guidance=args.guidance, batch=args.batch_size, seed=args.seed, amp=args.amp,
                   log=_log)
@@ -137,7 +137,7 @@ def _vary(args) -> dict:
 
 
 def _eval(args) -> dict:
-    from .. import quality
+    from ..generative import quality
     r = quality.evaluate_generator(model=args.model, synthetic=args.synthetic, data=args.data,
                                    classifier=args.classifier, features=args.features, per_class=args.per_class,
                                    steps=args.steps, guidance=args.guidance, per_checkpoint=args.per_checkpoint,
@@ -145,7 +145,7 @@ def _eval(args) -> dict:
     if args.cas:
         synthetic = args.synthetic
         if synthetic is None:
-            from ..generate import sample_folder
+            from ..generative.generate import sample_folder
             synthetic = str(Path(args.model) / "cas-samples")
             sample_folder(args.model, synthetic, args.per_class, steps=args.steps, guidance=args.guidance,
                           seed=args.seed, log=_log)

@@ -28,7 +28,7 @@ def add_arguments(sub) -> None:
 
 
 def run(args) -> dict:
-    from ..inference import image_files, load_predictor, predict_files
+    from ..deploy.inference import image_files, load_predictor, predict_files
     if args.top_k < 1:
         raise ImagefitError(f"--top-k must be at least 1 (got {args.top_k})")
     if args.batch_size < 1:

@@ -22,7 +22,7 @@ def add_arguments(sub) -> None:
 
 
 def run(args) -> dict:
-    from ..report import build_report
+    from ..evaluation.report import build_report
     if args.top < 1:
         raise ImagefitError(f"--top must be 1 or more (got {args.top})")
     page = build_report(args.run, data=args.data, top=args.top)

@@ -33,7 +33,7 @@ def add_arguments(sub) -> None:
 
 
 def run(args) -> dict:
-    from .. import search
+    from ..experiments import search
     storage = args.storage or f"sqlite:///{(Path(args.out) / 'optuna.db').resolve()}"
     if args.report:
         r = search.report(storage, args.study, args.out)
@@ -53,7 +53,7 @@ def run(args) -> dict:
 def _print_study(r: dict, where: str) -> None:
     """A study's counts and best trial, then (from --report) its top trials and importances, then whether the
     best really beats the base config."""
-    from ..search import describe_margin
+    from ..experiments.search import describe_margin
     print(f"study {r['study']}: {r['trials']}; best {r.get('best_value', float('nan')):.4f} "
           f"{json.dumps(r.get('best_params', {}))}; {where}")
     for t in r.get("best_trials", []):

@@ -28,7 +28,7 @@ def add_arguments(sub) -> None:
 
 
 def run(args) -> dict:
-    from ..serve import ServeOptions, run_server
+    from ..deploy.serve import ServeOptions, run_server
     opts = ServeOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
                         max_files=args.max_files, max_upload_bytes=int(args.max_upload_mb * 1e6),
                         max_pixels=args.max_pixels, tta=args.tta)

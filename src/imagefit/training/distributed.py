@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ImagefitError
+from ..errors import ImagefitError
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .errors import ImagefitError
-from .files import atomic_path
+from ..errors import ImagefitError
+from ..files import atomic_path
 from .inference import ONNX_NAME, TorchPredictor
 
 FORMATS = {"onnx": ONNX_NAME, "torchscript": "model.torchscript.pt"}
@@ -40,8 +40,8 @@ class Deployable(nn.Module):
 
 
 def _parity_images(bundle, data: str | None, n: int) -> torch.Tensor:
-    from .data import FileSet
-    from .evaluate import split_images
+    from ..data.sources import FileSet
+    from ..evaluation.evaluate import split_images
     try:
         images = split_images(bundle, data, "test")
     except ImagefitError as e:
@@ -80,7 +80,7 @@ def _run(fmt: str, path: Path, pixels: torch.Tensor) -> torch.Tensor:
 
 def export(bundle_path: str | Path, fmt: str, out: str | Path | None = None, data: str | None = None,
            parity_images: int = 64) -> dict:
-    from .bundle import load_bundle
+    from ..bundle import load_bundle
     if fmt not in FORMATS:
         raise ImagefitError(f"--format must be {' or '.join(FORMATS)} (got {fmt!r})")
     if parity_images < 1:

@@ -41,10 +41,10 @@ from pathlib import Path
 
 import yaml
 
-from .config import SECTIONS, Config, _closest, field_types, load_recipe
-from .errors import ImagefitError
-from .files import atomic_write_text
-from .tracking import ParentRun, _mask, tracking_off
+from ..config import SECTIONS, Config, _closest, field_types, load_recipe
+from ..errors import ImagefitError
+from ..files import atomic_write_text
+from ..tracking import _mask, start_run, tracking_off
 
 OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
@@ -205,7 +205,7 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
            experiment: str = "imagefit", seed: int = 0, log=print) -> dict:
     import optuna
 
-    from .train import RunOptions, train
+    from ..training.train import RunOptions, train
     if trials < 1:
         raise ImagefitError(f"--trials must be 1 or more (got {trials})")
     space = load_space(space_path)
@@ -227,7 +227,7 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
 
     def objective(trial):
         parent_id = None if tracking_off(tracking_uri) else study_parent_run(
-            study, trial, lambda: ParentRun(tracking_uri, experiment, f"study {study_name}", parent_params).run_id)
+            study, trial, lambda: start_run(tracking_uri, experiment, f"study {study_name}", parent_params).run_id)
         values = {name: _suggest(trial, name, spec, space["base"]) for name, spec in space["params"].items()}
         cfg = trial_config(space, values)
         folder = out / f"trial-{trial.number}"
@@ -387,7 +387,7 @@ def report(storage: str, study_name: str, out: str | Path, top: int = 5) -> dict
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    from .files import atomic_path
+    from ..files import atomic_path
     out = Path(out)
     study = open_study(storage, study_name, create=False)
     result = summarize(study, out)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .errors import ImagefitError
-from .loader import Loader
+from ..errors import ImagefitError
+from ..data.loader import Loader
 from .metrics import summarize
-from .preprocessing import tta_scores
+from ..preprocessing import tta_scores
 from .voting import check_same_classes, combine, disagreement, expand, independent_error
 
 
@@ -33,7 +33,7 @@ def gather_logits(model: nn.Module, loader: Loader, autocast=None, tta: str = "n
 def split_images(bundle, data: str | None, split: str):
     """The bundle's test or validation split (from `data` if given), prepared as in training and labelled in the
     bundle's class order."""
-    from .data import align_classes, load_splits, load_test_split
+    from ..data.sources import align_classes, load_splits, load_test_split
     cfg = bundle.config.data
     if data:
         cfg.data, cfg.test_data = data, None
@@ -60,7 +60,7 @@ def evaluate_bundles(paths: list[str], *, data: str | None = None, split: str = 
                      device: torch.device = torch.device("cpu")):
     """(metrics, first bundle): the metrics of one bundle (with and without its TTA), or of an ensemble with its
     members and the figures of the module docstring. Every bundle uses its own TTA unless `tta` is given."""
-    from .bundle import load_bundle
+    from ..bundle import load_bundle
     members_paths, weights, asked = expand(paths)
     vote = vote or asked or "soft"
     bundles = [load_bundle(b, device) for b in members_paths]

@@ -26,28 +26,28 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file, save_file
 
-from . import distributed, plots
-from .allocator import keep_freed_memory
-from .augment import BatchAugment
-from .bundle import load_bundle, load_weights, save_bundle
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config
-from .data import ImageSet, Splits, load_splits
-from .errors import ImagefitError
-from .evaluate import gather_logits
-from .files import atomic_path, atomic_write_text
-from .imbalance import TAU_GRID, class_weights, log_priors
-from .loader import Loader
+from . import distributed
+from .. import plots
+from ..allocator import keep_freed_memory
+from ..data.augment import BatchAugment
+from ..bundle import load_bundle, load_weights, save_bundle
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import Config
+from ..data.sources import ImageSet, Splits, load_splits
+from ..errors import ImagefitError
+from ..evaluation.evaluate import gather_logits
+from ..files import atomic_path, atomic_write_text
+from ..data.imbalance import TAU_GRID, class_weights, log_priors
+from ..data.loader import Loader
 from .lr_finder import FinderResult, range_test
-from .metrics import summarize
-from .models import (EpochAware, TrainsFromData, check_options, count_params, create_model, input_stats, is_head,
-                     norm_parameter_ids)
+from ..evaluation.metrics import summarize
+from ..models import EpochAware, TrainsFromData, check_options, count_params, create_model, input_stats, is_head, norm_parameter_ids
 from .optim import Lookahead, build_optimizer, build_schedule
-from .preprocessing import Normalize, Preprocessing, adjust_logits
+from ..preprocessing import Normalize, Preprocessing, adjust_logits
 from .progress import Progress
-from .runtime import autocast_for, resolve_device, set_threads
-from .seeds import flip_seed, seed_everything
-from .tracking import default_uri, make_tracker
+from ..runtime import autocast_for, resolve_device, set_threads
+from ..seeds import flip_seed, seed_everything
+from ..tracking import default_uri, start_run
 
 
 @dataclass
@@ -309,9 +309,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if not self.opts.resume and self.world.main:
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self.tracker = make_tracker(self.tracking_uri, self.opts.experiment)
-        self.tracker.start(self.opts.run_name or self.out.name, cfg.to_dict(), run_id=self.tracking_run_id,
-                           parent=self.opts.parent_run_id)
+        self.tracker = start_run(self.tracking_uri, self.opts.experiment, self.opts.run_name or self.out.name,
+                                 cfg.to_dict(), run_id=self.tracking_run_id, parent=self.opts.parent_run_id)
         self.tracking_run_id = self.tracker.run_id
         if self.lr_finder:
             atomic_write_text(self.out / "lr_finder.json", json.dumps(self.lr_finder.to_dict(), indent=1))

@@ -23,8 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .config import AugmentConfig
-from .preprocessing import Normalize
+from ..config import AugmentConfig
+from ..preprocessing import Normalize
 
 
 def _reflect(idx: torch.Tensor, n: int) -> torch.Tensor:

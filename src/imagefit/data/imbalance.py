@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from .seeds import Stream, choice_generator
-from .config import parse_imbalance
-from .errors import ImagefitError
+from ..seeds import Stream, choice_generator
+from ..config import parse_imbalance
+from ..errors import ImagefitError
 
 TAU_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 

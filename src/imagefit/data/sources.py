@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .config import DataConfig
-from .errors import ImagefitError
-from .files import atomic_torch_save, atomic_write_text
-from .preprocessing import IMAGE_EXTENSIONS, load_image
-from .seeds import Stream, choice_generator
+from ..config import DataConfig
+from ..errors import ImagefitError
+from ..files import atomic_torch_save, atomic_write_text
+from ..preprocessing import IMAGE_EXTENSIONS, load_image
+from ..seeds import Stream, choice_generator
 
 CIFAR_DIR = "cifar-10-batches-py"
 

@@ -17,11 +17,11 @@ from collections.abc import Iterator
 import torch
 
 from .augment import BatchAugment
-from .data import FileSet, ImageSet
-from .errors import ImagefitError
+from .sources import FileSet, ImageSet
+from ..errors import ImagefitError
 from .imbalance import epoch_size, resampled_order
-from .preprocessing import Normalize
-from .seeds import augment_generator, order_generator, synthetic_generator
+from ..preprocessing import Normalize
+from ..seeds import augment_generator, order_generator, synthetic_generator
 
 
 class _Files(torch.utils.data.Dataset):

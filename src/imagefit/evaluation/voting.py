@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ImagefitError
+from ..errors import ImagefitError
 
 MANIFEST = "ensemble.json"
 

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .seeds import Stream, choice_generator
-from .errors import ImagefitError
-from .files import atomic_write_text
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..seeds import Stream, choice_generator
+from ..errors import ImagefitError
+from ..files import atomic_write_text
 
 # Channels per resolution level, residual blocks per level, which levels get self-attention, GroupNorm groups.
 PRESETS = {
@@ -61,7 +61,7 @@ class DiffusionConfig:
 def use_bf16(amp: str) -> bool:
     """Whether a UNet runs under bfloat16 autocast: the classifier's `--amp` rule on the CPU (runtime.resolve_amp:
     `auto` only where bfloat16 is native, AVX512-BF16 or AMX; emulated bfloat16 is slower than float32)."""
-    from .runtime import resolve_amp
+    from ..runtime import resolve_amp
     if amp not in ("auto", "bf16", "no"):
         raise ImagefitError(f"--amp must be auto, bf16 or no (got {amp!r})")
     return resolve_amp(torch.device("cpu"), amp) == "bf16"
@@ -397,8 +397,8 @@ def vary_folder(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, 
 
 def _training_images(data: str | None, classes, size: int, seed: int, command: str):
     """The training split of `data` in memory at `size` px, in the order of `classes` (all when empty)."""
-    from .config import Config, DataConfig
-    from .data import ImageSet, load_splits
+    from ..config import Config, DataConfig
+    from ..data.sources import ImageSet, load_splits
     data_cfg = DataConfig(data=data, val_fraction=0.0, classes=list(classes), size=size)
     Config(data=data_cfg).validate()  # --size: the data path's own range
     splits = load_splits(data_cfg, seed)
@@ -454,7 +454,7 @@ def vary_data(model: str | Path, data: str | None, out: str | Path, strength: fl
               amp: str = "auto", log=print) -> dict:
     """`imagefit generate vary`: variations of the training images of `data` (at most `per_class` a class, a seeded
     choice; the generator's classes unless `classes` narrows them), read at the generator's own image size."""
-    from .data import per_class_subset
+    from ..data.sources import per_class_subset
     if not 0 < strength <= 1:
         raise ImagefitError(f"--strength must be in (0, 1] (got {strength:g}); 0.3 keeps the layout, 1 is a new "
                             f"sample")

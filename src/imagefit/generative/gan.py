@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .seeds import Stream, choice_generator
-from .errors import ImagefitError
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..seeds import Stream, choice_generator
+from ..errors import ImagefitError
 
 CHECKPOINT = "gan.pt"
 PRESETS = {"tiny": 16, "small": 64, "base": 128}  # width of the generator's last block (×2, ×4 before it)

@@ -14,11 +14,11 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config
-from .errors import ImagefitError
-from .files import atomic_write_text
-from .tracking import ParentRun
-from .train import RunOptions, train
+from ..config import Config
+from ..errors import ImagefitError
+from ..files import atomic_write_text
+from ..tracking import start_run
+from ..training.train import RunOptions, train
 
 
 def train_folds(cfg: Config, opts: RunOptions) -> dict:
@@ -30,7 +30,7 @@ def train_folds(cfg: Config, opts: RunOptions) -> dict:
                             f"trains every fold, --fold is for one run of one fold")
     out = Path(opts.out)
     # folds of a search trial nest under the trial's parent; otherwise under a parent run of their own
-    parent = None if opts.parent_run_id else ParentRun(opts.tracking_uri, opts.experiment,
+    parent = None if opts.parent_run_id else start_run(opts.tracking_uri, opts.experiment,
                                                        f"{out.name} ({k} folds)", cfg.to_dict())
     results = []
     try:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import ImagefitError
-from .preprocessing import IMAGE_EXTENSIONS, Preprocessing
+from ..errors import ImagefitError
+from ..preprocessing import IMAGE_EXTENSIONS, Preprocessing
 
 ONNX_NAME = "model.onnx"
 
@@ -112,7 +112,7 @@ class OnnxPredictor(Predictor):
 def load_predictor(path: str | Path, backend: str = "auto", threads: int = 0, spin: bool = True) -> Predictor:
     """A bundle (run folder or .safetensors) or an .onnx file. `auto`: ONNX Runtime when the run folder holds an
     export made from this very bundle (same SHA-256), else PyTorch. `spin=False` for a server (see OnnxPredictor)."""
-    from .bundle import load_bundle, resolve
+    from ..bundle import load_bundle, resolve
     if backend not in ("auto", "onnx", "pytorch"):
         raise ImagefitError(f"--backend must be auto, onnx or pytorch (got {backend!r})")
     path = Path(path)
@@ -163,7 +163,7 @@ def predict_files(predictor: Predictor, files: list[str], *, top_k: int = 3, tta
                   batch_size: int = 256, skip_bad: bool = False, progress: bool = False) -> list[dict]:
     """[{"file", "top"}] for image files, decoded by the predictor's contract in batches of `batch_size`
     (unreadable files: an error naming them, or skipped with `skip_bad`)."""
-    from .data import decode_files
+    from ..data.sources import decode_files
     p = predictor.preprocessing
     chunks = range(0, len(files), batch_size)
     if progress and len(chunks) > 1:

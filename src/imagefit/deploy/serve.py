@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import ImagefitError
+from ..errors import ImagefitError
 from .inference import top_classes
 
 
@@ -181,7 +181,7 @@ def _decode(data: bytes, name: str, preprocessing: dict, max_pixels: int, inline
     that declares more than INLINE_PIXELS (to be decoded again off the event loop)."""
     from PIL import Image, UnidentifiedImageError
 
-    from .preprocessing import ImageTooLarge
+    from ..preprocessing import ImageTooLarge
     if not data:
         return 400, f"file '{name}' is empty; send the image's bytes"
     limit = min(max_pixels, INLINE_PIXELS) if inline_only else max_pixels

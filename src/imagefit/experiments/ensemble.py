@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import ImagefitError
-from .evaluate import evaluate_bundles
-from .files import atomic_write_text
-from .voting import MANIFEST
+from ..errors import ImagefitError
+from ..evaluation.evaluate import evaluate_bundles
+from ..files import atomic_write_text
+from ..evaluation.voting import MANIFEST
 
 
 def train_ensemble(cfg, opts, members: int, kind: str):
@@ -28,9 +28,9 @@ def train_ensemble(cfg, opts, members: int, kind: str):
         raise ImagefitError(f"--members must be 2 or more for an ensemble (got {members})")
     if kind not in ("seeds", "bagging", "snapshot", "boosting"):
         raise ImagefitError(f"--kind must be seeds, bagging, snapshot or boosting (got {kind!r})")
-    from .tracking import ParentRun
+    from ..tracking import start_run
     out, manifest = Path(opts.out), {"kind": kind}
-    parent = ParentRun(opts.tracking_uri, opts.experiment, f"ensemble {out.name} ({kind})",
+    parent = start_run(opts.tracking_uri, opts.experiment, f"ensemble {out.name} ({kind})",
                        {**cfg.to_dict(), "ensemble": {"kind": kind, "members": members}})
     opts = replace(opts, parent_run_id=parent.run_id)  # members show nested under the ensemble in `mlflow ui`
     try:
@@ -46,7 +46,7 @@ def train_ensemble(cfg, opts, members: int, kind: str):
 
 
 def _train_members(cfg, opts, members: int, kind: str, out: Path, manifest: dict):
-    from .train import train
+    from ..training.train import train
     if kind == "boosting":
         manifest.update(_boost(cfg, opts, members), vote="hard")
     elif kind == "snapshot":  # one run, a cosine cycle per member, a bundle at the end of each cycle
@@ -76,9 +76,9 @@ def _boost(cfg, opts, members: int) -> dict:
     its weighted training error e gives α = log((1 − e)/e) + log(K − 1); the images it gets wrong have their
     weight multiplied by exp(α). The ensemble votes with the α's (hard voting). Returns the manifest's members
     and weights."""
-    from .evaluate import gather_logits
-    from .loader import Loader
-    from .train import Trainer
+    from ..evaluation.evaluate import gather_logits
+    from ..data.loader import Loader
+    from ..training.train import Trainer
     out, names, alphas, w = Path(opts.out), [], [], None
     for i in range(members):
         member = copy.deepcopy(cfg)

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .config import Config
-from .errors import ImagefitError
-from .metrics import format_report, summarize
-from .files import atomic_write_text
-from .loader import Loader
+from ..config import Config
+from ..errors import ImagefitError
+from ..evaluation.metrics import format_report, summarize
+from ..files import atomic_write_text
+from ..data.loader import Loader
 from .train import RunOptions, Trainer, train
 
 DEFAULT_LAYER_DECAY = 2.6  # ULMFiT's factor between layer groups

@@ -3,7 +3,7 @@
 Train for up to `steps` mini-batches with the rate growing exponentially from `start_lr` to `end_lr`, record the
 loss, smooth it, stop when it diverges, then put everything back: weights, BatchNorm statistics, optimizer state
 and the random generators, so the training that follows is bitwise the one that would have run without the test
-(the data order needs no restoring: a batch is a pure function of its seed, epoch and step, see loader.py).
+(the data order needs no restoring: a batch is a pure function of its seed, epoch and step, see data/loader.py).
 
 What users of other finders trip over, and what this one does instead:
 - early spikes and the final blow-up fool the slope: the first `skip_start` and last `skip_end` points are left out,
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import ImagefitError
+from ..errors import ImagefitError
 
 
 @dataclass

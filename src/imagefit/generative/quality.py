@@ -17,7 +17,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from .errors import ImagefitError
+from ..errors import ImagefitError
 
 
 class ClassifierFeatures(nn.Module):
@@ -131,8 +131,8 @@ def scores(real: torch.Tensor, fake: torch.Tensor, bundle=None, features: str = 
 
 def _real_train(data: str | None, classes: tuple, size: int):
     """The real training images of `classes`, resized to `size` as training would resize them."""
-    from .config import DataConfig
-    from .data import ImageSet, align_classes, load_splits
+    from ..config import DataConfig
+    from ..data.sources import ImageSet, align_classes, load_splits
     splits = load_splits(DataConfig(data=data, val_fraction=0.0, classes=list(classes), size=size), 0)
     if not isinstance(splits.train, ImageSet):
         raise ImagefitError(f"{splits.source} is streamed from disk; generator metrics need it in memory")
@@ -143,8 +143,8 @@ def _draw_set(model, cfg, per_class: int, steps: int, guidance: float, seed: int
               amp: str = "auto"):
     """per_class images of every class, at `size` px: a generator trained smaller (--size 16) is scored scaled up,
     the way its images are used. `amp`: the UNet's precision (generate.use_bf16)."""
-    from .data import resize_images
-    from .seeds import Stream, choice_generator
+    from ..data.sources import resize_images
+    from ..seeds import Stream, choice_generator
     from .generate import draw
     labels = torch.arange(len(cfg.classes)).repeat_interleave(per_class)
     parts = [draw(model, cfg, labels[i:i + batch], steps=steps, guidance=guidance,
@@ -161,10 +161,10 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
     import json
     from pathlib import Path
 
-    from . import plots
-    from .bundle import load_bundle
-    from .seeds import Stream, choice_generator
-    from .files import atomic_write_text
+    from .. import plots
+    from ..bundle import load_bundle
+    from ..seeds import Stream, choice_generator
+    from ..files import atomic_write_text
     from .generate import check_options, load_generator, snapshots
 
     if (model is None) == (synthetic is None):
@@ -177,8 +177,8 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
         check_options(cfg, steps, guidance)
         classes, size = cfg.classes, cfg.size
     else:
-        from .config import DataConfig
-        from .data import synthetic_tree
+        from ..config import DataConfig
+        from ..data.sources import synthetic_tree
         syn = synthetic_tree(synthetic, DataConfig(size=bundle.preprocessing.size if bundle else 32))
         classes, size = tuple(syn.classes), syn.images.shape[-1]
     if bundle is not None and list(classes) != list(bundle.classes):
@@ -235,8 +235,8 @@ def classification_accuracy_score(synthetic: str, data: str | None, out, *, reci
                                   tracking_uri: str | None = None, epochs: int = 0) -> dict:
     """CAS: a fresh classifier (the `recipe`'s) trained on the synthetic tree only, normalized by its statistics,
     tested on the real test split of `data`."""
-    from .config import Config, load_recipe
-    from .train import RunOptions, train
+    from ..config import Config, load_recipe
+    from ..training.train import RunOptions, train
     recipe = recipe or CAS_RECIPE
     cfg = Config.from_dict(load_recipe(recipe), where=f"recipe {recipe}")
     cfg.data.data, cfg.data.test_data, cfg.data.val_fraction = synthetic, data or _default_data(), 0.0
@@ -248,6 +248,6 @@ def classification_accuracy_score(synthetic: str, data: str | None, out, *, reci
 
 
 def _default_data() -> str:
-    from .config import DataConfig
-    from .data import data_root
+    from ..config import DataConfig
+    from ..data.sources import data_root
     return str(data_root(DataConfig()))

@@ -14,8 +14,8 @@ import math
 import torch
 import torch.nn as nn
 
-from .config import Config
-from .models import layer_groups, norm_parameter_ids
+from ..config import Config
+from ..models import layer_groups, norm_parameter_ids
 
 def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
     o = cfg.optim

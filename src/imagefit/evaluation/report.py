@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import plots
-from .errors import ImagefitError
+from .. import plots
+from ..errors import ImagefitError
 
 PROBES = ("rotated 15°", "blurred", "shrunk to half", "darkened ×0.5", "brightened ×1.5")
 
@@ -45,8 +45,8 @@ def probe(images: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def build_report(run: str | Path, data: str | None = None, top: int = 16) -> Path:
-    from .bundle import load_bundle
-    from .data import ImageSet
+    from ..bundle import load_bundle
+    from ..data.sources import ImageSet
     from .evaluate import bundle_scores, split_images
     from .metrics import calibration, summarize
     bundle = load_bundle(run)
@@ -108,13 +108,12 @@ def _log_to_mlflow(run: Path, out: Path) -> None:
     last = run / "checkpoints" / "last.pt"
     if not last.is_file():
         return
-    from .checkpoint import load_checkpoint
-    from .tracking import make_tracker
+    from ..checkpoint import load_checkpoint
+    from ..tracking import start_run
     state = load_checkpoint(last)
     if not state.get("tracking_run_id") or state.get("tracking_uri") in (None, "", "none"):
         return
-    tracker = make_tracker(state["tracking_uri"])
-    tracker.start(run.name, {}, run_id=state["tracking_run_id"])
+    tracker = start_run(state["tracking_uri"], "imagefit", run.name, {}, run_id=state["tracking_run_id"])
     for f in sorted(out.iterdir()):
         tracker.artifact(f, "report")
     tracker.end("FINISHED")

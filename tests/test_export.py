@@ -1,0 +1,70 @@
+"""Export to ONNX and TorchScript: the contract's Normalize inside the graph, the metadata, the parity check."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from .conftest import CLASSES, tiny_bundle
+from .test_train import fails, run
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tiny bundle and its ONNX export (named as in test_serve, whose tests these were)."""
+    root = tmp_path_factory.mktemp("export")
+    data, _ = tiny_bundle(root, export=True)
+    return {"root": root, "data": data}
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_export_parity_and_backends(capsys, served):
+    from imagefit.deploy.inference import OnnxPredictor, load_predictor
+    root = served["root"]
+    meta = json.loads(OnnxPredictor(root / "run" / "model.onnx").session.get_modelmeta()
+                      .custom_metadata_map["imagefit"])
+    assert meta["classes"] == CLASSES and meta["preprocessing"]["size"] == 32 and len(meta["identity"]["sha256"]) == 64
+    torch_p, onnx_p = load_predictor(root / "run", "pytorch"), load_predictor(root / "run")
+    assert (torch_p.backend, onnx_p.backend) == ("pytorch", "onnxruntime")
+
+    def spins(predictor) -> bool:  # the server's session does not busy-wait between runs; batch prediction's does
+        try:
+            return predictor.session.get_session_options().get_session_config_entry(
+                "session.intra_op.allow_spinning") != "0"
+        except Exception:  # not set: ONNX Runtime's default, spinning
+            return True
+    assert spins(onnx_p) and not spins(load_predictor(root / "run", spin=False))
+    for n in (1, 7):  # dynamic batch
+        x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+        for tta in ("none", "flip+crops"):
+            assert (torch_p.probabilities(x, tta) - onnx_p.probabilities(x, tta)).abs().max() < 1e-5
+    r = run(capsys, "export", "--bundle", str(root / "run"), "--format", "torchscript", "--out", "m.pt",
+            "--data", str(served["data"]))
+    assert r["parity_max_abs_diff"] <= 1e-4 and r["parity_images"] == 40
+    scripted = torch.jit.load("m.pt", _extra_files=(extra := {"imagefit.json": ""}))
+    assert json.loads(extra["imagefit.json"])["classes"] == CLASSES
+    assert scripted(torch.zeros(3, 3, 32, 32)).shape == (3, 10)
+
+
+def test_parity_failure_removes_the_export(capsys, served, monkeypatch):
+    import imagefit.deploy.export
+    monkeypatch.setattr(imagefit.deploy.export, "TOLERANCE", -1.0)  # no export can pass: the failure path
+    err = fails(capsys, "export", "--bundle", str(served["root"] / "run"), "--out", "bad.onnx")
+    assert "parity check failed" in err and not os.path.exists("bad.onnx")
+
+
+def test_the_graph_takes_pixels_and_holds_the_contract(served):
+    """The exported file normalizes by itself: raw [0, 255] pixels in, the bundle's logits out."""
+    import onnxruntime as ort
+
+    from imagefit.bundle import load_bundle
+    bundle = load_bundle(served["root"] / "run")
+    session = ort.InferenceSession(str(served["root"] / "run" / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    got = torch.from_numpy(session.run(None, {"pixels": x.float().numpy()})[0])
+    with torch.no_grad():
+        want = bundle.model(bundle.preprocessing.normalizer()(x))
+    assert (got - want).abs().max() < 1e-4
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["imagefit"])
+    assert meta["preprocessing"] == bundle.preprocessing.to_dict() and meta["input"]["range"] == [0, 255]
