@@ -14,6 +14,7 @@ DIR holds cifar-10-batches-py (e.g. from ../shared/datasets/make-cifar10). Print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -32,6 +33,7 @@ from imagefit.config import AugmentConfig, Config, DataConfig, ModelConfig
 from imagefit.data.sources import load_splits
 from imagefit.data.loader import Loader
 from imagefit.models import create_model
+from imagefit.runtime import autocast_for, cpu_has_native_bf16, resolve_amp
 from imagefit.training.train import RunOptions, Trainer
 
 
@@ -40,40 +42,43 @@ def median(xs):
     return xs[len(xs) // 2]
 
 
-def time_step(model, opt, x, y, steps):
+def time_step(model, opt, x, y, steps, autocast=contextlib.nullcontext):
     loss_fn = nn.CrossEntropyLoss()
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        with autocast():
+            loss = loss_fn(model(x), y)
+        loss.backward()
         opt.step()
         times.append(time.perf_counter() - t)
     return median(times)
 
 
-def bare_loop(data, model_cfg, batch, steps, channels_last) -> float:
-    """The plainest loop: pre-normalized random batches from memory, no augmentation, no bookkeeping."""
+def bare_loop(data, model_cfg, batch, steps, channels_last, autocast) -> float:
+    """The plainest loop: pre-normalized random batches from memory, no augmentation, no bookkeeping; in the
+    precision the Trainer runs (a skilled user autocasts too where the CPU has native bfloat16)."""
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = create_model(10, model_cfg).to(memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     x = (data.images[:batch].float() / 255).contiguous(memory_format=fmt)
     y = data.labels[:batch]
-    time_step(model, opt, x, y, 2)  # warm-up: oneDNN builds its kernels on the first steps
+    time_step(model, opt, x, y, 2, autocast)  # warm-up: oneDNN builds its kernels on the first steps
     t = time.perf_counter()
-    time_step(model, opt, x, y, steps)
+    time_step(model, opt, x, y, steps, autocast)
     return steps * batch / (time.perf_counter() - t)
 
 
-def imagefit_loop(data_dir, model_name, batch, steps, channels_last) -> float:
+def imagefit_loop(data_dir, model_name, batch, steps, channels_last, amp) -> float:
     """imagefit's own Trainer (loader, augmentation, loss, schedule, bookkeeping) for warm-up+steps steps,
     minus a warm-up-only run, so setup and first-step kernel building cancel out."""
     def run(n):
         cfg = Config()
         cfg.data.data, cfg.data.val_fraction = str(data_dir), 0.0
         cfg.model.model, cfg.train.batch_size = model_name, batch
-        cfg.train.channels_last = "yes" if channels_last else "no"
+        cfg.train.channels_last, cfg.train.amp = ("yes" if channels_last else "no"), amp
         with tempfile.TemporaryDirectory() as out:
             tr = Trainer(cfg, RunOptions(out=Path(out) / "r", tracking_uri="none", stop_after_steps=n,
                                          progress="lines", log=lambda m: None))
@@ -90,9 +95,14 @@ def main():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--amp", choices=("auto", "bf16", "no"), default="auto",
+                    help="precision of every timed step, the Trainer's and the bare loop's (auto: as --amp auto)")
     args = ap.parse_args()
     b, figures = args.batch_size, {}
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    amp = resolve_amp(torch.device("cpu"), args.amp)
+    autocast = autocast_for(torch.device("cpu"), amp)[0]
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"native bf16 {'yes' if cpu_has_native_bf16() else 'no'}; timed steps in {'bfloat16' if amp == 'bf16' else 'float32'}")
 
     splits = load_splits(DataConfig(data=args.data, val_fraction=0.0), seed=0)
     train = splits.train
@@ -122,8 +132,8 @@ def main():
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         x = torch.randn(b, 3, 32, 32).contiguous(memory_format=fmt)
         y = torch.randint(0, 10, (b,))
-        time_step(model, opt, x, y, 2)
-        figures[f"step_ms_{'cl' if cl else 'nchw'}"] = time_step(model, opt, x, y, args.steps) * 1000
+        time_step(model, opt, x, y, 2, autocast)
+        figures[f"step_ms_{'cl' if cl else 'nchw'}"] = time_step(model, opt, x, y, args.steps, autocast) * 1000
     cl = figures["step_ms_cl"] < figures["step_ms_nchw"]
     layout = "cl" if cl else "nchw"
     print(f"training step ({args.model}, batch {b}): {figures['step_ms_nchw']:.0f} ms contiguous, "
@@ -136,8 +146,8 @@ def main():
     # imagefit against a bare loop, interleaved so drifting machine load hits both alike.
     bare, ours = [], []
     for _ in range(2):
-        bare.append(bare_loop(train, mcfg, b, args.steps, cl))
-        ours.append(imagefit_loop(args.data, args.model, b, args.steps, cl))
+        bare.append(bare_loop(train, mcfg, b, args.steps, cl, autocast))
+        ours.append(imagefit_loop(args.data, args.model, b, args.steps, cl, amp))
     figures["bare_img_s"], figures["imagefit_img_s"] = max(bare), max(ours)
     figures["overhead_pct"] = 100 * (1 - figures["imagefit_img_s"] / figures["bare_img_s"])
     print(f"training images/s ({'channels_last' if cl else 'contiguous'}): bare loop {figures['bare_img_s']:.0f}, "

@@ -32,3 +32,15 @@ def load_checkpoint(path: Path) -> dict:
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         raise ImagefitError(f"checkpoint {path} is damaged or truncated ({type(e).__name__}: {str(e)[:80]}); "
                             f"restore it from a copy, or start the run again with a new --out") from None
+
+
+def load_generator_checkpoint(path: Path, classes, size: int) -> dict | None:
+    """A generator's checkpoint (diffusion or GAN) to resume from, or None when there is none; refused when it was
+    trained on other classes or another image size."""
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)
+    if tuple(state["config"]["classes"]) != tuple(classes) or state["config"]["size"] != size:
+        raise ImagefitError(f"{path} was trained on {state['config']['size']} px images of classes "
+                            f"{', '.join(state['config']['classes'])}; resume it with the same data")
+    return state

@@ -339,6 +339,17 @@ def _closest(name: str, options) -> str:
     return f"; did you mean {', '.join(near)}?" if near else f"; valid: {', '.join(sorted(options))}"
 
 
+def read_yaml(path: Path, what: str, missing_fix: str) -> dict:
+    """A YAML file the user wrote (a recipe, a search space), read safely (no tags that build objects), with a
+    one-line error when it is missing or not valid YAML."""
+    if not path.is_file():
+        raise ImagefitError(f"{what} file {path} does not exist; {missing_fix}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ImagefitError(f"{what} {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+
+
 def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
@@ -359,13 +370,7 @@ def load_recipe(name_or_path: str, _chain: tuple[str, ...] = ()) -> dict:
         if not path.exists():
             raise ImagefitError(f"unknown recipe '{name_or_path}'; available: {', '.join(recipe_names())} "
                                 f"(or a path to a .yaml file)")
-    if not path.is_file():
-        raise ImagefitError(f"recipe file {path} does not exist; give a recipe name "
-                            f"({', '.join(recipe_names())}) or a path to a .yaml file")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ImagefitError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+    tree = read_yaml(path, "recipe", f"give a recipe name ({', '.join(recipe_names())}) or a path to a .yaml file")
     tree.pop("description", None)
     base = tree.pop("base", None)
     if base is None:

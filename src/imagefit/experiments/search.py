@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import SECTIONS, Config, _closest, field_types, load_recipe
+from ..config import SECTIONS, Config, _closest, field_types, load_recipe, read_yaml
 from ..errors import ImagefitError
 from ..files import atomic_write_text
 from ..tracking import _mask, start_run, tracking_off
@@ -51,13 +51,7 @@ OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
 def load_space(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise ImagefitError(f"search space {path} does not exist; write a YAML file with 'params:' (see "
-                            f"'imagefit search --help')")
-    try:
-        space = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ImagefitError(f"search space {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    space = read_yaml(path, "search space", "write a YAML file with 'params:' (see 'imagefit search --help')")
     unknown = set(space) - {"recipe", "fixed", "objective", "params", "seeds"}
     if unknown:
         raise ImagefitError(f"search space {path}: unknown key(s) {', '.join(sorted(unknown))}; use recipe, fixed, "

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, load_generator_checkpoint, save_checkpoint
 from ..seeds import Stream, choice_generator
 from ..errors import ImagefitError
 
@@ -111,11 +111,8 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, cfg: GanConfig, out: P
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     step, history, seconds = 0, [], 0.0
     ckpt = out / CHECKPOINT
-    if ckpt.exists():
-        state = load_checkpoint(ckpt)
-        if tuple(state["config"]["classes"]) != tuple(cfg.classes) or state["config"]["size"] != cfg.size:
-            raise ImagefitError(f"{ckpt} was trained on {state['config']['size']} px images of classes "
-                                f"{', '.join(state['config']['classes'])}; resume it with the same data")
+    state = load_generator_checkpoint(ckpt, cfg.classes, cfg.size)
+    if state is not None:
         for module, key in ((gen, "generator"), (disc, "discriminator"), (opt_g, "opt_g"), (opt_d, "opt_d")):
             module.load_state_dict(state[key])
         step, history, seconds = state["step"], state["history"], state.get("seconds", 0.0)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, load_generator_checkpoint, save_checkpoint
 from ..seeds import Stream, choice_generator
 from ..errors import ImagefitError
 from ..files import atomic_write_text
@@ -133,11 +133,8 @@ def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionCo
     scheduler = make_scheduler(cfg)
     step, history, seconds = 0, [], 0.0
     ckpt = out / CHECKPOINT
-    if ckpt.exists():
-        state = load_checkpoint(ckpt)
-        if tuple(state["config"]["classes"]) != tuple(cfg.classes) or state["config"]["size"] != cfg.size:
-            raise ImagefitError(f"{ckpt} was trained on {state['config']['size']} px images of classes "
-                                f"{', '.join(state['config']['classes'])}; resume it with the same data")
+    state = load_generator_checkpoint(ckpt, cfg.classes, cfg.size)
+    if state is not None:
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
