@@ -141,6 +141,66 @@ def _offline(bundle: str, backend: str, threads: int, tta: str) -> tuple[float, 
     return throughput(load_predictor(bundle, backend, threads), tta)
 
 
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def multipart_many(files: list[bytes]) -> bytes:
+    parts = [(f"--imagefitbench\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{i}.png\"\r\n"
+              f"Content-Type: image/png\r\n\r\n").encode() + f + b"\r\n" for i, f in enumerate(files)]
+    return b"".join(parts) + b"--imagefitbench--\r\n"
+
+
+def _adversarial(port: int, pid: int, requests: int = 60, side: int = 4900) -> dict:
+    """Issue 26's bursts: `requests` concurrent requests of four side×side PNGs (just under the 25-megapixel limit,
+    ~25 KB each), then 63 silent sockets while /health and a small request are timed. RSS before, peak, after."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 30, 200)).save(buf, format="PNG", optimize=True)
+    body = multipart_many([buf.getvalue()] * 4)
+    statuses, lock = [], threading.Lock()
+
+    def one():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        try:
+            conn.request("POST", "/predict", body=body, headers=HEADERS)
+            r = conn.getresponse()
+            r.read()
+            status = r.status
+        except OSError as e:
+            status = type(e).__name__
+        finally:
+            conn.close()
+        with lock:
+            statuses.append(status)
+
+    row = {"png_bytes": len(buf.getvalue()), "requests": requests, "rss_before_mb": round(_rss_mb(pid), 1)}
+    start = time.perf_counter()
+    threads = [threading.Thread(target=one) for _ in range(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    row["burst_s"] = round(time.perf_counter() - start, 1)
+    row["statuses"] = {str(s): statuses.count(s) for s in sorted(set(statuses), key=str)}
+    row["rss_peak_mb"] = round(_peak_rss_mb(pid), 1)
+    time.sleep(2)
+    row["rss_after_mb"] = round(_rss_mb(pid), 1)
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(63)]
+    t = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/health")
+    row["health_with_63_silent_sockets"] = conn.getresponse().status
+    row["health_ms"] = round(1000 * (time.perf_counter() - t), 1)
+    conn.close()
+    for s in idle:
+        s.close()
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True)
@@ -151,7 +211,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--tta", default="none")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--adversarial", action="store_true", help="instead of the load test: issue 26's bursts of large "
+                   "PNGs and silent sockets against each bundle's server (first backend), RSS before/peak/after")
     args = p.parse_args()
+    if args.adversarial:
+        args.backends = args.backends.split(",")[0]
     bodies = _png_bodies(args.data, 64)
     rows = []
     for name, run in (b.split("=", 1) for b in args.bundle):
@@ -169,6 +233,11 @@ def main() -> None:
                         break
                     except OSError:
                         time.sleep(0.1)
+                if args.adversarial:
+                    r = {"bundle": name, "backend": backend, **_adversarial(port, server.pid)}
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
+                    continue
                 _load(port, bodies, 1, 30)
                 offline, offline_cpu = _offline(run, backend, args.threads, args.tta)
                 for clients in map(int, args.clients.split(",")):
@@ -187,7 +256,7 @@ def main() -> None:
                 server.terminate()
                 server.wait(timeout=30)
     print(f"\nbatch-1 requests on loopback, {args.threads} inference threads, TTA {args.tta}")
-    for r in rows:
+    for r in rows if not args.adversarial else []:
         print(f"{r['bundle']:>10} {r['backend']:>8} {r['clients']:>3} clients: {r['requests_per_s']:7.1f} req/s  "
               f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  ({100 * r['share_of_offline']:.0f}% of offline "
               f"{r['offline_images_per_s']:.0f} img/s)  CPU ms: server {r['server_cpu_ms_per_request']:.2f}/request, "
@@ -195,7 +264,7 @@ def main() -> None:
               f"  peak RSS {r['server_peak_rss_mb']:.0f} MB")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"serve-{date.today()}.json"
+    path = out / f"serve{'-adversarial' if args.adversarial else ''}-{date.today()}.json"
     path.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     print(f"runs: {path}")
 

@@ -15,7 +15,7 @@ from imagefit.preprocessing import Preprocessing
 
 
 def _bundle(path, **model):
-    cfg = Config.from_dict({"model": {"model": "resnet", "blocks": [1], "widths": [8], **model},
+    cfg = Config.from_dict({"model": {"model": "resnet", "blocks": [1], "widths": [8], **model}, "data": {"size": 40},
                             "train": {"tta": "flip", "tta_average": "probs"}}).validate()
     torch.manual_seed(0)
     net = create_model(3, cfg.model)

@@ -175,7 +175,7 @@ def test_sigint_stops_cleanly_and_resumes(cifar_dir, tmp_path):
     proc.send_signal(2)
     out, err = proc.communicate(timeout=120)
     result = json.loads(out.strip().splitlines()[-1])
-    assert proc.returncode == 0 and result["stopped"] == "interrupted", err
+    assert proc.returncode == 130 and result["stopped"] == "interrupted" and result["signal"] == "SIGINT", err
     resumed = subprocess.run([sys.executable, "-m", "imagefit", "train", "--resume", "runs/sig",
                               "--stop-after-steps", "1", "--json"], capture_output=True, text=True, env=env)
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["stopped"] == "interrupted", resumed.stderr

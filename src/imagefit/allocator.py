@@ -20,6 +20,17 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 _done = False
 
 
+def give_back_memory() -> None:
+    """Return the free memory at the heap's top and in its holes to the kernel (glibc's malloc_trim): what a server
+    does after a burst of large images, so its resident size falls back."""
+    if platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def keep_freed_memory() -> bool:
     """Set glibc's allocator to reuse freed memory (once per process). True when it was set."""
     global _done

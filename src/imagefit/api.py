@@ -83,7 +83,9 @@ def train(recipe: str | None = None, *, out: str | Path | None = None, resume: s
     run per fold (k-fold cross-validation). `resume=RUN_DIR` continues a stopped run exactly; `config` passes a
     ready Config instead of recipe and options. `tracking_uri="none"` turns MLflow off."""
     from .training.train import RunOptions
+    moved_data = None
     if resume is not None:
+        moved_data = options.pop("data", None)  # a data folder that moved: checked against the run's fingerprint
         if options or recipe or config:
             given = ", ".join([*(f"--{k.replace('_', '-')}" for k in options), *(["--recipe"] if recipe else [])])
             raise ImagefitError(f"--resume continues a run with its saved config; drop {given or 'the config'} "
@@ -93,7 +95,8 @@ def train(recipe: str | None = None, *, out: str | Path | None = None, resume: s
         cfg = config.validate() if config is not None else make_config(recipe, **options)
         out = Path(out) if out else default_out(cfg.model.model)
     opts = RunOptions(out=out, resume=resume is not None, tracking_uri=tracking_uri, experiment=experiment,
-                      stop_after_steps=stop_after_steps, progress=progress, run_name=run_name)
+                      stop_after_steps=stop_after_steps, progress=progress, run_name=run_name,
+                      data=str(moved_data) if moved_data is not None else None)
     if cfg.data.folds and resume is None:
         from .experiments.crossval import train_folds
         return Run(out, train_folds(cfg, opts))
@@ -119,7 +122,7 @@ def find_lr(recipe: str | None = None, *, out: str | Path | None = None, start_l
         raise ImagefitError("find-lr sweeps one rate, and --optimizer muon has two (--lr, --muon-lr); "
                             "use --optimizer sgd or adamw")
     out = Path(out) if out else default_out("find-lr")
-    trainer = Trainer(cfg, RunOptions(out=out, tracking_uri="none"))
+    trainer = Trainer(cfg, RunOptions(out=out, tracking_uri="none", writes=False))
     result = trainer.range_test(start_lr=start_lr, end_lr=end_lr, steps=steps)
     atomic_write_text(out / "lr_finder.json", json.dumps(result.to_dict(), indent=1))
     plot = plots.lr_finder(result, out / "lr_finder.png")

@@ -91,16 +91,29 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     except (SafetensorError, OSError) as e:
         raise ImagefitError(f"{path} is damaged ({type(e).__name__}: {str(e)[:80]}); "
                             f"copy it again or re-run 'imagefit train'") from None
+    missing = [k for k in ("classes", "preprocessing", "config") if not meta.get(k)]
+    if missing:
+        raise ImagefitError(f"{path} lacks its {', '.join(missing)}; it was edited or damaged: re-run 'imagefit "
+                            f"train'")
     config = Config.from_dict(meta["config"], where=str(path))
     if config.train.tta == "flip-translate":  # the name flip+crops had before 2026-11-24
         config.train.tta = "flip+crops"
+    config.validate()
+    t = config.train
+    # Every field checked now, so that a bundle that loads also predicts (a server never blames an image for it).
+    preprocessing = Preprocessing.from_dict(meta["preprocessing"], meta["classes"], t.tta, t.tta_average, str(path))
+    if preprocessing.size != config.data.size:
+        raise ImagefitError(f"{path}: preprocessing size {preprocessing.size} is not the {config.data.size} px the "
+                            f"model was trained at; the file was edited: re-run 'imagefit train'")
+    broken = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ImagefitError(f"{path} has non-finite weights in {len(broken)} tensor(s) (e.g. {broken[0]}): its "
+                            f"training diverged; train again with a lower --lr")
     # The architecture only: the weights come from the file, not from where training started.
     arch = {**meta["config"]["model"], "pretrained": "none", "init_from": None}
     model = create_model(len(meta["classes"]), ModelConfig(**arch))
     load_weights(model, weights, str(path))
     model.to(device).eval()
-    t = config.train
-    preprocessing = Preprocessing.from_dict(meta["preprocessing"], meta["classes"], t.tta, t.tta_average)
     return Bundle(model, preprocessing, config, meta.get("metrics", {}), path)
 
 

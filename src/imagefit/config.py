@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,6 +327,9 @@ def _check(f: dataclasses.Field, value: Any) -> None:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
+        if not math.isfinite(v):
+            raise ImagefitError(f"{flag(f.name)} must be a finite number (got {v}); give a number such as its "
+                                f"default, {f.default if f.default is not dataclasses.MISSING else 'see --help'}")
         low, high = meta["low"], meta["high"]
         too_low = low is not None and (v <= low if meta["low_open"] else v < low)
         if too_low or (high is not None and v > high):
@@ -339,15 +343,36 @@ def _closest(name: str, options) -> str:
     return f"; did you mean {', '.join(near)}?" if near else f"; valid: {', '.join(sorted(options))}"
 
 
+MAX_YAML_BYTES = 100_000
+
+
 def read_yaml(path: Path, what: str, missing_fix: str) -> dict:
     """A YAML file the user wrote (a recipe, a search space), read safely (no tags that build objects), with a
     one-line error when it is missing or not valid YAML."""
     if not path.is_file():
         raise ImagefitError(f"{what} file {path} does not exist; {missing_fix}")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes()[:MAX_YAML_BYTES + 1].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ImagefitError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ImagefitError(f"cannot read {what} {path} ({e.strerror}); check the path") from None
+    if len(text) > MAX_YAML_BYTES:
+        raise ImagefitError(f"{what} {path} is over {MAX_YAML_BYTES // 1000} kB; a {what} is a few lines of YAML")
+    try:
+        # Aliases (*name) are refused: a few hundred bytes of nested aliases expand to gigabytes ("billion laughs"),
+        # and a recipe has no need of them.
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise ImagefitError(f"{what} {path} uses a YAML alias (*name); write the values out instead")
+        tree = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ImagefitError(f"{what} {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ImagefitError(f"{what} {path} must be a mapping of sections to fields (e.g. 'optim: {{lr: 0.1}}'), "
+                            f"not a {type(tree).__name__}; fix the file")
+    return tree
 
 
 def recipe_names() -> list[str]:
@@ -386,7 +411,10 @@ def load_recipe(name_or_path: str, _chain: tuple[str, ...] = ()) -> dict:
 def check_fixed(recipe: str, tree: dict, given: dict[str, Any]) -> None:
     """Refuse command-line values (`given`, by field name) that change a field the recipe fixes."""
     values = {name: value for section in tree.values() if isinstance(section, dict) for name, value in section.items()}
-    for name in tree.get("fixed", []):
+    fixed = tree.get("fixed", [])
+    if not isinstance(fixed, list) or not all(isinstance(n, str) for n in fixed):
+        raise ImagefitError(f"recipe {recipe}: 'fixed' must list field names, e.g. 'fixed: [model]' (got {fixed!r})")
+    for name in fixed:
         if name in given and given[name] != values.get(name):
             raise ImagefitError(f"recipe {recipe} is tuned for {flag(name)} {values.get(name)} and cannot honour "
                                 f"{flag(name)} {given[name]}; drop {flag(name)}, or drop --recipe to set your own")

@@ -19,6 +19,7 @@ This module sits at the bottom of the import graph, above only `errors` and `con
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -29,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import TTA_MODES
+from .config import RESIZE_MODES, TTA_AVERAGES, TTA_MODES
 from .errors import ImagefitError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -64,6 +65,8 @@ def load_image(source, size: int, resize: str = "crop", max_pixels: int | None =
 def _prepare(im: Image.Image, size: int, resize: str, max_pixels: int | None) -> np.ndarray:
     if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
         raise ImageTooLarge(f"{im.size[0]}×{im.size[1]} pixels", im.size[0] * im.size[1])
+    if im.mode.startswith("I") or im.mode == "F":
+        im = _to_8_bit(im)
     im = im.convert("RGB")
     w, h = im.size
     if (w, h) != (size, size):
@@ -76,6 +79,18 @@ def _prepare(im: Image.Image, size: int, resize: str, max_pixels: int | None) ->
             left, top = (nw - size) // 2, (nh - size) // 2
             im = im.crop((left, top, left + size, top + size))
     return np.asarray(im, dtype=np.uint8).copy()
+
+
+def _to_8_bit(im: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grayscale (PNG, TIFF) scaled to 8 bits: PIL's own conversion clips every value over 255,
+    which turns a 16-bit image almost white. 16-bit and 32-bit integer images are read as 0..65535 (divided by 257),
+    float images as 0..1 when they fit in it, else 0..255."""
+    x = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":
+        x = x * 255 if x.size and np.nanmax(x) <= 1.0 else x
+    elif im.mode.startswith("I;16") or (x.size and x.max() > 255):
+        x = x / 257
+    return Image.fromarray(np.clip(np.nan_to_num(x).round(), 0, 255).astype(np.uint8), "L")
 
 
 # ---------------------------------------------------------------------------------------------- the three steps
@@ -133,6 +148,19 @@ def adjust_logits(scores: torch.Tensor, log_prior: torch.Tensor, tau: float) -> 
 
 # ---------------------------------------------------------------------------------------------- the value
 
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+
 @dataclass
 class Preprocessing:
     """Everything between an image file and class probabilities that training chose and serving must repeat."""
@@ -154,9 +182,47 @@ class Preprocessing:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, classes: list[str], tta: str = "none", tta_average: str = "logits") -> Preprocessing:
-        return cls(int(d["size"]), d["resize"], list(d["mean"]), list(d["std"]), list(classes), tta, tta_average,
-                   d.get("logit_adjust") or None)
+    def from_dict(cls, d: dict, classes: list[str], tta: str = "none", tta_average: str = "logits",
+                  where: str = "the bundle") -> Preprocessing:
+        """The contract a bundle (or an export's metadata) states, checked field by field (`check`)."""
+        if not isinstance(d, dict) or not isinstance(classes, list):
+            raise ImagefitError(f"{where} has no preprocessing or class list; re-run 'imagefit train' or export it "
+                                f"again")
+        missing = [k for k in ("size", "resize", "mean", "std") if k not in d]
+        if missing:
+            raise ImagefitError(f"{where}: preprocessing lacks {', '.join(missing)}; re-run 'imagefit train'")
+        p = cls(d["size"], d["resize"], d["mean"], d["std"], classes, tta, tta_average, d.get("logit_adjust") or None)
+        return p.check(where)
+
+    def check(self, where: str = "the bundle") -> Preprocessing:
+        """Refuse a contract no model could have been trained with, naming the field: a bundle that loads serves."""
+        def bad(field: str, value, need: str):
+            raise ImagefitError(f"{where}: preprocessing {field} is {str(value)[:60]!r}, but must be {need}; the file "
+                                f"was edited or damaged: re-run 'imagefit train' (or export again)")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 8 <= self.size <= 1024:
+            bad("size", self.size, "a whole number of pixels from 8 to 1024")
+        if self.resize not in RESIZE_MODES:
+            bad("resize", self.resize, " or ".join(RESIZE_MODES))
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if not isinstance(v, list) or len(v) != 3 or not all(_finite_number(x) for x in v):
+                bad(name, v, "three finite numbers (one per RGB channel)")
+        if not all(x > 0 for x in self.std):
+            bad("std", self.std, "positive (it divides the pixels)")
+        c = self.classes
+        if not all(isinstance(n, str) and n and _utf8(n) for n in c) or len(c) < 2 or len(set(c)) != len(c):
+            bad("classes", c, "two or more distinct, non-empty UTF-8 names")
+        if self.tta not in TTA_MODES:
+            bad("tta", self.tta, " or ".join(TTA_MODES))
+        if self.tta_average not in TTA_AVERAGES:
+            bad("tta_average", self.tta_average, " or ".join(TTA_AVERAGES))
+        la = self.logit_adjust
+        if la is not None and (not isinstance(la, dict) or not _finite_number(la.get("tau")) or la["tau"] < 0
+                               or not isinstance(la.get("log_prior"), list) or len(la["log_prior"]) != len(c)
+                               or not all(_finite_number(x) for x in la["log_prior"])):
+            bad("logit_adjust", la, f"a tau >= 0 and {len(c)} finite log priors")
+        self.mean, self.std, self.classes = [float(x) for x in self.mean], [float(x) for x in self.std], list(c)
+        return self
 
     def with_tta(self, tta: str | None = None, average: str | None = None) -> Preprocessing:
         return replace(self, tta=tta or self.tta, tta_average=average or self.tta_average)

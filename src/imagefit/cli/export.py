@@ -16,12 +16,14 @@ def add_arguments(sub) -> None:
     p.add_argument("--data", help="data folder for the parity images (default: the bundle's)")
     p.add_argument("--parity-images", type=int, default=64, help="real images the parity check runs on "
                                                                  "(default: 64)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out that is not an earlier export "
+                                                        "(never a bundle or checkpoint)")
     add_json(p)
 
 
 def run(args) -> dict:
     from ..deploy.export import export
-    r = export(args.bundle, args.format, args.out, args.data, args.parity_images)
+    r = export(args.bundle, args.format, args.out, args.data, args.parity_images, force=args.force)
     if not args.json:
         print(f"{r['export']} ({r['bytes'] / 1e6:.1f} MB); parity on {r['parity_images']} real images: max |logit "
               f"difference| {r['parity_max_abs_diff']:.1e}")

@@ -24,6 +24,12 @@ def add_arguments(sub) -> None:
     p.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image (width × height) decoded "
                                                                       "(default: 25000000)")
     p.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+    p.add_argument("--request-timeout", type=float, default=10.0, help="seconds to receive a request's headers, "
+                   "then its body; 408 after (default: 10)")
+    p.add_argument("--decode-pixels", type=int, default=64_000_000, help="pixels of large images decoded at once "
+                   "over all requests; more wait, then get 503 (default: 64000000)")
+    p.add_argument("--max-requests", type=int, default=64, help="requests handled at once (/health aside); beyond "
+                   "it JSON 503 with Retry-After (default: 64)")
     p.set_defaults(json=False)
 
 
@@ -31,6 +37,7 @@ def run(args) -> dict:
     from ..deploy.serve import ServeOptions, run_server
     opts = ServeOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
                         max_files=args.max_files, max_upload_bytes=int(args.max_upload_mb * 1e6),
-                        max_pixels=args.max_pixels, tta=args.tta)
+                        max_pixels=args.max_pixels, tta=args.tta, request_timeout_s=args.request_timeout,
+                        max_requests=args.max_requests, decode_pixels=args.decode_pixels)
     run_server(args.bundle, args.host, args.port, opts, backend=args.backend, threads=args.threads)
     return {}

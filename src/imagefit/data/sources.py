@@ -103,7 +103,8 @@ def _decode_each(paths: list[str], size: int, resize: str):
         yield from enumerate(pool.map(lambda p: _try_load(p, size, resize), paths, chunksize=64))
 
 
-def decode_files(paths: list[str], size: int, resize: str, skip_bad: bool) -> tuple[torch.Tensor, list[int]]:
+def decode_files(paths: list[str], size: int, resize: str, skip_bad: bool,
+                 without: str = "train without them") -> tuple[torch.Tensor, list[int]]:
     """Decode every file; returns N×C×H×W uint8 and the indices of the files kept.
 
     All files are read before training starts, so a corrupt file is found now, never halfway through an epoch.
@@ -116,17 +117,18 @@ def decode_files(paths: list[str], size: int, resize: str, skip_bad: bool) -> tu
         else:
             out[len(keep)] = result
             keep.append(i)
-    _report_bad(bad, skip_bad)
+    _report_bad(bad, skip_bad, without)
     return torch.from_numpy(out[: len(keep)]).permute(0, 3, 1, 2).contiguous(), keep
 
 
-def _report_bad(bad: list[str], skip_bad: bool) -> None:
+def _report_bad(bad: list[str], skip_bad: bool, without: str = "train without them") -> None:
     if not bad:
         return
     shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
     if not skip_bad:
-        raise ImagefitError(f"{len(bad)} file(s) could not be read as images: {shown}; "
-                            f"remove or replace them, or pass --skip-bad-images to train without them")
+        raise ImagefitError(f"{len(bad)} file(s) could not be read as images: {shown} (corrupt, truncated, a "
+                            f"dangling link or a link loop); remove or replace them, or pass --skip-bad-images to "
+                            f"{without}")
     import warnings
     warnings.warn(f"skipped {len(bad)} unreadable image file(s): {shown}", stacklevel=3)
 
@@ -149,6 +151,8 @@ def _read_batch(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             d = _CifarUnpickler(f, encoding="latin1").load()
+        if not isinstance(d, dict):
+            raise TypeError(f"a {type(d).__name__}, not a dict")
         return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
     except FileNotFoundError:
         raise ImagefitError(f"CIFAR-10 folder {path.parent} lacks {path.name}; copy the complete "
@@ -158,13 +162,38 @@ def _read_batch(path: Path) -> dict:
                             f"download or copy it again") from None
 
 
+def _check_batch(path: Path, batch: dict) -> None:
+    """The official batches hold `data` as an N×3072 uint8 array and `labels` as N integers. Anything else is refused
+    before numpy touches it: a 222-byte pickle of shared nested lists becomes gigabytes under np.asarray."""
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        what = f"an array of shape {data.shape} and dtype {data.dtype}" if isinstance(data, np.ndarray) else \
+            f"a {type(data).__name__}"
+        raise ImagefitError(f"{path} holds {what} as its data, not N×3072 uint8 CIFAR-10 rows; use the official "
+                            f"python-version files")
+    if isinstance(labels, np.ndarray):
+        ok = labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)
+    else:
+        ok = isinstance(labels, list) and all(type(x) is int for x in labels)
+    if not ok or len(labels) != len(data):
+        raise ImagefitError(f"{path} does not hold one integer label per image ({len(data)} images); use the "
+                            f"official python-version files")
+
+
 def _cifar_set(root: Path, names: list[str], classes: list[str]) -> ImageSet:
     parts = [_read_batch(root / n) for n in names]
+    for name, part in zip(names, parts):
+        _check_batch(root / name, part)
     data = np.concatenate([np.asarray(p["data"], dtype=np.uint8) for p in parts])
     labels = np.concatenate([np.asarray(p["labels"], dtype=np.int64) for p in parts])
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise ImagefitError(f"{root} holds batches of shape {data.shape}, not N×3072 CIFAR-10 rows; "
                             f"use the official python-version files")
+    outside = labels[(labels < 0) | (labels >= len(classes))]
+    if len(outside):
+        raise ImagefitError(f"{root}/{'/'.join(names) if len(names) == 1 else 'data_batch_*'} has labels outside "
+                            f"0..{len(classes) - 1} (e.g. {int(outside[0])}) for its {len(classes)} classes; the "
+                            f"file is damaged or not CIFAR-10: copy the official files again")
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
     return ImageSet(images, torch.from_numpy(labels), classes, str(root))
 
@@ -206,10 +235,17 @@ def _scan_tree(folder: Path, classes: list[str] | None) -> tuple[list[str], list
         if extra:
             raise ImagefitError(f"{folder} has class folder(s) {', '.join(extra)} that train/ lacks; "
                                 f"add them to train/ or remove them")
+    undecodable = [n for n in found if not _is_utf8(n)]
+    if undecodable:
+        raise ImagefitError(f"class folder {undecodable[0]!r} in {folder} has a name that is not valid UTF-8; "
+                            f"rename it (class names travel in bundles, JSON and web pages)")
     paths, labels = [], []
     for label, name in enumerate(classes):
         d = folder / name
-        files = sorted(str(p) for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if d.is_dir() else []
+        if not d.is_dir():
+            raise ImagefitError(f"{folder} has no folder for class '{name}', which train/ has; add {d} with "
+                                f"images of it, or remove the class from train/")
+        files = sorted(str(p) for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise ImagefitError(f"class '{name}' has no images in {d} (extensions: "
                                 f"{', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the class folder")
@@ -218,12 +254,26 @@ def _scan_tree(folder: Path, classes: list[str] | None) -> tuple[list[str], list
     return paths, labels, classes
 
 
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # undecodable bytes of the file name, kept as surrogates by os.fsdecode
+        return False
+
+
 def _fingerprint(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _files_fingerprint(paths: list[str]) -> list:
-    return [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+    def sized(p: str):
+        try:
+            s = os.stat(p)
+            return p, s.st_size, s.st_mtime_ns
+        except OSError:  # a dangling link or a link loop: decoding names it (or --skip-bad-images skips it)
+            return p, -1, -1
+    return [sized(p) for p in paths]
 
 
 def _imagefolder_set(folder: Path, classes, cfg: DataConfig, stream: bool) -> tuple[ImageSet | FileSet, str]:
@@ -358,6 +408,9 @@ def data_root(cfg: DataConfig) -> Path:
 
 def find_layout(root: Path) -> tuple[str, Path]:
     """('cifar', batches folder) or ('folder', tree root), or a one-line error describing what is expected."""
+    if root.exists() and not root.is_dir():
+        raise ImagefitError(f"data folder {root} is a file, not a folder; pass --data DIR (or set IMAGEFIT_DATA) "
+                            f"to the folder holding {CIFAR_DIR}/ or an ImageFolder tree")
     if not root.is_dir():
         raise ImagefitError(f"data folder {root} does not exist; pass --data DIR (or set IMAGEFIT_DATA) "
                             f"to a folder holding {CIFAR_DIR}/ or an ImageFolder tree, or add --download")
@@ -522,3 +575,41 @@ def align_classes(data: ImageSet | FileSet, classes: list[str]) -> ImageSet | Fi
         return ImageSet(data.images, relabelled, classes, data.source)
     return FileSet(data.paths, relabelled, classes, data.source, data.size, data.resize)
 
+
+
+def fingerprint(splits: Splits) -> dict:
+    """What a run was trained and tested on, independent of where the folder lies: per split, the images per class
+    and a hash of the decoded pixels and labels (of the file names and sizes, when streamed). A resumed run compares
+    it with the one in its checkpoint (`describe_change`)."""
+    out = {}
+    for name in ("train", "val", "test"):
+        data = getattr(splits, name)
+        if data is None:
+            continue
+        h = hashlib.blake2b(digest_size=16)
+        if isinstance(data, ImageSet):
+            h.update(data.images.contiguous().numpy().tobytes())
+        else:
+            h.update(json.dumps([(Path(p).name, os.stat(p).st_size) for p in data.paths]).encode())
+        h.update(data.labels.numpy().astype(np.int64).tobytes())
+        out[name] = {"per_class": torch.bincount(data.labels, minlength=len(splits.classes)).tolist(),
+                     "hash": h.hexdigest()}
+    return {"classes": list(splits.classes), "splits": out}
+
+
+def describe_change(before: dict, now: dict) -> str | None:
+    """How the data differs from a fingerprint taken earlier (None: it does not)."""
+    if before["classes"] != now["classes"]:
+        return f"its classes are now {', '.join(now['classes'])} (were {', '.join(before['classes'])})"
+    for name in sorted(set(before["splits"]) | set(now["splits"])):
+        a, b = before["splits"].get(name), now["splits"].get(name)
+        if a is None or b is None:
+            return f"it {'has' if a is None else 'lacks'} a {name} split now"
+        if a["per_class"] != b["per_class"]:
+            changed = [(c, x, y) for c, x, y in zip(now["classes"], a["per_class"], b["per_class"]) if x != y]
+            c, x, y = changed[0]
+            return (f"its {name} split has {sum(b['per_class'])} images (was {sum(a['per_class'])}; class {c}: {y}, "
+                    f"was {x})")
+        if a["hash"] != b["hash"]:
+            return f"the images of its {name} split changed ({sum(b['per_class'])} images, as before)"
+    return None

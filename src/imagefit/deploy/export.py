@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -54,19 +55,19 @@ def _parity_images(bundle, data: str | None, n: int) -> torch.Tensor:
 def _onnx(module: nn.Module, example: torch.Tensor, path: Path, meta: str) -> None:
     import onnx
     batch = torch.export.Dim("batch", min=1, max=65536)
-    with contextlib.redirect_stdout(sys.stderr), atomic_path(path) as tmp:  # the exporter narrates on stdout
-        torch.onnx.export(module, (example,), str(tmp), dynamo=True, input_names=["pixels"],
+    with contextlib.redirect_stdout(sys.stderr):  # the exporter narrates on stdout
+        torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=["pixels"],
                           output_names=["logits"], dynamic_shapes={"pixels": {0: batch}}, verbose=False)
-        proto = onnx.load(str(tmp))
-        proto.metadata_props.add(key="imagefit", value=meta)
-        onnx.save(proto, str(tmp))
+    proto = onnx.load(str(path))
+    proto.metadata_props.add(key="imagefit", value=meta)
+    onnx.save(proto, str(path))
 
 
 def _torchscript(module: nn.Module, example: torch.Tensor, path: Path, meta: str) -> None:
     # torch.jit is deprecated in favour of torch.export (FutureWarning) but still what TorchScript users load
-    with atomic_path(path) as tmp, warnings.catch_warnings(action="ignore", category=FutureWarning):
+    with warnings.catch_warnings(action="ignore", category=FutureWarning):
         traced = torch.jit.trace(module, example)
-        torch.jit.save(traced, str(tmp), _extra_files={"imagefit.json": meta})
+        torch.jit.save(traced, str(path), _extra_files={"imagefit.json": meta})
 
 
 def _run(fmt: str, path: Path, pixels: torch.Tensor) -> torch.Tensor:
@@ -78,33 +79,69 @@ def _run(fmt: str, path: Path, pixels: torch.Tensor) -> torch.Tensor:
         return torch.jit.load(str(path))(pixels).float()
 
 
+def _is_export(path: Path) -> bool:
+    """Whether `path` is a file an imagefit export wrote (ONNX or TorchScript with imagefit's metadata)."""
+    import zipfile
+    try:
+        if zipfile.is_zipfile(path):
+            return any(n.endswith("extra/imagefit.json") for n in zipfile.ZipFile(path).namelist())
+        import onnx
+        return any(p.key == "imagefit" for p in onnx.load(str(path), load_external_data=False).metadata_props)
+    except Exception:  # unreadable as either: not ours
+        return False
+
+
+def check_target(out: Path, bundle: Path, force: bool) -> None:
+    """Refuse an --out that would replace what a user has: never a bundle or a checkpoint, and no other existing
+    file unless it is an earlier export (or --force says so)."""
+    own = out.name in ("bundle.safetensors", "last.pt", "best.safetensors") or out.suffix == ".safetensors" \
+        or "checkpoints" in out.parts or "snapshots" in out.parts or \
+        (out.exists() and out.resolve() == bundle.resolve())
+    if own:
+        raise ImagefitError(f"--out {out} is a bundle or checkpoint, which an export never replaces; export to "
+                            f"another file (default: {bundle.parent / FORMATS['onnx']})")
+    if out.is_dir():
+        raise ImagefitError(f"--out {out} is a folder; give the file to write, e.g. {out / FORMATS['onnx']}")
+    if out.exists() and not force and not _is_export(out):
+        raise ImagefitError(f"--out {out} exists and is not an imagefit export; choose another --out, or pass "
+                            f"--force to replace it")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir() or not os.access(parent, os.W_OK):
+                raise ImagefitError(f"cannot write {out}: {parent} is {'a file' if not parent.is_dir() else 'read-only'}; "
+                                    f"choose a writable --out")
+            break
+
+
 def export(bundle_path: str | Path, fmt: str, out: str | Path | None = None, data: str | None = None,
-           parity_images: int = 64) -> dict:
-    from ..bundle import load_bundle
+           parity_images: int = 64, force: bool = False) -> dict:
+    from ..bundle import load_bundle, resolve
     if fmt not in FORMATS:
         raise ImagefitError(f"--format must be {' or '.join(FORMATS)} (got {fmt!r})")
     if parity_images < 1:
         raise ImagefitError(f"--parity-images must be 1 or more (got {parity_images})")
-    bundle = load_bundle(bundle_path)
+    bundle_file = resolve(bundle_path)
+    out = Path(out) if out else bundle_file.parent / FORMATS[fmt]
+    check_target(out, bundle_file, force)  # before the bundle and the parity images are read
+    bundle = load_bundle(bundle_file)
     reference = TorchPredictor(bundle)
-    out = Path(out) if out else bundle.path.parent / FORMATS[fmt]
-    out.parent.mkdir(parents=True, exist_ok=True)
     pixels = _parity_images(bundle, data, parity_images)
     module = Deployable(bundle).eval()
     meta = {"format": "imagefit-export/1", **reference.describe(),
             "input": {"name": "pixels", "dtype": "float32", "layout": "NCHW, RGB", "range": [0, 255]}}
-    with torch.inference_mode(False), torch.no_grad():
-        (_onnx if fmt == "onnx" else _torchscript)(module, pixels[:2].clone(), out, json.dumps(meta))
+    # Written beside --out and checked there: only an export that passes replaces the file (an earlier export stays
+    # when this one fails).
+    with torch.inference_mode(False), torch.no_grad(), atomic_path(out) as tmp:
+        (_onnx if fmt == "onnx" else _torchscript)(module, pixels[:2].clone(), tmp, json.dumps(meta))
         with torch.inference_mode():
             expected = reference._logits(pixels)
         diffs = []
         for batch in (pixels, pixels[:1]):  # the parity batch, then batch 1: the batch size really is dynamic
-            got = _run(fmt, out, batch.contiguous())
+            got = _run(fmt, tmp, batch.contiguous())
             diffs.append((got - expected[:len(batch)]).abs().max().item())
-    worst = max(diffs)
-    if not worst <= TOLERANCE:
-        out.unlink(missing_ok=True)
-        raise ImagefitError(f"parity check failed: the {fmt} export's logits differ from the bundle's by up to "
-                            f"{worst:.2e} (> {TOLERANCE:g}) on {len(pixels)} real images; the file was removed")
+        worst = max(diffs)
+        if not worst <= TOLERANCE:
+            raise ImagefitError(f"parity check failed: the {fmt} export's logits differ from the bundle's by up to "
+                                f"{worst:.2e} (> {TOLERANCE:g}) on {len(pixels)} real images; nothing was written")
     return {"export": str(out), "format": fmt, "parity_max_abs_diff": worst, "parity_images": len(pixels),
             "bytes": out.stat().st_size, "sha256": reference.identity["sha256"]}

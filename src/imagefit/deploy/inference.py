@@ -99,10 +99,15 @@ class OnnxPredictor(Predictor):
         props = self.session.get_modelmeta().custom_metadata_map
         if "imagefit" not in props:
             raise ImagefitError(f"{path} has no imagefit metadata; export it with 'imagefit export'")
-        meta = json.loads(props["imagefit"])
-        preprocessing = Preprocessing.from_dict(meta["preprocessing"], meta["classes"], meta["tta"],
-                                                meta["tta_average"])
-        super().__init__(preprocessing, {**meta["identity"], "onnx": str(path)}, meta.get("metrics", {}))
+        try:
+            meta = json.loads(props["imagefit"])
+        except ValueError:
+            meta = None
+        if not isinstance(meta, dict):
+            raise ImagefitError(f"{path} has damaged imagefit metadata; export it again with 'imagefit export'")
+        preprocessing = Preprocessing.from_dict(meta.get("preprocessing"), meta.get("classes"), meta.get("tta"),
+                                                meta.get("tta_average"), str(path))
+        super().__init__(preprocessing, {**(meta.get("identity") or {}), "onnx": str(path)}, meta.get("metrics", {}))
         self.input = self.session.get_inputs()[0].name
 
     def _logits(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -175,7 +180,7 @@ def predict_files(predictor: Predictor, files: list[str], *, top_k: int = 3, tta
     results = []
     for start in chunks:
         names = files[start:start + batch_size]
-        images, keep = decode_files(names, p.size, p.resize, skip_bad)
+        images, keep = decode_files(names, p.size, p.resize, skip_bad, without="predict the others")
         if keep:
             tops = top_classes(predictor.probabilities(images, tta), predictor.classes, top_k)
             results += [{"file": names[i], "top": top} for i, top in zip(keep, tops)]

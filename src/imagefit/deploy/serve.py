@@ -9,7 +9,9 @@
 Micro-batching (`MicroBatcher`): decoded images from concurrent requests wait in one queue; a single worker takes
 everything queued (up to `max_batch` images, waiting at most `max_wait_ms` for more) and runs one forward pass in
 its own thread, so the event loop keeps accepting requests meanwhile. The queue is bounded in images: beyond it a
-request gets 503 at once rather than memory. Request bodies are bounded by `BodyLimit` (413, counted as the bytes
+request gets 503 at once rather than memory; `Admission` bounds the requests in the app (JSON 503 with Retry-After,
+/health exempt), and a connection gets `request_timeout_s` to send its headers and then its body (408). Request
+bodies are bounded by `BodyLimit` (413, counted as the bytes
 arrive, whether or not the client sent Content-Length), images by their declared pixel count before decoding
 (413), files per request by `max_files` (413). Every error is JSON: {"error": "...", "status": N}.
 """
@@ -43,11 +45,17 @@ class ServeOptions:
     max_upload_bytes: int = 10_000_000
     max_pixels: int = 25_000_000
     tta: str | None = None
+    request_timeout_s: float = 10.0  # to receive a request's headers, and then its body: 408 after it
+    decode_pixels: int = 64_000_000  # pixels of large images decoded at once over all requests; the rest wait
+    max_requests: int = 64  # requests in the app at once (/health aside); beyond it JSON 503 with Retry-After
 
     def check(self) -> ServeOptions:
         for name, value, low in (("--max-batch", self.max_batch, 1), ("--queue", self.queue, 1),
                                  ("--max-files", self.max_files, 1), ("--max-upload-mb", self.max_upload_bytes, 1),
-                                 ("--max-pixels", self.max_pixels, 1), ("--max-wait-ms", self.max_wait_ms, 0)):
+                                 ("--max-pixels", self.max_pixels, 1), ("--max-wait-ms", self.max_wait_ms, 0),
+                                 ("--request-timeout", self.request_timeout_s, 0.001),
+                                 ("--decode-pixels", self.decode_pixels, 1),
+                                 ("--max-requests", self.max_requests, 1)):
             if value < low:
                 raise ImagefitError(f"{name} must be {'positive' if low else '0 or more'} (got {value})")
         if self.queue < self.max_files:
@@ -58,6 +66,34 @@ class ServeOptions:
 
 class Overloaded(Exception):
     pass
+
+
+class PixelBudget:
+    """Pixels of large images being decoded at once, over every request: a full-size photo costs width × height × 3
+    bytes and more while it is scaled down, so sixty concurrent requests of four 24-megapixel PNGs took the server
+    from 0.6 to 5.4 GB. A request waits for room (up to `timeout`), or gets 503; when the last large decode ends, the
+    freed memory goes back to the kernel."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self.room: asyncio.Condition | None = None
+
+    async def take(self, pixels: int, timeout: float) -> int:
+        pixels = min(pixels, self.limit)  # a request larger than the budget runs alone
+        self.room = self.room or asyncio.Condition()
+        async with self.room:
+            await asyncio.wait_for(self.room.wait_for(lambda: self.used + pixels <= self.limit), timeout)
+            self.used += pixels
+        return pixels
+
+    async def give(self, pixels: int) -> None:
+        async with self.room:
+            self.used -= pixels
+            self.room.notify_all()
+            idle = self.used == 0
+        if idle:
+            from ..allocator import give_back_memory
+            await run_in_threadpool(give_back_memory)
 
 
 class MicroBatcher:
@@ -122,11 +158,33 @@ class MicroBatcher:
                 start += len(images)
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes gets 413 before the app sees it, without being kept."""
+class Admission:
+    """ASGI middleware: at most `limit` requests inside the app at once; the next get a JSON 503 with Retry-After at
+    once. /health is always let through, so a load balancer sees a busy server as alive. (uvicorn's own
+    limit_concurrency counts idle connections too, and answers in plain text: 63 silent sockets shut the server.)"""
 
     def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+        self.app, self.limit, self.inside = app, limit, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] == "/health":
+            return await self.app(scope, receive, send)
+        if self.inside >= self.limit:
+            return await _send_error(send, 503, f"the server is busy ({self.inside} requests in progress); retry "
+                                                f"shortly", retry_after=1)
+        self.inside += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inside -= 1
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before the app sees it, without being kept; a body
+    that does not arrive within `timeout` seconds gets 408."""
+
+    def __init__(self, app, limit: int, timeout: float = 10.0):
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -136,8 +194,13 @@ class BodyLimit:
             return await _send_error(send, 413, f"request body of {int(declared):,} bytes is over the "
                                                 f"{self.limit:,}-byte limit; send fewer or smaller images")
         chunks, size = [], 0
+        deadline = asyncio.get_running_loop().time() + self.timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - asyncio.get_running_loop().time(), 0))
+            except TimeoutError:
+                return await _send_error(send, 408, f"the request body did not arrive within {self.timeout:g} s; "
+                                                    f"send it again")
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -161,12 +224,18 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-async def _send_error(send, status: int, message: str) -> None:
+def _error_body(status: int, message: str) -> bytes:
     import json
-    body = json.dumps({"error": message, "status": status}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    return json.dumps({"error": message, "status": status}).encode()
+
+
+async def _send_error(send, status: int, message: str, retry_after: int | None = None) -> None:
+    body = _error_body(status, message)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -177,8 +246,8 @@ INLINE_PIXELS = 128 * 128
 
 
 def _decode(data: bytes, name: str, preprocessing: dict, max_pixels: int, inline_only: bool = False):
-    """uint8 3×S×S, or (status, message) saying what is wrong with the file; with `inline_only`, None for an image
-    that declares more than INLINE_PIXELS (to be decoded again off the event loop)."""
+    """uint8 3×S×S, or (status, message) saying what is wrong with the file; with `inline_only`, the pixel count
+    (an int) of an image that declares more than INLINE_PIXELS (to be decoded off the event loop, within budget)."""
     from PIL import Image, UnidentifiedImageError
 
     from ..preprocessing import ImageTooLarge
@@ -189,7 +258,7 @@ def _decode(data: bytes, name: str, preprocessing: dict, max_pixels: int, inline
         image = preprocessing.decode(data, max_pixels=limit)
     except ImageTooLarge as e:
         if inline_only and e.pixels <= max_pixels:
-            return None
+            return e.pixels
         return 413, f"file '{name}' declares {e} (over the {max_pixels:,}-pixel limit); send a smaller image"
     except Image.DecompressionBombError:
         return 413, f"file '{name}' is a decompression bomb (too many pixels); send a smaller image"
@@ -209,6 +278,7 @@ PREDICT_BODY = {"required": True, "content": {"multipart/form-data": {"schema": 
 def create_app(predictor, opts: ServeOptions | None = None):
     opts = (opts or ServeOptions()).check()
     batcher = MicroBatcher(predictor, opts)
+    budget = PixelBudget(opts.decode_pixels)
     page = resources.files("imagefit").joinpath("static/index.html").read_text()
     started = time.time()
 
@@ -226,7 +296,14 @@ def create_app(predictor, opts: ServeOptions | None = None):
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
-        return error(exc.status_code, str(exc.detail))
+        response = error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc):  # a bug, not the client's fault: still JSON, and the server keeps serving
+        return error(500, f"internal error ({type(exc).__name__}); the server keeps serving, report this with "
+                          f"the request")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc):
@@ -272,10 +349,18 @@ def create_app(predictor, opts: ServeOptions | None = None):
             await form.close()
         decoded = [_decode(b, n, predictor.preprocessing, opts.max_pixels, inline_only=True)
                    for b, n in zip(blobs, names)]
-        large = [i for i, d in enumerate(decoded) if d is None]
+        large = [i for i, d in enumerate(decoded) if isinstance(d, int) and not isinstance(d, bool)]
         if large:
-            later = await run_in_threadpool(lambda: [_decode(blobs[i], names[i], predictor.preprocessing,
-                                                             opts.max_pixels) for i in large])
+            try:
+                taken = await budget.take(sum(decoded[i] for i in large), opts.request_timeout_s)
+            except TimeoutError:
+                raise HTTPException(503, f"the server is decoding {budget.used:,} pixels of large images; retry "
+                                         f"shortly or send smaller images", headers={"Retry-After": "2"}) from None
+            try:
+                later = await run_in_threadpool(lambda: [_decode(blobs[i], names[i], predictor.preprocessing,
+                                                                 opts.max_pixels) for i in large])
+            finally:
+                await budget.give(taken)
             for i, d in zip(large, later):
                 decoded[i] = d
         for d in decoded:
@@ -292,20 +377,90 @@ def create_app(predictor, opts: ServeOptions | None = None):
         return JSONResponse({"predictions": [{"file": n, "top": top} for n, top in zip(names, tops)],
                              "backend": predictor.backend})
 
-    app.add_middleware(BodyLimit, limit=opts.max_upload_bytes)
+    app.add_middleware(BodyLimit, limit=opts.max_upload_bytes, timeout=opts.request_timeout_s)
+    app.add_middleware(Admission, limit=opts.max_requests)
     return app
 
 
-def run_server(bundle: str, host: str, port: int, opts: ServeOptions, backend: str = "auto", threads: int = 0,
-               limit_concurrency: int = 64) -> None:
+def _timed_protocol(timeout: float):
+    """uvicorn's httptools protocol with a deadline for each request's headers (uvicorn has none): a connection that
+    sends nothing, or dribbles its headers a byte at a time, is answered 408 in JSON and closed after `timeout`
+    seconds, so silent sockets cannot pile up."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class TimedProtocol(HttpToolsProtocol):
+        _deadline = None
+
+        def _arm(self) -> None:
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(timeout, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _expire(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            body = _error_body(408, f"no complete request within {timeout:g} s; send the request again")
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+            self.transport.close()
+
+    return TimedProtocol
+
+
+def bind(host: str, port: int):
+    """The listening socket, bound before anything is printed: a port in use is one line, not a false start."""
+    import errno
+    import socket
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ImagefitError(f"port {port} on {host} is in use (another server?); pass another --port, or stop "
+                                f"the other server") from None
+        raise ImagefitError(f"cannot listen on {host}:{port} ({e.strerror}); check --host and --port") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_server(bundle: str, host: str, port: int, opts: ServeOptions, backend: str = "auto",
+               threads: int = 0) -> None:
     import uvicorn
 
     from .inference import load_predictor
     if not 0 < port < 65536:
         raise ImagefitError(f"--port must be between 1 and 65535 (got {port})")
+    opts.check()
+    sock = bind(host, port)
     predictor = load_predictor(bundle, backend, threads, spin=False)
     app = create_app(predictor, opts)
     print(f"serving {predictor.identity.get('bundle', bundle)} ({predictor.backend}, {len(predictor.classes)} "
           f"classes) on http://{host}:{port}", flush=True)
-    # limit_concurrency: connections beyond it get 503 from uvicorn itself, so memory stays bounded under overload
-    uvicorn.run(app, host=host, port=port, limit_concurrency=limit_concurrency, log_level="warning")
+    # No uvicorn limit_concurrency: it counts idle connections as well and answers in plain text; Admission bounds the
+    # requests in the app instead, and the timed protocol closes connections that never send a whole request.
+    config = uvicorn.Config(app, log_level="warning", http=_timed_protocol(opts.request_timeout_s))
+    uvicorn.Server(config).run(sockets=[sock])

@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import time
 from dataclasses import replace
 from functools import partial
@@ -157,9 +158,18 @@ def open_study(storage: str, name: str, space: dict | None = None, sampler: str 
     import sqlalchemy.exc
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     def connect():
-        if storage.startswith(("postgresql", "mysql")):
-            return optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"connect_timeout": 10}})
-        return optuna.storages.RDBStorage(storage) if storage.startswith("sqlite") else storage
+        # The heartbeat marks a trial failed when its worker (on any machine) stops beating for the grace period, and
+        # queues its parameters again; retry_dead_trials does it at once for this machine's dead workers.
+        import warnings
+
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+        with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
+            beat = dict(heartbeat_interval=30, grace_period=90,
+                        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(3))
+            if storage.startswith(("postgresql", "mysql")):
+                return optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"connect_timeout": 10}},
+                                                  **beat)
+            return optuna.storages.RDBStorage(storage, **beat) if storage.startswith("sqlite") else storage
 
     try:
         if not create:
@@ -194,6 +204,41 @@ def open_study(storage: str, name: str, space: dict | None = None, sampler: str 
     return study
 
 
+def _worker() -> str:
+    import socket
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+
+
+def retry_dead_trials(study, log=print) -> list[int]:
+    """Trials left RUNNING by a worker of this machine that is gone (killed mid-trial) are marked failed and their
+    parameters queued again, so the study neither waits on them forever nor loses them (the base config's trial
+    included). Workers on other machines are covered by the storage's heartbeat (`open_study`)."""
+    from optuna.trial import TrialState
+    host = _worker().split(":")[0]
+    retried = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", "")
+        name, _, pid = worker.rpartition(":")
+        if name != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        retried.append(t.number)
+        log(f"trial {t.number} was left running by a process that is gone ({worker}); its parameters are queued "
+            f"again")
+    return retried
+
+
 def search(space_path: str, trials: int, out: str | Path, *, storage: str | None = None, study_name: str = "imagefit",
            sampler: str = "tpe", pruner: str = "median", data: str | None = None, tracking_uri: str | None = None,
            experiment: str = "imagefit", seed: int = 0, log=print) -> dict:
@@ -219,7 +264,10 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
     parent_params = {"space": space_path, "sampler": sampler, "pruner": pruner, "storage": _mask(storage)}
     objective_key = space["objective"]
 
+    retry_dead_trials(study, log)
+
     def objective(trial):
+        trial.set_user_attr("worker", _worker())
         parent_id = None if tracking_off(tracking_uri) else study_parent_run(
             study, trial, lambda: start_run(tracking_uri, experiment, f"study {study_name}", parent_params).run_id)
         values = {name: _suggest(trial, name, spec, space["base"]) for name, spec in space["params"].items()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -33,10 +34,10 @@ from ..data.augment import BatchAugment
 from ..bundle import load_bundle, load_weights, save_bundle
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import Config
-from ..data.sources import ImageSet, Splits, load_splits
+from ..data.sources import ImageSet, Splits, describe_change, fingerprint, load_splits
 from ..errors import ImagefitError
 from ..evaluation.evaluate import gather_logits
-from ..files import atomic_path, atomic_write_text
+from ..files import RunLock, atomic_path, atomic_write_text, remove_stale_temporaries
 from ..data.imbalance import TAU_GRID, class_weights, log_priors
 from ..data.loader import Loader
 from .lr_finder import FinderResult, range_test
@@ -63,6 +64,8 @@ class RunOptions:
     on_epoch_end: Callable[[Trainer, dict], None] | None = None  # (trainer, the epoch's row), e.g. benchmarks
     parent_run_id: str | None = None  # MLflow run this one is nested under (a study, a cross-validation)
     run_name: str | None = None  # the MLflow run's name (the --out folder's name by default)
+    writes: bool = True  # False: the Trainer only serves a range test (find-lr): no run folder is claimed
+    data: str | None = None  # with resume: the data folder, when it has moved since the run started
 
 
 # ---------------------------------------------------------------------------------------------- setup helpers
@@ -80,7 +83,7 @@ class _StopSignal:
     """SIGINT/SIGTERM during training ask for a clean stop after the current step (a second SIGINT kills)."""
 
     def __init__(self):
-        self.requested = False
+        self.requested, self.signum = False, None
 
     def __enter__(self):
         self.saved = {}
@@ -92,7 +95,7 @@ class _StopSignal:
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def __exit__(self, *exc):
         for sig, handler in self.saved.items():
@@ -111,13 +114,80 @@ class Trainer:
         self.opts = opts
         self.out = Path(opts.out)
         self.log = opts.log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.lock = self._claim_folder() if opts.writes else None
+        try:
+            self._setup(cfg)
+        except BaseException:
+            if self.lock is not None:  # nothing was written yet: leave the folder as it was found
+                self.lock.release(undo=True)
+                self.lock = None
+            raise
+
+    def _claim_folder(self) -> RunLock | None:
+        """Lock the run folder (rank 0 of a torchrun job holds it for all), then check it is new, empty or (with
+        --resume) a run, before any data is read; remove what a process killed mid-write left behind."""
+        if int(os.environ.get("RANK", "0")) != 0:
+            return None
+        self._check_folder()  # before anything is created in it
+        lock = RunLock(self.out).acquire()
+        try:
+            self._check_folder()  # again: another process may have written there meanwhile
+        except ImagefitError:
+            lock.release(undo=True)
+            raise
+        for path in remove_stale_temporaries(self.out, self.out / "checkpoints"):
+            self.log(f"removed {path}, left by a process killed while writing it")
+        return lock
+
+    def _check_config_file(self, cfg: Config) -> None:
+        """config.yaml describes the run; resume follows the checkpoint's copy, so an edited file would contradict
+        the run silently: refuse, naming the first difference."""
+        path = self.out / "config.yaml"
+        if not path.exists():
+            return
+        try:
+            written = Config.from_dict(yaml.safe_load(path.read_text()) or {}, where=str(path)).to_dict()
+        except (yaml.YAMLError, ImagefitError, UnicodeDecodeError) as e:
+            raise ImagefitError(f"{path} was edited and no longer reads as the run's config ({str(e)[:80]}); the run "
+                                f"continues with the config in its checkpoint: restore the file (or delete it) and "
+                                f"resume again") from None
+        saved = cfg.to_dict()
+        for section, fields in saved.items():
+            for name, value in fields.items():
+                if written[section][name] != value:
+                    raise ImagefitError(f"{path} was edited ({section}.{name}: {written[section][name]!r}, the run "
+                                        f"has {value!r}); a run resumes with the config it started with: restore the "
+                                        f"file (or delete it), or start a new run with the new value")
+
+    def _check_folder(self) -> None:
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise ImagefitError(f"cannot write in {out}: it is a file; choose a new folder for --out")
+        if self.opts.resume or not out.exists():
+            return
+        if (out / "checkpoints" / "last.pt").exists() or (out / "bundle.safetensors").exists():
+            raise ImagefitError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
+        others = sorted(p.name for p in out.iterdir() if p.name != RunLock.NAME)
+        if others:
+            raise ImagefitError(f"{out} is not empty and is not a run (it holds {', '.join(others[:3])}"
+                                f"{' …' if len(others) > 3 else ''}); a run needs a new or empty folder: choose "
+                                f"another --out")
+
+    def release(self) -> None:
+        """Let go of the run folder (the end of fit does; so does the process's end, however it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _setup(self, cfg: Config) -> None:
+        opts = self.opts
         checkpoint = None
         if opts.resume:
             checkpoint = load_checkpoint(self.out / "checkpoints" / "last.pt")
             cfg = Config.from_dict(json.loads(checkpoint["config"]), where=f"{self.out}/checkpoints/last.pt")
-        elif (self.out / "checkpoints" / "last.pt").exists() or (self.out / "bundle.safetensors").exists():
-            raise ImagefitError(f"{self.out} already holds a run; continue it with --resume {self.out}, "
-                                f"or choose another --out")
+            self._check_config_file(cfg)
+            if opts.data is not None:  # the folder moved: the fingerprint below says whether it is the same data
+                cfg.data.data = str(opts.data)
         self.cfg = cfg.validate()
         check_options(cfg.model)
         keep_freed_memory()  # a library caller gets the tool's speed too
@@ -132,6 +202,12 @@ class Trainer:
         seed_everything(t.seed, t.deterministic)
 
         self.data: Splits = load_splits(cfg.data, t.seed)
+        self.data_fingerprint = fingerprint(self.data)
+        if checkpoint is not None and checkpoint.get("data"):
+            change = describe_change(json.loads(checkpoint["data"]), self.data_fingerprint)
+            if change:
+                raise ImagefitError(f"{self.out} was trained on other data: {change}; resume on the data it started "
+                                    f"with (--data DIR, if that folder has moved), or start a new run")
         if t.early_stopping and self.data.val is None:
             raise ImagefitError("--early-stopping needs a validation split; set --val-fraction above 0")
         self.channels_last = t.channels_last != "no"
@@ -268,6 +344,7 @@ class Trainer:
     def _state(self) -> dict:
         return {
             "config": self.cfg.to_json(), "model": self.model.state_dict(),
+            "data": json.dumps(self.data_fingerprint),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict() if self.schedule else {},
             "scaler": self.scaler.state_dict() if self.scaler else {},
@@ -305,9 +382,17 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------------------
 
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            self.release()
+
+    def _fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
+        if self.opts.resume and self.finished:
+            return self._finished_already()
         self.out.mkdir(parents=True, exist_ok=True)
-        if not self.opts.resume and self.world.main:
+        if (not self.opts.resume or self.opts.data is not None) and self.world.main:  # new, or its data moved
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.tracker = start_run(self.tracking_uri, self.opts.experiment, self.opts.run_name or self.out.name,
                                  cfg.to_dict(), run_id=self.tracking_run_id, parent=self.opts.parent_run_id)
@@ -334,8 +419,11 @@ class Trainer:
                         self.tracker.end("KILLED")
                         self.log(f"stopped at epoch {self.epoch + 1}, step {self.step}; continue with "
                                  f"'imagefit train --resume {self.out}'")
-                        return {"stopped": "interrupted", "epoch": self.epoch, "step": self.step,
-                                "run_dir": str(self.out), "resume": f"imagefit train --resume {self.out}"}
+                        result = {"stopped": "interrupted", "epoch": self.epoch, "step": self.step,
+                                  "run_dir": str(self.out), "resume": f"imagefit train --resume {self.out}"}
+                        if stop.requested:  # a signal, not --stop-after-steps: the command exits 128 + it
+                            result["signal"] = signal.Signals(stop.signum).name
+                        return result
                     self._save_last()
         except BaseException:
             progress.close()
@@ -356,6 +444,10 @@ class Trainer:
         progress.start_epoch(self.epoch, self.cfg.train.epochs, len(self.train_loader), self.step)
         per_step = self.schedule is not None and not isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau)
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        # the first step whose loss was not finite, counted on the device (no host sync per step)
+        taken, first_bad = torch.zeros((), dtype=torch.long, device=self.device), torch.full(
+            (), -1, dtype=torch.long, device=self.device)
+        start_step = self.step
         clip = self.cfg.optim.grad_clip
         for step, x, y in self.train_loader.batches(self.epoch, self.step):
             with self.autocast():
@@ -379,6 +471,8 @@ class Trainer:
             if self.lookahead:
                 self.lookahead.step(model, self.global_step + 1)
             with torch.no_grad():  # summed on the device: no host sync per step
+                taken += 1
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), taken, first_bad)
                 sums[0] += loss.detach().double() * len(y)
                 sums[1] += (logits.argmax(1) == y).sum()
                 sums[2] += len(y)
@@ -391,12 +485,25 @@ class Trainer:
                 break
         self.sums += distributed.all_sum(sums, self.world).cpu()  # every rank's share of the global batches
         self.seconds += time.perf_counter() - t0
+        if not math.isfinite(self.sums[0]):  # NaN or inf on any rank reaches every rank's sum
+            progress.close()
+            self._non_finite(start_step + int(first_bad) - 1 if int(first_bad) > 0 else None)
         if self.step < len(self.train_loader):
             progress.close()
             return False
         if self.lookahead and self.epoch == self.cfg.train.epochs - 1:
             self.lookahead.finish(model)
         return True
+
+    def _non_finite(self, step: int | None) -> None:
+        """Stop a run whose loss became NaN or infinite, before its weights reach a checkpoint: the last one on disk
+        (the end of the previous epoch) stays the last good one."""
+        where = f"epoch {self.epoch + 1}" + (f", step {step + 1} of {len(self.train_loader)}" if step is not None else "")
+        kept = (f"the last good checkpoint (end of epoch {self.epoch}) is kept in {self.out / 'checkpoints' / 'last.pt'}"
+                if self.epoch else "no checkpoint was kept (the first epoch failed)")
+        raise ImagefitError(f"the training loss became non-finite at {where}: the learning rate is likely too high "
+                            f"for this model (peak {self.cfg.optim.lr:g}); lower --lr (and --muon-lr) or set "
+                            f"--grad-clip 1, and start a new run; {kept}")
 
     def _end_epoch(self, progress: Progress) -> bool:
         """Validate, log, keep the best weights; True when early stopping says stop."""
@@ -507,6 +614,19 @@ class Trainer:
             self.tracker.artifact(path)
         self.tracker.end("FINISHED")
         return {**metrics, "bundle": str(bundle), "run_dir": str(self.out), "mlflow_run_id": self.tracking_run_id}
+
+
+    def _finished_already(self) -> dict:
+        """--resume of a run that ended: say so, and give its result without training or writing anything."""
+        self.log(f"{self.out} finished already ({self.epoch} of {self.cfg.train.epochs} epochs); nothing to resume. "
+                 f"Its bundle: {self.out / 'bundle.safetensors'}")
+        try:
+            metrics = json.loads((self.out / "metrics.json").read_text())
+        except (OSError, ValueError):
+            metrics = {}
+        metrics = {k: v for k, v in metrics.items() if k not in ("history", "test")}
+        return {**metrics, "stopped": "finished already", "bundle": str(self.out / "bundle.safetensors"),
+                "run_dir": str(self.out), "mlflow_run_id": self.tracking_run_id}
 
 
 def train(cfg: Config, opts: RunOptions) -> dict:
