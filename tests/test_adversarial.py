@@ -519,3 +519,59 @@ def test_a_search_killed_mid_trial_retries_that_trial_on_restart(capsys, cifar_d
     assert retry.state == TrialState.COMPLETE and retry.params == trials[0].params
     result = json.loads(out.strip().splitlines()[-1])
     assert result["base_trial"] == retry.number  # the base config's trial is not lost with the killed one
+
+
+def test_an_unreachable_tracking_server_is_refused_within_seconds(capsys, cifar_dir, tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    msg = refused(capsys, tmp_path, "train", "--data", str(cifar_dir), *TINY[:-2], "--tracking-uri",
+                  f"http://127.0.0.1:{port}", "--out", str(tmp_path / "run"))
+    assert f"cannot open the MLflow store at http://127.0.0.1:{port}" in msg and time.perf_counter() - t0 < 30
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["find-lr", "--model", "resnet", "--blocks", "1", "--widths", "8", "--steps", "5"],
+    ["features", "--model", "resnet", "--blocks", "1", "--widths", "8", "--init-from", "nowhere"],
+    ["generate", "train", "--preset", "tiny", "--steps", "2"],
+    ["search", "--space", "s.yaml"],
+])
+def test_every_command_that_writes_refuses_an_out_inside_a_file_first(capsys, cifar_dir, tmp_path, argv):
+    (tmp_path / "f").write_text("a file")
+    msg = refused(capsys, tmp_path, *argv, "--data", str(cifar_dir), "--out", str(tmp_path / "f" / "out"))
+    assert f"{tmp_path / 'f'} is a file" in msg
+
+
+def test_an_epoch_redone_after_a_kill_logs_its_metrics_once(cifar_dir, tmp_path):
+    import mlflow
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(cifar_dir), *TINY[:-2], "--tracking-uri", uri, "--epochs", "2", "--out",
+                 str(run), "--stop-after-steps", "6"]) == 0  # epoch 1 done and checkpointed
+    run_id = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["tracking_run_id"]
+    client = mlflow.tracking.MlflowClient(uri)
+    client.log_metric(run_id, "train_loss", 1.0, step=2)  # as if epoch 2 had logged, then been killed
+    assert main(["train", "--resume", str(run)]) == 0
+    steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+    assert sorted(steps) == [1, 2]  # the redone epoch 2 is not logged a second time
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_sigterm_in_the_final_evaluation_is_finished_by_resume(capsys, cifar_dir, tmp_path, monkeypatch):
+    import signal
+
+    from imagefit.training.train import Trainer
+    real = Trainer._finish
+
+    def terminated_while_evaluating(self, stopped):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)
+        return real(self, stopped)
+    monkeypatch.setattr(Trainer, "_finish", terminated_while_evaluating)
+    assert main(["train", "--data", str(cifar_dir), *TINY, "--out", str(tmp_path / "run")]) == 143
+    assert "stopped by SIGTERM" in capsys.readouterr().err and not (tmp_path / "run" / "bundle.safetensors").exists()
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(tmp_path / "run"), "--json"]) == 0  # evaluates and bundles, no retraining
+    assert (tmp_path / "run" / "bundle.safetensors").exists()

@@ -131,3 +131,21 @@ def test_the_pixel_guard_refuses_before_decoding():
         load_image(blob, 32, max_pixels=50_000)
     assert e.value.pixels == 60_000
     assert load_image(blob, 32, max_pixels=60_000).shape == (32, 32, 3)
+
+
+def test_large_jpegs_decode_at_a_reduced_scale_close_to_the_full_decode(tmp_path):
+    """libjpeg's DCT scaling (PIL draft): a 1,600×1,200 photo for a 32-px model decodes at 1/8 scale; the resized
+    result stays within a few levels of resizing the full decode."""
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    photo = np.stack([(xx / 1600 * 255), (yy / 1200 * 255), ((xx + yy) % 256)], -1).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "big.jpg", quality=92)
+    with Image.open(tmp_path / "big.jpg") as im:
+        im.draft(None, (32, 32))
+        assert im.size == (200, 150)  # what load_image decodes
+    fast = load_image(str(tmp_path / "big.jpg"), 32)
+    with Image.open(tmp_path / "big.jpg") as im:
+        full = load_image(im.convert("RGB"), 32)  # a PIL image: decoded at full size first
+    assert fast.shape == full.shape == (32, 32, 3)
+    assert np.abs(fast.astype(int) - full.astype(int)).mean() < 4
+    with pytest.raises(ImageTooLarge):  # the guard reads the declared size, before any scaling
+        load_image(str(tmp_path / "big.jpg"), 32, max_pixels=1_000_000)

@@ -118,6 +118,8 @@ def find_lr(recipe: str | None = None, *, out: str | Path | None = None, start_l
     if options.get("lr") == "auto":
         raise ImagefitError("find-lr sweeps the rate itself; drop --lr auto")
     cfg = make_config(recipe, **options)
+    from .tracking import check_store
+    check_store(tracking_uri, experiment)  # a remote store that cannot be opened: refused before the range test
     if cfg.optim.optimizer == "muon":
         raise ImagefitError("find-lr sweeps one rate, and --optimizer muon has two (--lr, --muon-lr); "
                             "use --optimizer sgd or adamw")

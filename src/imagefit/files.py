@@ -64,8 +64,10 @@ def atomic_path(target: str | Path):
         except (OSError, RuntimeError) as e:
             if not _disk_full(e):
                 raise
-            raise ImagefitError(f"no space left on the device to write {target}; free some space and run the "
-                                f"command again (the previous {target.name}, if any, is intact)") from None
+            written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+            raise ImagefitError(f"no space left on the device to write {target} (it ran out {written / 1e6:.1f} MB "
+                                f"into the file; the previous {target.name}, if any, is intact); free more space than "
+                                f"that and run the command again") from None
         _fsync_folder(target.parent)
     finally:
         if os.path.exists(tmp):
@@ -94,6 +96,22 @@ def atomic_write_text(target: str | Path, text: str) -> None:
 def atomic_torch_save(obj, target: str | Path) -> None:
     with atomic_path(target) as tmp:
         torch.save(obj, tmp)
+
+
+def check_writable(folder: str | Path, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that cannot be made or written: an existing file, a path through a
+    file, a read-only place."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ImagefitError(f"cannot write in {folder}: it is a file; choose a new folder for {flag}")
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ImagefitError(f"cannot write in {folder}: {parent} is a file; choose another {flag}")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ImagefitError(f"cannot write in {folder}: {parent} is read-only; choose another {flag}")
+            break
+    return folder
 
 
 def remove_stale_temporaries(*folders: Path) -> list[Path]:

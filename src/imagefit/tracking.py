@@ -58,6 +58,12 @@ class MLflowTracker(Tracker):
     a finished run) never get mixed up, and every caller tracks the same way."""
 
     def __init__(self, uri: str, experiment: str):
+        if uri.startswith(("http://", "https://")):
+            # MLflow retries a server that does not answer 7 times with backoff, 120 s each: over 200 s of silence
+            # for a mistyped --tracking-uri. Say so within seconds instead (a user's own settings win).
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         import mlflow
         from mlflow.tracking import MlflowClient
         self.mlflow = mlflow
@@ -93,7 +99,7 @@ class MLflowTracker(Tracker):
         """A new run named `name` with `params` (nested under `parent` in `mlflow ui`), or with `run_id` the
         existing run continued."""
         if run_id:
-            self.run_id = run_id
+            self.run_id, self.logged = run_id, {}  # a continued run: steps it already has are not logged again
             self.client.update_run(run_id, status="RUNNING")
             return self
         from mlflow.entities import Param
@@ -109,8 +115,17 @@ class MLflowTracker(Tracker):
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         clean = [Metric(k, float(v), now, step) for k, v in values.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and not self._logged(k, step)]
         self.client.log_batch(self.run_id, metrics=clean)
+
+    def _logged(self, key: str, step: int) -> bool:
+        """Whether a continued run has this metric at this step already: an epoch redone after a kill between its
+        metrics and its checkpoint logs the same (bitwise) figures, which are kept once."""
+        if getattr(self, "logged", None) is None:
+            return False
+        if key not in self.logged:
+            self.logged[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        return step in self.logged[key]
 
     def artifact(self, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
@@ -133,6 +148,14 @@ def make_tracker(uri: str | None, experiment: str = "imagefit") -> Tracker:
     if tracking_off(uri):
         return Tracker()
     return MLflowTracker(uri or default_uri(), experiment)
+
+
+def check_store(uri: str | None, experiment: str = "imagefit") -> None:
+    """Open a remote store now, so that a wrong --tracking-uri is refused in seconds, before the command's work (a
+    local SQLite store cannot hang, and is only created when a run is recorded)."""
+    if tracking_off(uri) or uri is None or uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        return
+    make_tracker(uri, experiment)
 
 
 def start_run(uri: str | None, experiment: str, name: str, params: dict, *, run_id: str | None = None,

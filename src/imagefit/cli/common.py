@@ -80,7 +80,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def out_dir(args, name: str, empty: bool = False) -> Path:
     """--out, else runs/NAME-TIMESTAMP; with `empty`, refuse a folder that already holds something."""
     from ..api import default_out
-    out = Path(args.out) if args.out else default_out(name)
+    from ..files import check_writable
+    out = check_writable(Path(args.out) if args.out else default_out(name))
     if empty and out.exists() and any(out.iterdir()):
         raise ImagefitError(f"{out} is not empty; choose another --out")
     return out

@@ -31,7 +31,8 @@ def run(args) -> dict:
     from .. import plots
     from ..evaluation.evaluate import evaluate_bundles
     from ..runtime import resolve_device
-    from ..tracking import record
+    from ..tracking import check_store, record
+    check_store(args.tracking_uri, args.experiment)  # a remote store that cannot be opened: refused before the work
     m, first = evaluate_bundles(args.bundle, data=args.data, split=args.split, batch_size=args.batch_size,
                                 tta=args.tta, tta_average=args.tta_average, vote=args.vote,
                                 device=resolve_device(args.device))

@@ -92,8 +92,12 @@ def _classes(args) -> list[str]:
 
 
 def run(args) -> dict:
+    from ..files import check_writable
     from ..generative import generate
-    from ..tracking import record
+    if getattr(args, "out", None):
+        check_writable(args.out)
+    from ..tracking import check_store, record
+    check_store(args.tracking_uri, args.experiment)  # a remote store that cannot be opened: refused before the work
     r = STEPS[args.generate_command](args)
     out = Path(r.get("out") or args.model or args.synthetic)
     scalars = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -34,6 +34,8 @@ def add_arguments(sub) -> None:
 
 def run(args) -> dict:
     from ..experiments import search
+    from ..files import check_writable
+    check_writable(args.out)
     storage = args.storage or f"sqlite:///{(Path(args.out) / 'optuna.db').resolve()}"
     if args.report:
         r = search.report(storage, args.study, args.out)

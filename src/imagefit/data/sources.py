@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from ..config import DataConfig
 from ..errors import ImagefitError
 from ..files import atomic_torch_save, atomic_write_text
-from ..preprocessing import IMAGE_EXTENSIONS, load_image
+from ..preprocessing import DECODER, IMAGE_EXTENSIONS, load_image
 from ..seeds import Stream, choice_generator
 
 CIFAR_DIR = "cifar-10-batches-py"
@@ -279,7 +279,7 @@ def _files_fingerprint(paths: list[str]) -> list:
 def _imagefolder_set(folder: Path, classes, cfg: DataConfig, stream: bool) -> tuple[ImageSet | FileSet, str]:
     """The split in `folder` and a key that changes whenever any file or the preprocessing does."""
     paths, labels, classes = _scan_tree(folder, classes)
-    key = _fingerprint(_files_fingerprint(paths), cfg.size, cfg.resize, cfg.skip_bad_images)
+    key = _fingerprint(_files_fingerprint(paths), cfg.size, cfg.resize, cfg.skip_bad_images, DECODER)
     if stream:
         keep = _readable(paths, key, cfg)
         return FileSet([paths[i] for i in keep], torch.tensor(labels)[keep], classes, str(folder), cfg.size,

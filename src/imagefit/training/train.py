@@ -48,7 +48,7 @@ from ..preprocessing import Normalize, Preprocessing, adjust_logits
 from .progress import Progress
 from ..runtime import autocast_for, resolve_device, set_threads
 from ..seeds import flip_seed, seed_everything
-from ..tracking import default_uri, start_run
+from ..tracking import check_store, default_uri, start_run
 
 
 @dataclass
@@ -201,6 +201,8 @@ class Trainer:
             self.device = torch.device("cuda", self.world.local_rank)
         seed_everything(t.seed, t.deterministic)
 
+        if self.world.main:  # a remote store is opened before the data is read: a wrong URI is refused in seconds
+            check_store(opts.tracking_uri or (checkpoint or {}).get("tracking_uri"), opts.experiment)
         self.data: Splits = load_splits(cfg.data, t.seed)
         self.data_fingerprint = fingerprint(self.data)
         if checkpoint is not None and checkpoint.get("data"):
@@ -389,14 +391,16 @@ class Trainer:
 
     def _fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
-        if self.opts.resume and self.finished:
-            return self._finished_already()
+        if self.opts.resume and self.finished and (self.out / "bundle.safetensors").exists():
+            return self._finished_already()  # (without its bundle, it was stopped in its final evaluation: redo that)
         self.out.mkdir(parents=True, exist_ok=True)
         if (not self.opts.resume or self.opts.data is not None) and self.world.main:  # new, or its data moved
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.tracker = start_run(self.tracking_uri, self.opts.experiment, self.opts.run_name or self.out.name,
                                  cfg.to_dict(), run_id=self.tracking_run_id, parent=self.opts.parent_run_id)
         self.tracking_run_id = self.tracker.run_id
+        if self.opts.resume and self.tracking_run_id:
+            self.log(f"continuing MLflow run {self.tracking_run_id} (it stayed RUNNING while the run was stopped)")
         if self.lr_finder:
             atomic_write_text(self.out / "lr_finder.json", json.dumps(self.lr_finder.to_dict(), indent=1))
             self.tracker.artifact(plots.lr_finder(self.lr_finder, self.out / "lr_finder.png"))
