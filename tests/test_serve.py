@@ -134,6 +134,41 @@ class SlowPredictor:
         return torch.full((len(images), 2), 0.5)
 
 
+def test_one_bad_file_does_not_fail_the_others(served):
+    """Each file gets its predictions or its own error; 4xx only when no file can be used. Names are base names."""
+    url = served["url"]
+    files = [("files", ("../../etc/ok.png", png(0), "image/png")), ("files", ("broken.png", png()[:60], "image/png")),
+             ("files", ("y" * 300 + ".png", b"", "image/png")), ("files", ("two.png", png(1), "image/png"))]
+    r = httpx.post(url + "/predict?top_k=2", files=files)
+    assert r.status_code == 200, r.text
+    p = r.json()["predictions"]
+    assert [q["file"] for q in p][:2] == ["ok.png", "broken.png"] and len(p[2]["file"]) <= 120
+    assert len(p[0]["top"]) == 2 and len(p[3]["top"]) == 2
+    assert p[1]["status"] == 400 and "corrupt or truncated" in p[1]["error"]
+    assert p[2]["status"] == 400 and "is empty" in p[2]["error"]
+    alone = httpx.post(url + "/predict?top_k=2", files=[files[0]]).json()["predictions"][0]
+    assert alone["top"] == p[0]["top"]  # a bad neighbour changes no answer
+    nothing = httpx.post(url + "/predict", files=files[1:3])
+    assert nothing.status_code == 400 and nothing.json()["status"] == 400
+    long_name = httpx.post(url + "/predict", files=[("files", ("x" * 10_000 + ".png", png(0), "image/png"))])
+    assert long_name.status_code in (200, 400) and long_name.json().get("status", 200) in (200, 400)
+    assert httpx.get(url + "/health").status_code == 200
+
+
+def test_docs_load_from_the_package_and_every_endpoint_has_a_schema(served):
+    url = served["url"]
+    docs = httpx.get(url + "/docs").text + httpx.get(url + "/redoc").text
+    assert "cdn" not in docs.lower() and "https://" not in docs  # nothing fetched from the network
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+        assert asset in docs
+        r = httpx.get(url + "/static-offline-docs/" + asset)
+        assert r.status_code == 200 and len(r.content) > 100_000, asset
+    paths = httpx.get(url + "/openapi.json").json()["paths"]
+    for path, method in (("/predict", "post"), ("/health", "get"), ("/model", "get")):
+        schema = paths[path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert schema != {} and "$ref" in schema, (path, schema)
+
+
 def test_micro_batching_merges_concurrent_requests_and_bounds_the_queue():
     from imagefit.deploy.serve import MicroBatcher, Overloaded, ServeOptions
 
@@ -169,17 +204,24 @@ def test_page_in_a_headless_browser(served):
         pytest.skip("no Chromium installed (apt-get install chromium); CI runs this")
     from playwright.sync_api import sync_playwright
     Path("cat.png").write_bytes(png(3))
+    Path("dog.png").write_bytes(png(5))
+    Path("broken.png").write_bytes(png()[:60])
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         chrome = pw.chromium.launch(executable_path=browser, args=["--no-sandbox", "--disable-gpu"])
         page = chrome.new_page()
         page.goto(served["url"] + "/")
         page.wait_for_function("document.getElementById('meta').textContent.includes('classes')")
-        page.set_input_files("#files", "cat.png")
+        page.set_input_files("#files", ["cat.png", "broken.png", "dog.png"])  # two good images and a corrupt one
         page.wait_for_selector(".result .top-class", timeout=30_000)
         top = page.text_content(".result .top-class")
-        assert top in CLASSES and page.locator(".result .row").count() == 5
+        assert top in CLASSES and page.locator(".result .row").count() == 2 * 5
+        assert page.locator(".result .error").count() == 1 and "corrupt" in page.text_content(".result .error")
         page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
+        page.goto(served["url"] + "/docs")  # Swagger UI from the package: it renders with no network
+        page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+        assert "/predict" in page.text_content("body")
+        page.screenshot(path=str(ARTIFACTS / "serve-docs.png"))
         chrome.close()
     expected = httpx.post(served["url"] + "/predict", files=[("files", ("cat.png", png(3), "image/png"))])
     assert expected.json()["predictions"][0]["top"][0]["class"] == top

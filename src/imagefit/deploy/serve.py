@@ -26,9 +26,10 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 import torch
-from fastapi import FastAPI, HTTPException, Query, Request  # FastAPI reads the handlers' annotations by name
+from fastapi import HTTPException, Query, Request  # FastAPI reads the handlers' annotations by name
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -269,6 +270,60 @@ def _decode(data: bytes, name: str, preprocessing: dict, max_pixels: int, inline
     return image
 
 
+def _file_name(name: str | None, i: int) -> str:
+    """The name a result is reported under: the upload's base name (no folders, no control characters), at most 120
+    characters; 'file N' when it has none."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in base if c.isprintable())
+    if not base:
+        return f"file {i + 1}"
+    return base if len(base) <= 120 else base[:80] + "…" + base[-39:]
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what is wrong, and what to do")
+    status: int
+
+
+class TopClass(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    class_: str = Field(alias="class", description="class name")
+    probability: float = Field(ge=0, le=1)
+
+
+class FileResult(BaseModel):
+    file: str = Field(description="the upload's base name")
+    top: list[TopClass] | None = Field(None, description="the most probable classes, best first")
+    error: str | None = Field(None, description="why this file could not be used (the others still were)")
+    status: int | None = Field(None, description="the HTTP status this file alone would have had")
+
+
+class Predictions(BaseModel):
+    predictions: list[FileResult]
+    backend: str
+
+
+class Health(BaseModel):
+    status: str
+    queued_images: int
+    backend: str
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    classes: list[str]
+    preprocessing: dict
+    tta: str
+    tta_average: str
+    backend: str
+    identity: dict
+    metrics: dict
+    serving: dict
+    uptime_s: float
+    batches: int
+    images: int
+
+
 PREDICT_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["files"],
     "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
@@ -288,8 +343,12 @@ def create_app(predictor, opts: ServeOptions | None = None):
         yield
         await batcher.stop()
 
-    app = FastAPI(title="imagefit", version="1", lifespan=lifespan,
-                  description=f"{predictor.identity.get('model', 'model')} over {len(predictor.classes)} classes")
+    # FastAPIOffline: FastAPI whose /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN
+    # (the page was blank on an offline machine).
+    from fastapi_offline import FastAPIOffline
+    app = FastAPIOffline(title="imagefit", version="1", lifespan=lifespan,
+                         description=f"{predictor.identity.get('model', 'model')} over {len(predictor.classes)} "
+                                     f"classes")
 
     def error(status: int, message: str):
         return JSONResponse({"error": message, "status": status}, status_code=status)
@@ -315,19 +374,23 @@ def create_app(predictor, opts: ServeOptions | None = None):
     async def index():
         return page
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     async def health():
         return {"status": "ok", "queued_images": batcher.pending, "backend": predictor.backend}
 
-    @app.get("/model")
+    @app.get("/model", response_model=ModelInfo)
     async def model():
         return {**predictor.describe(), "serving": {**opts.__dict__, "tta": opts.tta or predictor.tta},
                 "uptime_s": round(time.time() - started, 1), "batches": batcher.batches, "images": batcher.images}
 
     @app.post("/predict", openapi_extra={"requestBody": PREDICT_BODY},
-              responses={400: {"description": "empty, corrupt or malformed upload"},
-                         413: {"description": "too large: body, image or file count"},
-                         415: {"description": "not multipart, or a file that is not an image"},
+              responses={200: {"model": Predictions, "description": "a result per file: its top classes, or "
+                                                                    "what was wrong with it"},
+                         400: {"model": ErrorBody, "description": "empty, corrupt or malformed upload"},
+                         413: {"model": ErrorBody, "description": "too large: body, image or file count"},
+                         415: {"model": ErrorBody, "description": "not multipart, or a file that is not an image"},
+                         408: {"model": ErrorBody, "description": "the request did not arrive in time"},
+                         422: {"model": ErrorBody, "description": "a query parameter out of range"},
                          503: {"description": "overloaded: try again shortly"}})
     async def predict(request: Request, top_k: int = Query(3, ge=1, le=1000, description="classes per image")):
         kind = request.headers.get("content-type", "")
@@ -337,13 +400,15 @@ def create_app(predictor, opts: ServeOptions | None = None):
         try:
             form = await request.form(max_files=opts.max_files, max_fields=opts.max_files)
         except StarletteHTTPException as e:  # malformed multipart, or over max_files (Starlette says which)
-            status = 413 if "Too many" in str(e.detail) else 400
-            raise HTTPException(status, f"{e.detail} (at most {opts.max_files} files per request)") from None
+            if "Too many" in str(e.detail):
+                raise HTTPException(413, f"{e.detail} (at most {opts.max_files} files per request)") from None
+            raise HTTPException(400, f"{e.detail} (a malformed multipart body, or a part header such as a file name "
+                                     f"too long to read); send the files again with short names") from None
         try:
             uploads = [f for f in form.getlist("files") if hasattr(f, "read")]
             if not uploads:
                 raise HTTPException(400, "no images: send one or more files in the multipart field 'files'")
-            names = [f.filename or f"file {i + 1}" for i, f in enumerate(uploads)]
+            names = [_file_name(f.filename, i) for i, f in enumerate(uploads)]
             blobs = [await f.read() for f in uploads]
         finally:
             await form.close()
@@ -363,18 +428,22 @@ def create_app(predictor, opts: ServeOptions | None = None):
                 await budget.give(taken)
             for i, d in zip(large, later):
                 decoded[i] = d
-        for d in decoded:
-            if isinstance(d, tuple):
-                raise HTTPException(*d)
+        # One bad file does not fail the others: each gets its predictions or its own error; the request fails
+        # (with the first file's error) only when no file in it can be used.
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, tuple)]
+        if not good:
+            raise HTTPException(*decoded[0])
         try:
-            probs = await batcher.submit(torch.stack(decoded))
+            probs = await batcher.submit(torch.stack([decoded[i] for i in good]))
         except Overloaded:
-            raise HTTPException(503, f"the server is busy ({batcher.pending} images queued); retry shortly") \
-                from None
-        tops = top_classes(probs, predictor.classes, top_k)
+            raise HTTPException(503, f"the server is busy ({batcher.pending} images queued); retry shortly",
+                                headers={"Retry-After": "1"}) from None
+        tops = dict(zip(good, top_classes(probs, predictor.classes, top_k)))
         # A JSONResponse of plain Python values: FastAPI's own encoding of a returned dict walks it again (~4% of a
         # batch-1 request's CPU in the app).
-        return JSONResponse({"predictions": [{"file": n, "top": top} for n, top in zip(names, tops)],
+        return JSONResponse({"predictions": [{"file": n, "top": tops[i]} if i in tops else
+                                             {"file": n, "error": decoded[i][1], "status": decoded[i][0]}
+                                             for i, n in enumerate(names)],
                              "backend": predictor.backend})
 
     app.add_middleware(BodyLimit, limit=opts.max_upload_bytes, timeout=opts.request_timeout_s)
