@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import os
 import struct
 import subprocess
@@ -225,3 +226,29 @@ def test_page_in_a_headless_browser(served):
         chrome.close()
     expected = httpx.post(served["url"] + "/predict", files=[("files", ("cat.png", png(3), "image/png"))])
     assert expected.json()["predictions"][0]["top"][0]["class"] == top
+
+
+def test_serve_json_names_its_address_and_logs_each_request(served):
+    """`serve --port 0 --json` picks a free port and says which, as JSON, once it accepts connections; at --log-level
+    info every request is one line on stderr."""
+    env = {**os.environ, "IMAGEFIT_CACHE": str(served["root"] / "cache"), "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "imagefit", "serve", "--bundle", str(served["root"] / "run"),
+                               "--port", "0", "--json", "--log-level", "info", "--threads", "1"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        address = json.loads(server.stdout.readline())
+        assert address["docs"] == address["url"] + "/docs" and address["pid"] == server.pid
+        for _ in range(100):
+            try:
+                if httpx.get(address["url"] + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        r = httpx.post(address["url"] + "/predict", files=[("files", ("a.png", png(0), "image/png")),
+                                                           ("files", ("b.png", png(1), "image/png"))])
+        assert r.status_code == 200
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert any(line.startswith("POST /predict 200 ") and line.endswith(" ms 2 images") for line in err.splitlines()), err
+    assert any(line.startswith("GET /health 200 ") for line in err.splitlines())

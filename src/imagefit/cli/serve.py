@@ -11,7 +11,7 @@ def add_arguments(sub) -> None:
     p = sub.add_parser("serve", help="a web app and JSON API for a bundle (FastAPI under uvicorn)")
     p.add_argument("--bundle", required=True, help="run folder, bundle.safetensors or an exported .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="default: 8000")
+    p.add_argument("--port", type=int, default=8000, help="default: 8000; 0: any free port (--json says which)")
     p.add_argument("--backend", choices=("auto", "onnx", "pytorch"), default="auto", help="default: auto")
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the bundle's)")
     p.add_argument("--max-batch", type=int, default=32, help="largest micro-batch of queued images (default: 32)")
@@ -30,7 +30,10 @@ def add_arguments(sub) -> None:
                    "over all requests; more wait, then get 503 (default: 64000000)")
     p.add_argument("--max-requests", type=int, default=64, help="requests handled at once (/health aside); beyond "
                    "it JSON 503 with Retry-After (default: 64)")
-    p.set_defaults(json=False)
+    p.add_argument("--log-level", choices=("warning", "info", "debug"), default="warning",
+                   help="info: a line per request (method, path, status, ms, images) on stderr (default: warning)")
+    p.add_argument("--json", action="store_true", help="print the address as one JSON object once listening (url, "
+                                                       "page, docs, pid); then serve")
 
 
 def run(args) -> dict:
@@ -39,5 +42,7 @@ def run(args) -> dict:
                         max_files=args.max_files, max_upload_bytes=int(args.max_upload_mb * 1e6),
                         max_pixels=args.max_pixels, tta=args.tta, request_timeout_s=args.request_timeout,
                         max_requests=args.max_requests, decode_pixels=args.decode_pixels)
-    run_server(args.bundle, args.host, args.port, opts, backend=args.backend, threads=args.threads)
+    run_server(args.bundle, args.host, args.port, opts, backend=args.backend, threads=args.threads,
+               log_level=args.log_level, as_json=args.json)
+    args.json = False  # the address was the JSON line; nothing more when the server stops
     return {}

@@ -19,6 +19,8 @@ arrive, whether or not the client sent Content-Length), images by their declared
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -409,6 +411,7 @@ def create_app(predictor, opts: ServeOptions | None = None):
             if not uploads:
                 raise HTTPException(400, "no images: send one or more files in the multipart field 'files'")
             names = [_file_name(f.filename, i) for i, f in enumerate(uploads)]
+            request.state.images = len(names)
             blobs = [await f.read() for f in uploads]
         finally:
             await form.close()
@@ -517,19 +520,59 @@ def bind(host: str, port: int):
 
 
 def run_server(bundle: str, host: str, port: int, opts: ServeOptions, backend: str = "auto",
-               threads: int = 0) -> None:
+               threads: int = 0, log_level: str = "warning", as_json: bool = False) -> None:
+    """Serve `bundle` until stopped. The socket is bound and listening before the model loads, so the address printed
+    (one line; with `as_json`, one JSON object: url, page, docs, pid) already accepts connections; port 0 takes a
+    free one."""
+    import json
     import uvicorn
 
     from .inference import load_predictor
-    if not 0 < port < 65536:
-        raise ImagefitError(f"--port must be between 1 and 65535 (got {port})")
+    if not 0 <= port < 65536:
+        raise ImagefitError(f"--port must be between 0 (any free port) and 65535 (got {port})")
+    if log_level not in ("warning", "info", "debug"):
+        raise ImagefitError(f"--log-level must be warning, info or debug (got {log_level!r})")
     opts.check()
     sock = bind(host, port)
+    sock.listen(2048)
+    port = sock.getsockname()[1]
     predictor = load_predictor(bundle, backend, threads, spin=False)
     app = create_app(predictor, opts)
-    print(f"serving {predictor.identity.get('bundle', bundle)} ({predictor.backend}, {len(predictor.classes)} "
-          f"classes) on http://{host}:{port}", flush=True)
+    if log_level != "warning":
+        app.add_middleware(RequestLog)
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    if as_json:
+        print(json.dumps({"url": base, "page": base + "/", "docs": base + "/docs", "pid": os.getpid(),
+                          "bundle": predictor.identity.get("bundle", str(bundle)), "backend": predictor.backend}),
+              flush=True)
+    else:
+        print(f"serving {predictor.identity.get('bundle', bundle)} ({predictor.backend}, {len(predictor.classes)} "
+              f"classes) on {base}: the page at {base}/, the API's docs at {base}/docs", flush=True)
     # No uvicorn limit_concurrency: it counts idle connections as well and answers in plain text; Admission bounds the
     # requests in the app instead, and the timed protocol closes connections that never send a whole request.
     config = uvicorn.Config(app, log_level="warning", http=_timed_protocol(opts.request_timeout_s))
     uvicorn.Server(config).run(sockets=[sock])
+
+
+class RequestLog:
+    """ASGI middleware for `--log-level info`: one line per request on standard error: method, path, status,
+    milliseconds, and the images of a /predict."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [0]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            images = scope.get("state", {}).get("images")
+            print(f"{scope['method']} {scope['path']} {status[0]} {1000 * (time.perf_counter() - start):.1f} ms"
+                  + (f" {images} images" if images is not None else ""), file=sys.stderr, flush=True)
