@@ -218,7 +218,26 @@ def test_page_in_a_headless_browser(served):
         top = page.text_content(".result .top-class")
         assert top in CLASSES and page.locator(".result .row").count() == 2 * 5
         assert page.locator(".result .error").count() == 1 and "corrupt" in page.text_content(".result .error")
+        assert page.locator(".result .track").count() == 10 and page.locator(".result .pct").count() == 10
+        assert "2 classified, 1 could not be used" in page.text_content("#status")
+        meta = page.text_content("#meta")
+        assert "test accuracy" in meta and "%" in meta and "airplane" in meta  # the model, its classes, accuracy
+        # a pasted image (Ctrl+V) is classified too, and shows first; earlier results stay
+        page.evaluate("""async () => {
+            const canvas = document.createElement('canvas'); canvas.width = canvas.height = 32;
+            canvas.getContext('2d').fillRect(0, 0, 16, 16);
+            const blob = await new Promise(r => canvas.toBlob(r, 'image/png'));
+            const dt = new DataTransfer(); dt.items.add(new File([blob], 'pasted.png', {type: 'image/png'}));
+            document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt}));
+        }""")
+        page.wait_for_function("document.querySelectorAll('.result').length === 4")
+        assert page.locator(".result .file").first.text_content() == "pasted.png"
+        assert page.get_attribute("#files", "aria-label") and page.get_attribute("#drop", "tabindex") == "0"
+        page.keyboard.press("Tab")  # the drop zone takes keyboard focus first
+        assert page.evaluate("document.activeElement.id") in ("drop", "files")
         page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
+        page.click("#clear")
+        assert page.locator(".result").count() == 0
         page.goto(served["url"] + "/docs")  # Swagger UI from the package: it renders with no network
         page.wait_for_selector(".opblock-summary-path", timeout=30_000)
         assert "/predict" in page.text_content("body")
