@@ -68,3 +68,36 @@ def test_the_graph_takes_pixels_and_holds_the_contract(served):
     assert (got - want).abs().max() < 1e-4
     meta = json.loads(session.get_modelmeta().custom_metadata_map["imagefit"])
     assert meta["preprocessing"] == bundle.preprocessing.to_dict() and meta["input"]["range"] == [0, 255]
+
+
+def test_mlflow_pyfunc_model_answers_what_predict_answers(capsys, served, tmp_path):
+    import base64
+
+    import mlflow.pyfunc
+    import pandas as pd
+    from PIL import Image
+
+    from .conftest import class_images
+    root = served["root"]
+    r = run(capsys, "export", "--bundle", str(root / "run"), "--format", "mlflow", "--out", str(tmp_path / "m"),
+            "--data", str(served["data"]), "--parity-images", "8")
+    assert r["format"] == "mlflow" and r["parity_max_abs_diff"] <= 1e-4 and (tmp_path / "m" / "MLmodel").exists()
+    x, _ = class_images(1, 3, seed=7)
+    files = []
+    for i, img in enumerate(x):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(img).save(files[-1])
+    expected = run(capsys, "predict", "--bundle", str(root / "run"), "--backend", "pytorch", "--top-k", "3", *files)
+    model = mlflow.pyfunc.load_model(str(tmp_path / "m"))
+    raw = [open(f, "rb").read() for f in files]
+    for column in (raw, [base64.b64encode(b).decode() for b in raw], files):  # bytes, base64 (JSON serving), paths
+        got = model.predict(pd.DataFrame({"image": column}))
+        for row, want in zip(got.to_dict("records"), expected["predictions"]):
+            assert [row[f"class{j}"] for j in (1, 2, 3)] == [t["class"] for t in want["top"]]
+            assert [row[f"probability{j}"] for j in (1, 2, 3)] == pytest.approx(
+                [t["probability"] for t in want["top"]], abs=1e-6)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    assert "is a folder that is not an imagefit MLflow export" in fails(
+        capsys, "export", "--bundle", str(root / "run"), "--format", "mlflow", "--out", str(tmp_path / "mine"))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "the user's"

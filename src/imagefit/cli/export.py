@@ -10,7 +10,9 @@ NAME = "export"
 def add_arguments(sub) -> None:
     p = sub.add_parser("export", help="export a bundle to ONNX or TorchScript (checked for parity on real images)")
     p.add_argument("--bundle", required=True, help="run folder or bundle.safetensors")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
+    p.add_argument("--format", choices=("onnx", "torchscript", "mlflow"), default="onnx",
+                   help="onnx, torchscript, or mlflow (a pyfunc model folder for mlflow models serve and the model "
+                        "registry; default: onnx)")
     p.add_argument("--out", help="output file (default: model.onnx / model.torchscript.pt beside the bundle, where "
                                  "predict and serve find it)")
     p.add_argument("--data", help="data folder for the parity images (default: the bundle's)")
@@ -25,6 +27,6 @@ def run(args) -> dict:
     from ..deploy.export import export
     r = export(args.bundle, args.format, args.out, args.data, args.parity_images, force=args.force)
     if not args.json:
-        print(f"{r['export']} ({r['bytes'] / 1e6:.1f} MB); parity on {r['parity_images']} real images: max |logit "
-              f"difference| {r['parity_max_abs_diff']:.1e}")
+        print(f"{r['export']} ({r['bytes'] / 1e6:.1f} MB); parity on {r['parity_images']} real images: max |"
+              f"difference| from the bundle {r['parity_max_abs_diff']:.1e}")
     return r

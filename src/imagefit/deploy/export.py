@@ -25,7 +25,7 @@ from ..errors import ImagefitError
 from ..files import atomic_path
 from .inference import ONNX_NAME, TorchPredictor
 
-FORMATS = {"onnx": ONNX_NAME, "torchscript": "model.torchscript.pt"}
+FORMATS = {"onnx": ONNX_NAME, "torchscript": "model.torchscript.pt", "mlflow": "mlflow-model"}
 TOLERANCE = 1e-4
 
 
@@ -91,7 +91,12 @@ def _is_export(path: Path) -> bool:
         return False
 
 
-def check_target(out: Path, bundle: Path, force: bool) -> None:
+def _is_mlflow_export(path: Path) -> bool:
+    return (path / "MLmodel").is_file() and "ImagefitPyfunc" in (path / "MLmodel").read_text(errors="replace") + \
+        "".join(p.name for p in path.rglob("*.pkl"))
+
+
+def check_target(out: Path, bundle: Path, force: bool, fmt: str = "onnx") -> None:
     """Refuse an --out that would replace what a user has: never a bundle or a checkpoint, and no other existing
     file unless it is an earlier export (or --force says so)."""
     own = out.name in ("bundle.safetensors", "last.pt", "best.safetensors") or out.suffix == ".safetensors" \
@@ -100,9 +105,15 @@ def check_target(out: Path, bundle: Path, force: bool) -> None:
     if own:
         raise ImagefitError(f"--out {out} is a bundle or checkpoint, which an export never replaces; export to "
                             f"another file (default: {bundle.parent / FORMATS['onnx']})")
-    if out.is_dir():
+    if fmt == "mlflow":  # a folder
+        if out.exists() and not out.is_dir():
+            raise ImagefitError(f"--out {out} is a file; an MLflow model is a folder: give a new folder's path")
+        if out.is_dir() and any(out.iterdir()) and not force and not _is_mlflow_export(out):
+            raise ImagefitError(f"--out {out} is a folder that is not an imagefit MLflow export; choose another "
+                                f"--out, or pass --force to replace it")
+    elif out.is_dir():
         raise ImagefitError(f"--out {out} is a folder; give the file to write, e.g. {out / FORMATS['onnx']}")
-    if out.exists() and not force and not _is_export(out):
+    if fmt != "mlflow" and out.exists() and not force and not _is_export(out):
         raise ImagefitError(f"--out {out} exists and is not an imagefit export; choose another --out, or pass "
                             f"--force to replace it")
     for parent in out.parents:
@@ -111,6 +122,40 @@ def check_target(out: Path, bundle: Path, force: bool) -> None:
                 raise ImagefitError(f"cannot write {out}: {parent} is {'a file' if not parent.is_dir() else 'read-only'}; "
                                     f"choose a writable --out")
             break
+
+
+def _mlflow(bundle_file: Path, out: Path, reference: TorchPredictor, pixels: torch.Tensor) -> dict:
+    """The pyfunc model folder, checked like the other exports: its answers for the parity images (sent as PNG bytes,
+    every class) against the bundle's own probabilities."""
+    import io
+
+    import mlflow.pyfunc
+    import pandas as pd
+    from PIL import Image
+
+    from .mlflow_model import save
+    k = len(reference.classes)
+    blobs = []
+    for image in pixels.to(torch.uint8):
+        buf = io.BytesIO()
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="PNG")
+        blobs.append(buf.getvalue())
+    save(bundle_file, out)
+    answer = mlflow.pyfunc.load_model(str(out)).predict(pd.DataFrame({"image": blobs}), params={"top_k": k})
+    with torch.inference_mode():
+        expected = reference.probabilities(pixels)
+    worst = 0.0
+    for row, probs in zip(answer.to_dict("records"), expected):
+        got = {row[f"class{j}"]: row[f"probability{j}"] for j in range(1, k + 1)}
+        worst = max(worst, max(abs(got[c] - p) for c, p in zip(reference.classes, probs.tolist())))
+    if not worst <= TOLERANCE:
+        import shutil
+        shutil.rmtree(out, ignore_errors=True)
+        raise ImagefitError(f"parity check failed: the MLflow model's probabilities differ from the bundle's by up to "
+                            f"{worst:.2e} (> {TOLERANCE:g}) on {len(pixels)} real images; the folder was removed")
+    return {"export": str(out), "format": "mlflow", "parity_max_abs_diff": worst, "parity_images": len(pixels),
+            "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
+            "sha256": reference.identity["sha256"]}
 
 
 def export(bundle_path: str | Path, fmt: str, out: str | Path | None = None, data: str | None = None,
@@ -122,10 +167,12 @@ def export(bundle_path: str | Path, fmt: str, out: str | Path | None = None, dat
         raise ImagefitError(f"--parity-images must be 1 or more (got {parity_images})")
     bundle_file = resolve(bundle_path)
     out = Path(out) if out else bundle_file.parent / FORMATS[fmt]
-    check_target(out, bundle_file, force)  # before the bundle and the parity images are read
+    check_target(out, bundle_file, force, fmt)  # before the bundle and the parity images are read
     bundle = load_bundle(bundle_file)
     reference = TorchPredictor(bundle)
     pixels = _parity_images(bundle, data, parity_images)
+    if fmt == "mlflow":
+        return _mlflow(bundle_file, out, reference, pixels)
     module = Deployable(bundle).eval()
     meta = {"format": "imagefit-export/1", **reference.describe(),
             "input": {"name": "pixels", "dtype": "float32", "layout": "NCHW, RGB", "range": [0, 255]}}
