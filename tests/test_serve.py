@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -118,8 +119,50 @@ def test_bad_uploads_get_json_4xx_and_the_server_keeps_serving(served):
     empty = httpx.post(url + "/predict", content=b"", headers={"content-type": "multipart/form-data; boundary=x"})
     assert 400 <= empty.status_code < 500
     assert httpx.post(url + "/predict", files=[good]).status_code == 200  # still serving
+    # a decompression bomb inside a batch is that file's 413; the good file beside it is answered
+    mixed = httpx.post(url + "/predict", files=[good, ("files", ("big.png", huge_png(), "image/png"))]).json()
+    assert "top" in mixed["predictions"][0] and mixed["predictions"][1]["status"] == 413
+    assert _raw(url, _lying_body(declared=5000, sent=200)).startswith(b"HTTP/1.1 408")  # waits for bytes never sent
+    assert _raw(url, _lying_body(declared=100, sent=2000))[:12] in (b"HTTP/1.1 400", b"HTTP/1.1 413")
+    assert httpx.get(url + "/health").status_code == 200
     rss_kb = int(next(line.split()[1] for line in open(f"/proc/{served['pid']}/status") if line.startswith("VmHWM")))
     assert rss_kb < 1_000_000, f"server peaked at {rss_kb / 1e3:.0f} MB"
+
+
+def _lying_body(declared: int, sent: int) -> bytes:
+    """A multipart POST whose Content-Length says `declared` bytes and that carries `sent`."""
+    body = (b"--x\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n" + png())[:sent]
+    body += b"\0" * max(0, sent - len(body))
+    return (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            b"Content-Length: %d\r\n\r\n" % declared) + body
+
+
+def _raw(url: str, request: bytes, timeout: float = 20) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(request)
+        return s.recv(65536)
+
+
+def test_a_thousand_connections_are_answered_and_bounded(served):
+    """1,000 concurrent connections: each gets an answer (200, or a JSON 503 with Retry-After), none waits
+    unboundedly, and the server is still healthy after."""
+    import concurrent.futures
+    url = served["url"]
+    body = [("files", ("ok.png", png(), "image/png"))]
+
+    def one(_):
+        try:
+            r = httpx.post(url + "/predict", files=body, timeout=60)
+            return r.status_code, r.headers.get("retry-after"), r.json().get("status", 200)
+        except httpx.HTTPError as e:
+            return type(e).__name__, None, None
+    with concurrent.futures.ThreadPoolExecutor(200) as pool:
+        answers = list(pool.map(one, range(1000)))
+    statuses = {a[0] for a in answers}
+    assert statuses <= {200, 503}, statuses
+    assert all(a[1] is not None and a[2] == 503 for a in answers if a[0] == 503)
+    assert httpx.get(url + "/health").status_code == 200
 
 
 class SlowPredictor:
