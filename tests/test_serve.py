@@ -314,3 +314,36 @@ def test_serve_json_names_its_address_and_logs_each_request(served):
         _, err = server.communicate(timeout=30)
     assert any(line.startswith("POST /predict 200 ") and line.endswith(" ms 2 images") for line in err.splitlines()), err
     assert any(line.startswith("GET /health 200 ") for line in err.splitlines())
+
+
+def test_workers_share_the_port_and_a_dead_one_is_replaced(served):
+    env = {**os.environ, "IMAGEFIT_CACHE": str(served["root"] / "cache")}
+    server = subprocess.Popen([sys.executable, "-m", "imagefit", "serve", "--bundle", str(served["root"] / "run"),
+                               "--port", "0", "--json", "--workers", "2"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        url = json.loads(server.stdout.readline())["url"]
+
+        def pids(n: int) -> set:
+            seen = set()
+            for _ in range(n):
+                try:
+                    seen.add(httpx.get(url + "/health", timeout=5).json()["pid"])  # a new connection each time
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            return seen
+        deadline = time.time() + 60
+        workers = set()
+        while len(workers) < 2 and time.time() < deadline:
+            workers |= pids(20)
+        assert len(workers) == 2 and server.pid not in workers  # two processes answer, neither the supervisor
+        os.kill(next(iter(workers)), 9)
+        seen = set()
+        while time.time() < deadline + 30 and not (seen - workers):
+            seen |= pids(10)
+        assert seen - workers, "the killed worker was not replaced"
+        r = httpx.post(url + "/predict", files=[("files", ("a.png", png(0), "image/png"))], timeout=30)
+        assert r.status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

@@ -30,6 +30,8 @@ def add_arguments(sub) -> None:
                    "over all requests; more wait, then get 503 (default: 64000000)")
     p.add_argument("--max-requests", type=int, default=64, help="requests handled at once (/health aside); beyond "
                    "it JSON 503 with Retry-After (default: 64)")
+    p.add_argument("--workers", type=int, default=1, help="server processes sharing the port, each with its own "
+                   "model and its share of the cores (default: 1)")
     p.add_argument("--log-level", choices=("warning", "info", "debug"), default="warning",
                    help="info: a line per request (method, path, status, ms, images) on stderr (default: warning)")
     p.add_argument("--json", action="store_true", help="print the address as one JSON object once listening (url, "
@@ -43,6 +45,6 @@ def run(args) -> dict:
                         max_pixels=args.max_pixels, tta=args.tta, request_timeout_s=args.request_timeout,
                         max_requests=args.max_requests, decode_pixels=args.decode_pixels)
     run_server(args.bundle, args.host, args.port, opts, backend=args.backend, threads=args.threads,
-               log_level=args.log_level, as_json=args.json)
+               log_level=args.log_level, as_json=args.json, workers=args.workers)
     args.json = False  # the address was the JSON line; nothing more when the server stops
     return {}

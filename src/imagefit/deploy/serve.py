@@ -34,6 +34,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..errors import ImagefitError
 from .inference import top_classes
@@ -309,6 +310,7 @@ class Health(BaseModel):
     status: str
     queued_images: int
     backend: str
+    pid: int = Field(description="the serving process (one of several with --workers)")
 
 
 class ModelInfo(BaseModel):
@@ -378,7 +380,7 @@ def create_app(predictor, opts: ServeOptions | None = None):
 
     @app.get("/health", response_model=Health)
     async def health():
-        return {"status": "ok", "queued_images": batcher.pending, "backend": predictor.backend}
+        return {"status": "ok", "queued_images": batcher.pending, "backend": predictor.backend, "pid": os.getpid()}
 
     @app.get("/model", response_model=ModelInfo)
     async def model():
@@ -454,50 +456,51 @@ def create_app(predictor, opts: ServeOptions | None = None):
     return app
 
 
-def _timed_protocol(timeout: float):
+class TimedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a deadline for each request's headers (uvicorn has none): a connection that
     sends nothing, or dribbles its headers a byte at a time, is answered 408 in JSON and closed after `timeout`
-    seconds, so silent sockets cannot pile up."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    seconds, so silent sockets cannot pile up. Module-level (and its timeout an environment variable) so that the
+    worker processes of --workers, started by spawning, can name it."""
 
-    class TimedProtocol(HttpToolsProtocol):
-        _deadline = None
+    _deadline = None
 
-        def _arm(self) -> None:
-            if self._deadline is None:
-                self._deadline = self.loop.call_later(timeout, self._expire)
+    @property
+    def timeout(self) -> float:
+        return float(os.environ.get("IMAGEFIT_REQUEST_TIMEOUT", "10"))
 
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
+    def _arm(self) -> None:
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self.timeout, self._expire)
 
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self._arm()
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._arm()
-
-        def on_headers_complete(self) -> None:
-            self._disarm()
-            super().on_headers_complete()
-
-        def connection_lost(self, exc) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _expire(self) -> None:
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
             self._deadline = None
-            if self.transport.is_closing():
-                return
-            body = _error_body(408, f"no complete request within {timeout:g} s; send the request again")
-            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
-            self.transport.close()
 
-    return TimedProtocol
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        body = _error_body(408, f"no complete request within {self.timeout:g} s; send the request again")
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
 
 
 def bind(host: str, port: int):
@@ -519,8 +522,20 @@ def bind(host: str, port: int):
     return sock
 
 
+def app_from_environment():
+    """The app of one --workers process (uvicorn's supervisor spawns each, and each loads its own model)."""
+    import json
+    spec = json.loads(os.environ["IMAGEFIT_SERVE"])
+    from .inference import load_predictor
+    predictor = load_predictor(spec["bundle"], spec["backend"], spec["threads"], spin=False)
+    app = create_app(predictor, ServeOptions(**spec["options"]))
+    if spec["log_level"] != "warning":
+        app.add_middleware(RequestLog)
+    return app
+
+
 def run_server(bundle: str, host: str, port: int, opts: ServeOptions, backend: str = "auto",
-               threads: int = 0, log_level: str = "warning", as_json: bool = False) -> None:
+               threads: int = 0, log_level: str = "warning", as_json: bool = False, workers: int = 1) -> None:
     """Serve `bundle` until stopped. The socket is bound and listening before the model loads, so the address printed
     (one line; with `as_json`, one JSON object: url, page, docs, pid) already accepts connections; port 0 takes a
     free one."""
@@ -533,8 +548,11 @@ def run_server(bundle: str, host: str, port: int, opts: ServeOptions, backend: s
     if log_level not in ("warning", "info", "debug"):
         raise ImagefitError(f"--log-level must be warning, info or debug (got {log_level!r})")
     opts.check()
+    if workers < 1:
+        raise ImagefitError(f"--workers must be 1 or more (got {workers})")
     sock = bind(host, port)
     sock.listen(2048)
+    os.environ["IMAGEFIT_REQUEST_TIMEOUT"] = str(opts.request_timeout_s)
     port = sock.getsockname()[1]
     predictor = load_predictor(bundle, backend, threads, spin=False)
     app = create_app(predictor, opts)
@@ -550,8 +568,21 @@ def run_server(bundle: str, host: str, port: int, opts: ServeOptions, backend: s
               f"classes) on {base}: the page at {base}/, the API's docs at {base}/docs", flush=True)
     # No uvicorn limit_concurrency: it counts idle connections as well and answers in plain text; Admission bounds the
     # requests in the app instead, and the timed protocol closes connections that never send a whole request.
-    config = uvicorn.Config(app, log_level="warning", http=_timed_protocol(opts.request_timeout_s))
-    uvicorn.Server(config).run(sockets=[sock])
+    if workers == 1:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", http=TimedProtocol)).run(sockets=[sock])
+        return
+    # Several processes accept on the one socket, each with its own model and a share of the cores; uvicorn's
+    # supervisor restarts one that dies. The model loaded above checked the bundle, and is not needed here.
+    from dataclasses import asdict
+
+    from uvicorn.supervisors import Multiprocess
+    del app, predictor
+    share = threads or max(1, (os.cpu_count() or 1) // workers)
+    os.environ["IMAGEFIT_SERVE"] = json.dumps({"bundle": str(bundle), "backend": backend, "threads": share,
+                                               "options": asdict(opts), "log_level": log_level})
+    config = uvicorn.Config("imagefit.deploy.serve:app_from_environment", factory=True, workers=workers,
+                            log_level="warning", http=TimedProtocol)
+    Multiprocess(config, sockets=[sock]).run()
 
 
 class RequestLog:
