@@ -80,7 +80,7 @@ def _load(port: int, bodies: list[bytes], clients: int, requests: int, server_pi
     latencies, errors = [], []
     per = [requests // clients + (i < requests % clients) for i in range(clients)]
     threads = [threading.Thread(target=_client, args=(port, bodies, n, latencies, errors)) for n in per]
-    server_cpu, client_cpu = _cpu_s(server_pid) if server_pid else 0.0, _cpu_s(os.getpid())
+    server_cpu, client_cpu = _tree_cpu_s(server_pid) if server_pid else 0.0, _cpu_s(os.getpid())
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -93,8 +93,31 @@ def _load(port: int, bodies: list[bytes], clients: int, requests: int, server_pi
            "p99_ms": round(1000 * q[98], 2),
            "client_cpu_ms_per_request": round(1000 * (_cpu_s(os.getpid()) - client_cpu) / len(latencies), 3)}
     if server_pid:
-        row["server_cpu_ms_per_request"] = round(1000 * (_cpu_s(server_pid) - server_cpu) / len(latencies), 3)
+        row["server_cpu_ms_per_request"] = round(1000 * (_tree_cpu_s(server_pid) - server_cpu) / len(latencies), 3)
     return row
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of the server and its worker processes."""
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            total += _cpu_s(p)
+        except OSError:
+            pass
+    return total
+
+
+def _tree(pid: int) -> list[int]:
+    """A process and its children (the --workers processes)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return [pid, *children]
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -211,6 +234,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--tta", default="none")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--workers", default="1", help="server processes, comma-separated values to compare (e.g. 1,2)")
     p.add_argument("--adversarial", action="store_true", help="instead of the load test: issue 26's bursts of large "
                    "PNGs and silent sockets against each bundle's server (first backend), RSS before/peak/after")
     args = p.parse_args()
@@ -218,46 +242,49 @@ def main() -> None:
         args.backends = args.backends.split(",")[0]
     bodies = _png_bodies(args.data, 64)
     rows = []
-    for name, run in (b.split("=", 1) for b in args.bundle):
-        for backend in args.backends.split(","):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            server = subprocess.Popen([sys.executable, "-m", "imagefit", "serve", "--bundle", run, "--port", str(port),
-                                       "--backend", backend, "--threads", str(args.threads), "--tta", args.tta,
-                                       "--queue", "1024"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            try:
-                for _ in range(600):
-                    try:
-                        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                        break
-                    except OSError:
-                        time.sleep(0.1)
-                if args.adversarial:
-                    r = {"bundle": name, "backend": backend, **_adversarial(port, server.pid)}
-                    rows.append(r)
-                    print(json.dumps(r), flush=True)
-                    continue
-                _load(port, bodies, 1, 30)
-                offline, offline_cpu = _offline(run, backend, args.threads, args.tta)
-                for clients in map(int, args.clients.split(",")):
-                    r = {"bundle": name, "backend": backend, **_load(port, bodies, clients, args.requests, server.pid),
-                         "offline_images_per_s": round(offline, 1), "offline_cpu_ms_per_image": round(offline_cpu, 3)}
-                    r["share_of_offline"] = round(r["requests_per_s"] / offline, 3)
-                    r["server_peak_rss_mb"] = round(_peak_rss_mb(server.pid), 1)
-                    rows.append(r)
-                    print(json.dumps(r), flush=True)
-                bad = _bad_inputs(port)
-                rows[-1]["bad_inputs"] = bad
-                rows[-1]["server_peak_rss_mb_after_bad_inputs"] = round(_peak_rss_mb(server.pid), 1)
-                print(json.dumps({"bad_inputs": bad, "peak_rss_mb": rows[-1]["server_peak_rss_mb_after_bad_inputs"]}),
-                      flush=True)
-            finally:
-                server.terminate()
-                server.wait(timeout=30)
+    for name, run, backend, workers in ((*b.split("=", 1), k, int(w)) for b in args.bundle
+                                        for k in args.backends.split(",") for w in args.workers.split(",")):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "imagefit", "serve", "--bundle", run, "--port", str(port),
+                                   "--backend", backend, "--threads", str(max(1, args.threads // workers)),
+                                   "--tta", args.tta,
+                                   "--queue", "1024", "--workers", str(workers)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        try:
+            for _ in range(600):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            if args.adversarial:
+                r = {"bundle": name, "backend": backend, **_adversarial(port, server.pid)}
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+                continue
+            _load(port, bodies, 1, 30)
+            offline, offline_cpu = _offline(run, backend, args.threads, args.tta)
+            for clients in map(int, args.clients.split(",")):
+                r = {"bundle": name, "backend": backend, "workers": workers,
+                     **_load(port, bodies, clients, args.requests, server.pid),
+                     "offline_images_per_s": round(offline, 1), "offline_cpu_ms_per_image": round(offline_cpu, 3)}
+                r["share_of_offline"] = round(r["requests_per_s"] / offline, 3)
+                r["server_peak_rss_mb"] = round(sum(_peak_rss_mb(p) for p in _tree(server.pid)), 1)
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+            bad = _bad_inputs(port)
+            rows[-1]["bad_inputs"] = bad
+            rows[-1]["server_peak_rss_mb_after_bad_inputs"] = round(_peak_rss_mb(server.pid), 1)
+            print(json.dumps({"bad_inputs": bad, "peak_rss_mb": rows[-1]["server_peak_rss_mb_after_bad_inputs"]}),
+                  flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
     print(f"\nbatch-1 requests on loopback, {args.threads} inference threads, TTA {args.tta}")
     for r in rows if not args.adversarial else []:
-        print(f"{r['bundle']:>10} {r['backend']:>8} {r['clients']:>3} clients: {r['requests_per_s']:7.1f} req/s  "
+        print(f"{r['bundle']:>10} {r['backend']:>8} {r['workers']} worker(s) {r['clients']:>3} clients: {r['requests_per_s']:7.1f} req/s  "
               f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  ({100 * r['share_of_offline']:.0f}% of offline "
               f"{r['offline_images_per_s']:.0f} img/s)  CPU ms: server {r['server_cpu_ms_per_request']:.2f}/request, "
               f"client {r['client_cpu_ms_per_request']:.2f}/request, offline {r['offline_cpu_ms_per_image']:.2f}/image"
