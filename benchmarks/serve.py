@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 
-def _png_bodies(data: str, n: int) -> list[bytes]:
+def _png_bodies(data: str, n: int, raw: bool = False) -> list[bytes]:
+    """`n` real test images as PNG, each in a one-file multipart body (or, with `raw`, the PNG bytes alone)."""
     from PIL import Image
 
     from imagefit.config import DataConfig
@@ -42,7 +43,7 @@ def _png_bodies(data: str, n: int) -> list[bytes]:
     for i in range(n):
         buf = io.BytesIO()
         Image.fromarray(test.images[i * 37 % len(test)].permute(1, 2, 0).numpy()).save(buf, format="PNG")
-        bodies.append(multipart(buf.getvalue(), f"{i}.png"))
+        bodies.append(buf.getvalue() if raw else multipart(buf.getvalue(), f"{i}.png"))
     return bodies
 
 
@@ -55,11 +56,11 @@ def multipart(content: bytes, name: str = "x.png") -> bytes:
             f"Content-Type: image/png\r\n\r\n").encode() + content + b"\r\n--imagefitbench--\r\n"
 
 
-def _client(port: int, bodies: list[bytes], count: int, latencies: list, errors: list) -> None:
+def _client(port: int, bodies: list[bytes], count: int, latencies: list, errors: list, headers=None) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     for i in range(count):
         start = time.perf_counter()
-        conn.request("POST", "/predict?top_k=3", body=bodies[i % len(bodies)], headers=HEADERS)
+        conn.request("POST", "/predict?top_k=3", body=bodies[i % len(bodies)], headers=headers or HEADERS)
         response = conn.getresponse()
         response.read()
         latencies.append(time.perf_counter() - start)
@@ -74,12 +75,13 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _load(port: int, bodies: list[bytes], clients: int, requests: int, server_pid: int | None = None) -> dict:
+def _load(port: int, bodies: list[bytes], clients: int, requests: int, server_pid: int | None = None,
+          headers: dict | None = None) -> dict:
     """Also the CPU each side spent per request: the clients share the cores with the server, and the two figures
     say how much of the machine each took (server_cpu_ms_per_request is the server's own cost of a request)."""
     latencies, errors = [], []
     per = [requests // clients + (i < requests % clients) for i in range(clients)]
-    threads = [threading.Thread(target=_client, args=(port, bodies, n, latencies, errors)) for n in per]
+    threads = [threading.Thread(target=_client, args=(port, bodies, n, latencies, errors, headers)) for n in per]
     server_cpu, client_cpu = _tree_cpu_s(server_pid) if server_pid else 0.0, _cpu_s(os.getpid())
     start = time.perf_counter()
     for t in threads:
@@ -109,15 +111,18 @@ def _tree_cpu_s(pid: int) -> float:
 
 
 def _tree(pid: int) -> list[int]:
-    """A process and its children (the --workers processes)."""
-    children = []
+    """A process and all its descendants (--workers processes; LitServe's API server, worker and queue manager)."""
+    parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(stat.parent.name))
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             pass
-    return [pid, *children]
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -224,6 +229,76 @@ def _adversarial(port: int, pid: int, requests: int = 60, side: int = 4900) -> d
     return row
 
 
+def _start(cmd: list[str], port: int, health: str = "/health") -> subprocess.Popen:
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(1200):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", health)
+            if conn.getresponse().status == 200:
+                return server
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    raise RuntimeError(f"{cmd[:4]} did not come up")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _peers(args) -> list[dict]:
+    """imagefit serve against LitServe on the same ONNX model and preprocessing (benchmarks/peers/litserve_server.py),
+    both running at once, the same load generator alternating between them at every row: batch-1 and 16-image
+    requests at each client count. imagefit takes multipart uploads, LitServe its idiomatic JSON with base64 images."""
+    import base64
+    pngs = _png_bodies(args.data, 64, raw=True)
+    peer = Path(__file__).resolve().parent / "peers" / "litserve_server.py"
+    rows = []
+    for name, run in (b.split("=", 1) for b in args.bundle):
+        ours_port, peer_port = _free_port(), _free_port()
+        ours = _start([sys.executable, "-m", "imagefit", "serve", "--bundle", run, "--port", str(ours_port),
+                       "--backend", "onnx", "--threads", str(args.threads), "--tta", "none", "--queue", "1024",
+                       "--max-files", "16"], ours_port)
+        theirs = _start([sys.executable, str(peer), run, str(peer_port), "--threads", str(args.threads),
+                         *args.peer_options.split()], peer_port)
+        try:
+            for images in (1, 16):
+                groups = [[pngs[(i * images + j) % len(pngs)] for j in range(images)] for i in range(16)]
+                ours_bodies = [multipart_many(g) for g in groups]
+                peer_bodies = [json.dumps({"images": [base64.b64encode(b).decode() for b in g]}).encode()
+                               for g in groups]
+                requests = args.requests if images == 1 else max(32, args.requests // 8)
+                # Warm-up under concurrency: ONNX Runtime plans each new batch shape on first sight, which put 150-190 ms
+                # into the p99 of a first timed run after a sequential warm-up (28-38 ms from the second run on).
+                for port, bodies, headers in ((ours_port, ours_bodies, None),
+                                              (peer_port, peer_bodies, {"Content-Type": "application/json"})):
+                    _load(port, bodies, 8, 200 if images == 1 else 48, headers=headers)
+                for clients in map(int, args.clients.split(",")):
+                    for server, port, bodies, headers, proc in (
+                            ("imagefit", ours_port, ours_bodies, None, ours),
+                            ("litserve", peer_port, peer_bodies, {"Content-Type": "application/json"}, theirs)):
+                        r = _load(port, bodies, clients, requests, headers=headers)
+                        r.update(bundle=name, server=server, images_per_request=images,
+                                 images_per_s=round(r["requests_per_s"] * images, 1),
+                                 rss_mb=round(sum(_rss_mb(p) for p in _tree(proc.pid)), 1))
+                        rows.append(r)
+                        print(json.dumps(r), flush=True)
+        finally:
+            for proc in (ours, theirs):
+                proc.terminate()
+                proc.wait(timeout=60)
+    print(f"\nimagefit serve against LitServe ({args.peer_options or 'defaults'}), ONNX Runtime, "
+          f"{args.threads} threads, loopback")
+    for r in rows:
+        print(f"{r['bundle']:>9} {r['images_per_request']:>2} img/request {r['clients']:>3} clients {r['server']:>9}: "
+              f"{r['images_per_s']:8.1f} images/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
+              f"RSS {r['rss_mb']:.0f} MB")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True)
@@ -234,10 +309,21 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--tta", default="none")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--peers", choices=("litserve",), help="instead of the load test: imagefit against a peer server")
+    p.add_argument("--peer-options", default="--max-batch 32 --batch-timeout 0.002",
+                   help="options of benchmarks/peers/litserve_server.py")
     p.add_argument("--workers", default="1", help="server processes, comma-separated values to compare (e.g. 1,2)")
     p.add_argument("--adversarial", action="store_true", help="instead of the load test: issue 26's bursts of large "
                    "PNGs and silent sockets against each bundle's server (first backend), RSS before/peak/after")
     args = p.parse_args()
+    if args.peers:
+        rows = _peers(args)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"serve-peers-{date.today()}.json"
+        path.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+        print(f"runs: {path}")
+        return
     if args.adversarial:
         args.backends = args.backends.split(",")[0]
     bodies = _png_bodies(args.data, 64)

@@ -5,8 +5,8 @@ the metadata states) and returns logits; the normalization is inside the graph, 
 The batch dimension is dynamic. The metadata (ONNX `metadata_props` / a TorchScript extra file `imagefit.json`)
 carries the class order, the preprocessing, the test-time augmentation and logit adjustment training chose, the
 bundle's SHA-256 and its metrics. Every export is checked on real images: the largest |logit difference| from the
-PyTorch bundle, at the parity batch and at batch 1, must be at most 1e-4, or the file is removed and the export
-fails.
+PyTorch bundle, at the parity batch and at batch 1, must be at most 1e-4 times the largest |logit| (at least 1e-4),
+or nothing is written and the export fails.
 """
 
 from __future__ import annotations
@@ -187,8 +187,12 @@ def export(bundle_path: str | Path, fmt: str, out: str | Path | None = None, dat
             got = _run(fmt, tmp, batch.contiguous())
             diffs.append((got - expected[:len(batch)]).abs().max().item())
         worst = max(diffs)
-        if not worst <= TOLERANCE:
+        # float32 rounding grows with the logits: a model whose logits reach 1,000 differs by ~1e-3 in the last
+        # digits of a correct export, so the bound scales with the largest logit (and is 1e-4 below 1).
+        scale = max(1.0, expected.abs().max().item())
+        if not worst <= TOLERANCE * scale:
             raise ImagefitError(f"parity check failed: the {fmt} export's logits differ from the bundle's by up to "
-                                f"{worst:.2e} (> {TOLERANCE:g}) on {len(pixels)} real images; nothing was written")
+                                f"{worst:.2e} (> {TOLERANCE:g} × {scale:.3g}, the largest logit) on {len(pixels)} "
+                                f"real images; nothing was written")
     return {"export": str(out), "format": fmt, "parity_max_abs_diff": worst, "parity_images": len(pixels),
             "bytes": out.stat().st_size, "sha256": reference.identity["sha256"]}
