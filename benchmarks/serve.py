@@ -262,7 +262,7 @@ def _peers(args) -> list[dict]:
         ours = _start([sys.executable, "-m", "imagefit", "serve", "--bundle", run, "--port", str(ours_port),
                        "--backend", "onnx", "--threads", str(args.threads), "--tta", "none", "--queue", "1024",
                        "--max-files", "16"], ours_port)
-        theirs = _start([sys.executable, str(peer), run, str(peer_port), "--threads", str(args.threads),
+        theirs = _start([sys.executable, str(peer), run, str(peer_port), "--threads", str(args.threads), "--tta", "none",
                          *args.peer_options.split()], peer_port)
         try:
             for images in (1, 16):

@@ -17,9 +17,9 @@ import torch
 
 
 class ImagefitLitAPI(ls.LitAPI):
-    def __init__(self, run: str, threads: int, **kwargs):
+    def __init__(self, run: str, threads: int, tta: str, **kwargs):
         super().__init__(**kwargs)
-        self.run, self.threads = run, threads
+        self.run, self.threads, self.tta = run, threads, tta
 
     def setup(self, device):
         from imagefit.deploy.inference import load_predictor
@@ -35,7 +35,7 @@ class ImagefitLitAPI(ls.LitAPI):
 
     def predict(self, batch):
         names, images, sizes = batch
-        return names, self.predictor.probabilities(images).split(sizes), sizes
+        return names, self.predictor.probabilities(images, self.tta).split(sizes), sizes
 
     def unbatch(self, output):
         names, probs, _ = output
@@ -55,10 +55,11 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--batch-timeout", type=float, default=0.002)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tta", default="none", help="test-time augmentation, as imagefit serve --tta (default: none)")
     p.add_argument("--fast-queue", action="store_true", help="LitServe's ZeroMQ queue between API server and worker")
     p.add_argument("--api-servers", type=int, default=1)
     args = p.parse_args()
-    api = ImagefitLitAPI(args.run, args.threads, max_batch_size=args.max_batch, batch_timeout=args.batch_timeout)
+    api = ImagefitLitAPI(args.run, args.threads, args.tta, max_batch_size=args.max_batch, batch_timeout=args.batch_timeout)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60, fast_queue=args.fast_queue)
     server.run(host="127.0.0.1", port=args.port, num_api_servers=args.api_servers, generate_client_file=False,
                log_level="warning")
