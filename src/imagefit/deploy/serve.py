@@ -104,6 +104,7 @@ class MicroBatcher:
     def __init__(self, predictor, opts: ServeOptions):
         self.predictor, self.opts = predictor, opts
         self.pending = 0  # images queued or being predicted
+        self.coming = 0  # requests in the handler, parsing and decoding, not yet submitted
         self.queue: asyncio.Queue | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="imagefit-forward")
         self.batches = self.images = 0
@@ -138,7 +139,10 @@ class MicroBatcher:
                     item = self.queue.get_nowait()
                 except asyncio.QueueEmpty:
                     left = deadline - loop.time()
-                    if left <= 0:
+                    # Work-conserving: wait for company only when a request is on its way (parsed or decoding now);
+                    # a lone client's request runs at once instead of waiting out max_wait_ms for nobody (that
+                    # wait was 2 of the 5.8 ms a batch-1 request took at one client).
+                    if left <= 0 or not self.coming:
                         break
                     try:
                         item = await asyncio.wait_for(self.queue.get(), left)
@@ -397,6 +401,14 @@ def create_app(predictor, opts: ServeOptions | None = None):
                          422: {"model": ErrorBody, "description": "a query parameter out of range"},
                          503: {"description": "overloaded: try again shortly"}})
     async def predict(request: Request, top_k: int = Query(3, ge=1, le=1000, description="classes per image")):
+        batcher.coming += 1
+        try:
+            return await _predict(request, top_k)
+        finally:
+            if not getattr(request.state, "submitted", False):
+                batcher.coming -= 1
+
+    async def _predict(request: Request, top_k: int):
         kind = request.headers.get("content-type", "")
         if not kind.startswith("multipart/form-data"):
             raise HTTPException(415, f"send multipart/form-data with the images in field 'files' (got "
@@ -438,6 +450,8 @@ def create_app(predictor, opts: ServeOptions | None = None):
         good = [i for i, d in enumerate(decoded) if not isinstance(d, tuple)]
         if not good:
             raise HTTPException(*decoded[0])
+        batcher.coming -= 1
+        request.state.submitted = True
         try:
             probs = await batcher.submit(torch.stack([decoded[i] for i in good]))
         except Overloaded:
