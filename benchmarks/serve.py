@@ -330,21 +330,11 @@ def main() -> None:
     rows = []
     for name, run, backend, workers in ((*b.split("=", 1), k, int(w)) for b in args.bundle
                                         for k in args.backends.split(",") for w in args.workers.split(",")):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "imagefit", "serve", "--bundle", run, "--port", str(port),
-                                   "--backend", backend, "--threads", str(max(1, args.threads // workers)),
-                                   "--tta", args.tta,
-                                   "--queue", "1024", "--workers", str(workers)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
+        port = _free_port()
+        server = _start([sys.executable, "-m", "imagefit", "serve", "--bundle", run, "--port", str(port),
+                         "--backend", backend, "--threads", str(max(1, args.threads // workers)), "--tta", args.tta,
+                         "--queue", "1024", "--workers", str(workers)], port)
         try:
-            for _ in range(600):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
             if args.adversarial:
                 r = {"bundle": name, "backend": backend, **_adversarial(port, server.pid)}
                 rows.append(r)
