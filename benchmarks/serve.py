@@ -230,7 +230,9 @@ def _adversarial(port: int, pid: int, requests: int = 60, side: int = 4900) -> d
 
 
 def _start(cmd: list[str], port: int, health: str = "/health") -> subprocess.Popen:
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """A server in its own process group (`_stop` ends the group: LitServe's worker processes outlive a terminated
+    parent and keep polling, which slowed every later run by up to a core)."""
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     for _ in range(1200):
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -239,8 +241,24 @@ def _start(cmd: list[str], port: int, health: str = "/health") -> subprocess.Pop
                 return server
         except OSError:
             time.sleep(0.1)
-    server.kill()
+    _stop(server)
     raise RuntimeError(f"{cmd[:4]} did not come up")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    import signal
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    except ProcessLookupError:
+        pass
+    try:  # whatever of the group is left
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _free_port() -> int:
@@ -288,8 +306,7 @@ def _peers(args) -> list[dict]:
                         print(json.dumps(r), flush=True)
         finally:
             for proc in (ours, theirs):
-                proc.terminate()
-                proc.wait(timeout=60)
+                _stop(proc)
     print(f"\nimagefit serve against LitServe ({args.peer_options or 'defaults'}), ONNX Runtime, "
           f"{args.threads} threads, loopback")
     for r in rows:
@@ -356,8 +373,7 @@ def main() -> None:
             print(json.dumps({"bad_inputs": bad, "peak_rss_mb": rows[-1]["server_peak_rss_mb_after_bad_inputs"]}),
                   flush=True)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            _stop(server)
     print(f"\nbatch-1 requests on loopback, {args.threads} inference threads, TTA {args.tta}")
     for r in rows if not args.adversarial else []:
         print(f"{r['bundle']:>10} {r['backend']:>8} {r['workers']} worker(s) {r['clients']:>3} clients: {r['requests_per_s']:7.1f} req/s  "
