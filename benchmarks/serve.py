@@ -20,6 +20,7 @@ import http.client
 import io
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -246,7 +247,7 @@ def _start(cmd: list[str], port: int, health: str = "/health") -> subprocess.Pop
 
 
 def _stop(server: subprocess.Popen) -> None:
-    import signal
+
     try:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -291,13 +292,20 @@ def _peers(args) -> list[dict]:
                 requests = args.requests if images == 1 else max(32, args.requests // 8)
                 # Warm-up under concurrency: ONNX Runtime plans each new batch shape on first sight, which put 150-190 ms
                 # into the p99 of a first timed run after a sequential warm-up (28-38 ms from the second run on).
-                for port, bodies, headers in ((ours_port, ours_bodies, None),
-                                              (peer_port, peer_bodies, {"Content-Type": "application/json"})):
+                for port, bodies, headers, proc, other in (
+                        (ours_port, ours_bodies, None, ours, theirs),
+                        (peer_port, peer_bodies, {"Content-Type": "application/json"}, theirs, ours)):
+                    os.killpg(other.pid, signal.SIGSTOP)
+                    os.killpg(proc.pid, signal.SIGCONT)
                     _load(port, bodies, 8, 200 if images == 1 else 48, headers=headers)
                 for clients in map(int, args.clients.split(",")):
-                    for server, port, bodies, headers, proc in (
-                            ("imagefit", ours_port, ours_bodies, None, ours),
-                            ("litserve", peer_port, peer_bodies, {"Content-Type": "application/json"}, theirs)):
+                    for server, port, bodies, headers, proc, other in (
+                            ("imagefit", ours_port, ours_bodies, None, ours, theirs),
+                            ("litserve", peer_port, peer_bodies, {"Content-Type": "application/json"}, theirs, ours)):
+                        # The server not being measured is frozen (SIGSTOP on its process group): an idle LitServe
+                        # polls its queues, ~6% of a core per process, which would land in the other server's tail.
+                        os.killpg(other.pid, signal.SIGSTOP)
+                        os.killpg(proc.pid, signal.SIGCONT)
                         r = _load(port, bodies, clients, requests, headers=headers)
                         r.update(bundle=name, server=server, images_per_request=images,
                                  images_per_s=round(r["requests_per_s"] * images, 1),
@@ -306,6 +314,7 @@ def _peers(args) -> list[dict]:
                         print(json.dumps(r), flush=True)
         finally:
             for proc in (ours, theirs):
+                os.killpg(proc.pid, signal.SIGCONT)
                 _stop(proc)
     print(f"\nimagefit serve against LitServe ({args.peer_options or 'defaults'}), ONNX Runtime, "
           f"{args.threads} threads, loopback")
