@@ -247,7 +247,6 @@ def _start(cmd: list[str], port: int, health: str = "/health") -> subprocess.Pop
 
 
 def _stop(server: subprocess.Popen) -> None:
-
     try:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
