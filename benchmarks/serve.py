@@ -126,11 +126,16 @@ def _tree(pid: int) -> list[int]:
     return tree
 
 
-def _peak_rss_mb(pid: int) -> float:
+def _status_mb(pid: int, key: str) -> float:
+    """A memory figure of /proc/PID/status (VmRSS: resident now; VmHWM: its peak), in MB."""
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM"):
+        if line.startswith(key):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmHWM")
 
 
 def _bad_inputs(port: int) -> dict:
@@ -171,10 +176,7 @@ def _offline(bundle: str, backend: str, threads: int, tta: str) -> tuple[float, 
 
 
 def _rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status_mb(pid, "VmRSS")
 
 
 def multipart_many(files: list[bytes]) -> bytes:

@@ -165,7 +165,8 @@ def _finite_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _utf8(name: str) -> bool:
+def is_utf8(name: str) -> bool:
+    """Whether a name encodes as UTF-8 (a file name's undecodable bytes are kept as surrogates by os.fsdecode)."""
     try:
         name.encode("utf-8")
         return True
@@ -223,7 +224,7 @@ class Preprocessing:
         if not all(x > 0 for x in self.std):
             bad("std", self.std, "positive (it divides the pixels)")
         c = self.classes
-        if not all(isinstance(n, str) and n and _utf8(n) for n in c) or len(c) < 2 or len(set(c)) != len(c):
+        if not all(isinstance(n, str) and n and is_utf8(n) for n in c) or len(c) < 2 or len(set(c)) != len(c):
             bad("classes", c, "two or more distinct, non-empty UTF-8 names")
         if self.tta not in TTA_MODES:
             bad("tta", self.tta, " or ".join(TTA_MODES))

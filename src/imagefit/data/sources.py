@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from ..config import DataConfig
 from ..errors import ImagefitError
 from ..files import atomic_torch_save, atomic_write_text
-from ..preprocessing import DECODER, IMAGE_EXTENSIONS, load_image
+from ..preprocessing import DECODER, IMAGE_EXTENSIONS, is_utf8, load_image
 from ..seeds import Stream, choice_generator
 
 CIFAR_DIR = "cifar-10-batches-py"
@@ -235,7 +235,7 @@ def _scan_tree(folder: Path, classes: list[str] | None) -> tuple[list[str], list
         if extra:
             raise ImagefitError(f"{folder} has class folder(s) {', '.join(extra)} that train/ lacks; "
                                 f"add them to train/ or remove them")
-    undecodable = [n for n in found if not _is_utf8(n)]
+    undecodable = [n for n in found if not is_utf8(n)]
     if undecodable:
         raise ImagefitError(f"class folder {undecodable[0]!r} in {folder} has a name that is not valid UTF-8; "
                             f"rename it (class names travel in bundles, JSON and web pages)")
@@ -252,14 +252,6 @@ def _scan_tree(folder: Path, classes: list[str] | None) -> tuple[list[str], list
         paths += files
         labels += [label] * len(files)
     return paths, labels, classes
-
-
-def _is_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:  # undecodable bytes of the file name, kept as surrogates by os.fsdecode
-        return False
 
 
 def _fingerprint(*parts) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ImagefitError
-from ..files import atomic_path
+from ..files import atomic_path, check_writable
 from .inference import ONNX_NAME, TorchPredictor
 
 FORMATS = {"onnx": ONNX_NAME, "torchscript": "model.torchscript.pt", "mlflow": "mlflow-model"}
@@ -116,12 +115,7 @@ def check_target(out: Path, bundle: Path, force: bool, fmt: str = "onnx") -> Non
     if fmt != "mlflow" and out.exists() and not force and not _is_export(out):
         raise ImagefitError(f"--out {out} exists and is not an imagefit export; choose another --out, or pass "
                             f"--force to replace it")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir() or not os.access(parent, os.W_OK):
-                raise ImagefitError(f"cannot write {out}: {parent} is {'a file' if not parent.is_dir() else 'read-only'}; "
-                                    f"choose a writable --out")
-            break
+    check_writable(out.parent)
 
 
 def _mlflow(bundle_file: Path, out: Path, reference: TorchPredictor, pixels: torch.Tensor) -> dict:

@@ -401,14 +401,31 @@ def create_app(predictor, opts: ServeOptions | None = None):
                          422: {"model": ErrorBody, "description": "a query parameter out of range"},
                          503: {"description": "overloaded: try again shortly"}})
     async def predict(request: Request, top_k: int = Query(3, ge=1, le=1000, description="classes per image")):
-        batcher.coming += 1
+        batcher.coming += 1  # on its way to the batcher (which waits for company only while one is)
         try:
-            return await _predict(request, top_k)
+            names, decoded = await _read(request)
         finally:
-            if not getattr(request.state, "submitted", False):
-                batcher.coming -= 1
+            batcher.coming -= 1
+        # One bad file does not fail the others: each gets its predictions or its own error; the request fails
+        # (with the first file's error) only when no file in it can be used.
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, tuple)]
+        if not good:
+            raise HTTPException(*decoded[0])
+        try:
+            probs = await batcher.submit(torch.stack([decoded[i] for i in good]))
+        except Overloaded:
+            raise HTTPException(503, f"the server is busy ({batcher.pending} images queued); retry shortly",
+                                headers={"Retry-After": "1"}) from None
+        tops = dict(zip(good, top_classes(probs, predictor.classes, top_k)))
+        # A JSONResponse of plain Python values: FastAPI's own encoding of a returned dict walks it again (~4% of a
+        # batch-1 request's CPU in the app).
+        return JSONResponse({"predictions": [{"file": n, "top": tops[i]} if i in tops else
+                                             {"file": n, "error": decoded[i][1], "status": decoded[i][0]}
+                                             for i, n in enumerate(names)],
+                             "backend": predictor.backend})
 
-    async def _predict(request: Request, top_k: int):
+    async def _read(request: Request) -> tuple[list[str], list]:
+        """The uploads' names, and each one decoded (uint8 3×S×S) or the (status, message) of what is wrong."""
         kind = request.headers.get("content-type", "")
         if not kind.startswith("multipart/form-data"):
             raise HTTPException(415, f"send multipart/form-data with the images in field 'files' (got "
@@ -445,25 +462,7 @@ def create_app(predictor, opts: ServeOptions | None = None):
                 await budget.give(taken)
             for i, d in zip(large, later):
                 decoded[i] = d
-        # One bad file does not fail the others: each gets its predictions or its own error; the request fails
-        # (with the first file's error) only when no file in it can be used.
-        good = [i for i, d in enumerate(decoded) if not isinstance(d, tuple)]
-        if not good:
-            raise HTTPException(*decoded[0])
-        batcher.coming -= 1
-        request.state.submitted = True
-        try:
-            probs = await batcher.submit(torch.stack([decoded[i] for i in good]))
-        except Overloaded:
-            raise HTTPException(503, f"the server is busy ({batcher.pending} images queued); retry shortly",
-                                headers={"Retry-After": "1"}) from None
-        tops = dict(zip(good, top_classes(probs, predictor.classes, top_k)))
-        # A JSONResponse of plain Python values: FastAPI's own encoding of a returned dict walks it again (~4% of a
-        # batch-1 request's CPU in the app).
-        return JSONResponse({"predictions": [{"file": n, "top": tops[i]} if i in tops else
-                                             {"file": n, "error": decoded[i][1], "status": decoded[i][0]}
-                                             for i, n in enumerate(names)],
-                             "backend": predictor.backend})
+        return names, decoded
 
     app.add_middleware(BodyLimit, limit=opts.max_upload_bytes, timeout=opts.request_timeout_s)
     app.add_middleware(Admission, limit=opts.max_requests)

@@ -37,7 +37,7 @@ from ..config import Config
 from ..data.sources import ImageSet, Splits, describe_change, fingerprint, load_splits
 from ..errors import ImagefitError
 from ..evaluation.evaluate import gather_logits
-from ..files import RunLock, atomic_path, atomic_write_text, remove_stale_temporaries
+from ..files import RunLock, atomic_path, atomic_write_text, check_writable, remove_stale_temporaries
 from ..data.imbalance import TAU_GRID, class_weights, log_priors
 from ..data.loader import Loader
 from .lr_finder import FinderResult, range_test
@@ -160,9 +160,7 @@ class Trainer:
                                         f"file (or delete it), or start a new run with the new value")
 
     def _check_folder(self) -> None:
-        out = self.out
-        if out.exists() and not out.is_dir():
-            raise ImagefitError(f"cannot write in {out}: it is a file; choose a new folder for --out")
+        out = check_writable(self.out)
         if self.opts.resume or not out.exists():
             return
         if (out / "checkpoints" / "last.pt").exists() or (out / "bundle.safetensors").exists():
@@ -201,8 +199,11 @@ class Trainer:
             self.device = torch.device("cuda", self.world.local_rank)
         seed_everything(t.seed, t.deterministic)
 
-        if self.world.main:  # a remote store is opened before the data is read: a wrong URI is refused in seconds
-            check_store(opts.tracking_uri or (checkpoint or {}).get("tracking_uri"), opts.experiment)
+        # The store: the one asked for, else (resuming) the run's own, else the local default; rank 0 tracks for
+        # everyone. A remote one is opened before the data is read: a wrong URI is refused in seconds.
+        self.tracking_uri = (opts.tracking_uri or (checkpoint or {}).get("tracking_uri") or default_uri()) \
+            if self.world.main else "none"
+        check_store(self.tracking_uri, opts.experiment)
         self.data: Splits = load_splits(cfg.data, t.seed)
         self.data_fingerprint = fingerprint(self.data)
         if checkpoint is not None and checkpoint.get("data"):
@@ -265,14 +266,8 @@ class Trainer:
         self.history: list[dict] = []
         self.best, self.best_epoch, self.bad_epochs = None, None, 0
         self.finished, self.tracking_run_id = False, None
-        self.tracking_uri = opts.tracking_uri or default_uri()
-        if not self.world.main:
-            self.tracking_uri = "none"  # rank 0 tracks for everyone
         if checkpoint is not None:
-            self._restore(checkpoint)  # a resumed run keeps logging to its own store unless told otherwise
-            self.tracking_uri = opts.tracking_uri or checkpoint["tracking_uri"]
-            if not self.world.main:
-                self.tracking_uri = "none"
+            self._restore(checkpoint)
 
     def _starting_weights(self, load: bool):
         """--init-from: the bundle (or None), its weights loaded when `load`, its head too when the classes are
