@@ -82,6 +82,9 @@ def test_mlflow_pyfunc_model_answers_what_predict_answers(capsys, served, tmp_pa
     r = run(capsys, "export", "--bundle", str(root / "run"), "--format", "mlflow", "--out", str(tmp_path / "m"),
             "--data", str(served["data"]), "--parity-images", "8")
     assert r["format"] == "mlflow" and r["parity_max_abs_diff"] <= 1e-4 and (tmp_path / "m" / "MLmodel").exists()
+    again = run(capsys, "export", "--bundle", str(root / "run"), "--format", "mlflow", "--out", str(tmp_path / "m"),
+                "--data", str(served["data"]), "--parity-images", "8")
+    assert again["export"] == str(tmp_path / "m")  # an earlier export of ours is replaced without --force
     x, _ = class_images(1, 3, seed=7)
     files = []
     for i, img in enumerate(x):

@@ -91,8 +91,12 @@ def _is_export(path: Path) -> bool:
 
 
 def _is_mlflow_export(path: Path) -> bool:
-    return (path / "MLmodel").is_file() and "ImagefitPyfunc" in (path / "MLmodel").read_text(errors="replace") + \
-        "".join(p.name for p in path.rglob("*.pkl"))
+    """An MLflow model folder that `export --format mlflow` wrote: its artifact is an imagefit bundle."""
+    from ..bundle import read_metadata
+    try:
+        return (path / "MLmodel").is_file() and bool(read_metadata(path / "artifacts" / "bundle.safetensors"))
+    except ImagefitError:
+        return False
 
 
 def check_target(out: Path, bundle: Path, force: bool, fmt: str = "onnx") -> None:
