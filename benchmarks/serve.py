@@ -269,6 +269,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _profile(folder: str | None, label: str, pid: int) -> list[subprocess.Popen]:
+    """py-spy on every process of a server's tree for the next few seconds (the row being timed), one speedscope file
+    each; `--idle` left off, so the profile holds only CPU work. Costs the profiled server some throughput: compare
+    profiled rows with each other only."""
+    if not folder:
+        return []
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return [subprocess.Popen([str(spy), "record", "--pid", str(p), "--duration", "6", "--rate", "200", "--native",
+                              "--format", "raw", "--output", str(Path(folder) / f"{label}-{p}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in _tree(pid)]
+
+
 def _peers(args) -> list[dict]:
     """imagefit serve against LitServe on the same ONNX model and preprocessing (benchmarks/peers/litserve_server.py),
     both running at once, the same load generator alternating between them at every row: batch-1 and 16-image
@@ -281,16 +294,18 @@ def _peers(args) -> list[dict]:
         ours_port, peer_port = _free_port(), _free_port()
         ours = _start([sys.executable, "-m", "imagefit", "serve", "--bundle", run, "--port", str(ours_port),
                        "--backend", "onnx", "--threads", str(args.threads), "--tta", "none", "--queue", "1024",
-                       "--max-files", "16"], ours_port)
+                       "--max-files", "16", *args.ours_options.split()], ours_port)
         theirs = _start([sys.executable, str(peer), run, str(peer_port), "--threads", str(args.threads), "--tta", "none",
                          *args.peer_options.split()], peer_port)
         try:
-            for images in (1, 16):
+            for images in map(int, args.images.split(",")):
                 groups = [[pngs[(i * images + j) % len(pngs)] for j in range(images)] for i in range(16)]
                 ours_bodies = [multipart_many(g) for g in groups]
                 peer_bodies = [json.dumps({"images": [base64.b64encode(b).decode() for b in g]}).encode()
                                for g in groups]
                 requests = args.requests if images == 1 else max(32, args.requests // 8)
+                if args.peer_requests:
+                    requests = args.peer_requests
                 # Warm-up under concurrency: ONNX Runtime plans each new batch shape on first sight, which put 150-190 ms
                 # into the p99 of a first timed run after a sequential warm-up (28-38 ms from the second run on).
                 for port, bodies, headers, proc, other in (
@@ -299,7 +314,8 @@ def _peers(args) -> list[dict]:
                     os.killpg(other.pid, signal.SIGSTOP)
                     os.killpg(proc.pid, signal.SIGCONT)
                     _load(port, bodies, 8, 200 if images == 1 else 48, headers=headers)
-                for clients in map(int, args.clients.split(",")):
+                for clients, round_ in ((c, k) for c in map(int, args.clients.split(","))
+                                        for k in range(args.rounds)):
                     for server, port, bodies, headers, proc, other in (
                             ("imagefit", ours_port, ours_bodies, None, ours, theirs),
                             ("litserve", peer_port, peer_bodies, {"Content-Type": "application/json"}, theirs, ours)):
@@ -307,8 +323,11 @@ def _peers(args) -> list[dict]:
                         # polls its queues, ~6% of a core per process, which would land in the other server's tail.
                         os.killpg(other.pid, signal.SIGSTOP)
                         os.killpg(proc.pid, signal.SIGCONT)
-                        r = _load(port, bodies, clients, requests, headers=headers)
-                        r.update(bundle=name, server=server, images_per_request=images,
+                        spies = _profile(args.profile, f"{name}-{images}img-{clients}c-r{round_}-{server}", proc.pid)
+                        r = _load(port, bodies, clients, requests, server_pid=proc.pid, headers=headers)
+                        for spy in spies:
+                            spy.wait(timeout=60)
+                        r.update(bundle=name, server=server, images_per_request=images, round=round_,
                                  images_per_s=round(r["requests_per_s"] * images, 1),
                                  rss_mb=round(sum(_rss_mb(p) for p in _tree(proc.pid)), 1))
                         rows.append(r)
@@ -339,6 +358,13 @@ def main() -> None:
     p.add_argument("--peers", choices=("litserve",), help="instead of the load test: imagefit against a peer server")
     p.add_argument("--peer-options", default="--max-batch 32 --batch-timeout 0.002",
                    help="options of benchmarks/peers/litserve_server.py")
+    p.add_argument("--ours-options", default="", help="with --peers: extra options of imagefit serve")
+    p.add_argument("--images", default="1,16", help="with --peers: images per request, comma-separated")
+    p.add_argument("--rounds", type=int, default=1, help="with --peers: times each row is repeated (alternating)")
+    p.add_argument("--peer-requests", type=int, help="with --peers: requests per row (default: --requests for "
+                   "batch-1 rows, an eighth of it for larger requests)")
+    p.add_argument("--profile", metavar="DIR", help="with --peers: py-spy each server's processes during each row "
+                   "(folded stacks in DIR)")
     p.add_argument("--workers", default="1", help="server processes, comma-separated values to compare (e.g. 1,2)")
     p.add_argument("--adversarial", action="store_true", help="instead of the load test: issue 26's bursts of large "
                    "PNGs and silent sockets against each bundle's server (first backend), RSS before/peak/after")

@@ -110,14 +110,18 @@ def tiny_bundle(root: Path, export: bool = False) -> tuple[Path, Path]:
     return data, root / "run"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextmanager
 def serving(bundle: Path, *options: str, env: dict | None = None):
     """`imagefit serve --bundle BUNDLE OPTIONS` on a free loopback port, in its own process; yields (url, process)
     once /health answers, and stops the server after."""
     import httpx
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "imagefit", "serve", "--bundle", str(bundle), "--port",
                                str(port), *options], env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)

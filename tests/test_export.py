@@ -104,3 +104,89 @@ def test_mlflow_pyfunc_model_answers_what_predict_answers(capsys, served, tmp_pa
     assert "is a folder that is not an imagefit MLflow export" in fails(
         capsys, "export", "--bundle", str(root / "run"), "--format", "mlflow", "--out", str(tmp_path / "mine"))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "the user's"
+
+
+def test_mlflow_export_under_mlflow_models_serve_and_the_registry(capsys, served, tmp_path):
+    """The exported folder served by MLflow's own server (a real `mlflow models serve` process, JSON with base64
+    images, as a client of that server sends), and registered in a model registry and loaded back by name."""
+    import base64
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    import mlflow
+    import mlflow.pyfunc
+    import pandas as pd
+    from PIL import Image
+
+    from .conftest import class_images, free_port
+    root = served["root"]
+    run(capsys, "export", "--bundle", str(root / "run"), "--format", "mlflow", "--out", str(tmp_path / "m"))
+    x, _ = class_images(1, 2, seed=3)
+    files = []
+    for i, img in enumerate(x):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(img).save(files[-1])
+    expected = run(capsys, "predict", "--bundle", str(root / "run"), "--backend", "pytorch", "--top-k", "3", *files)
+    want = [[t["class"] for t in p["top"]] for p in expected["predictions"]]
+    encoded = [base64.b64encode(Path(f).read_bytes()).decode() for f in files]
+
+    port = free_port()
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", str(tmp_path / "m"), "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True,  # MLflow execs `uvicorn` from PATH: this environment's
+                              env={**os.environ, "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ['PATH']}"})
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                time.sleep(0.5)
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                         {"Content-Type": "application/json"})
+        got = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    assert [[row[f"class{j}"] for j in (1, 2, 3)] for row in got] == want
+
+    uri = f"sqlite:///{tmp_path}/registry.db"
+    client = mlflow.tracking.MlflowClient(uri, registry_uri=uri)
+    experiment = client.create_experiment("export", artifact_location=str(tmp_path / "artifacts"))
+    logged = client.create_run(experiment).info.run_id
+    client.log_artifacts(logged, str(tmp_path / "m"), "model")
+    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        version = mlflow.register_model(f"runs:/{logged}/model", "tiny-classifier").version
+        model = mlflow.pyfunc.load_model(f"models:/tiny-classifier/{version}")
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    rows = model.predict(pd.DataFrame({"image": encoded})).to_dict("records")
+    assert [[row[f"class{j}"] for j in (1, 2, 3)] for row in rows] == want
+
+
+def test_onnx_predictor_runs_torch_work_on_one_thread_and_restores_the_count(served):
+    from unittest import mock
+
+    from imagefit.deploy.inference import load_predictor
+    predictor = load_predictor(served["root"] / "run", "onnx")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the guard must hold where torch has a pool of its own
+    seen, original = [], predictor._logits
+
+    def logits(x):
+        seen.append(torch.get_num_threads())
+        return original(x)
+    with mock.patch.object(predictor, "_logits", logits):
+        predictor.probabilities(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "flip")
+    after = torch.get_num_threads()
+    torch.set_num_threads(before)
+    assert seen == [1, 1] and after == 2

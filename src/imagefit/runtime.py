@@ -34,6 +34,20 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """torch's intra-op threads set to `threads` inside the block and restored after it."""
+    before = torch.get_num_threads()
+    if threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN has bfloat16 instructions on this CPU (AVX512-BF16 or AMX). Where it has them, bf16 autocast
     trains the fast nets 1.4-1.7x faster than float32 (benchmarks/probes/step_speed.py, Zen 5); where it has not,

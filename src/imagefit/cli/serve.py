@@ -14,7 +14,7 @@ def add_arguments(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="default: 8000; 0: any free port (--json says which)")
     p.add_argument("--backend", choices=("auto", "onnx", "pytorch"), default="auto", help="default: auto")
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the bundle's)")
-    p.add_argument("--max-batch", type=int, default=32, help="largest micro-batch of queued images (default: 32)")
+    p.add_argument("--max-batch", type=int, default=64, help="largest micro-batch of queued images (default: 64)")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a micro-batch waits to fill "
                                                                   "(default: 2)")
     p.add_argument("--queue", type=int, default=256, help="images waiting at most; beyond it requests get 503 "

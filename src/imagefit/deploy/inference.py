@@ -18,6 +18,7 @@ import torch
 
 from ..errors import ImagefitError
 from ..preprocessing import IMAGE_EXTENSIONS, Preprocessing
+from ..runtime import torch_threads
 
 ONNX_NAME = "model.onnx"
 
@@ -112,6 +113,13 @@ class OnnxPredictor(Predictor):
 
     def _logits(self, pixels: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {self.input: pixels.contiguous().numpy()})[0])
+
+    def probabilities(self, images: torch.Tensor, tta: str | None = None) -> torch.Tensor:
+        # The tensor work around the session (float conversion, TTA views, softmax) is tiny; on torch's own thread
+        # pool its threads spin after each op, on the cores ONNX Runtime's pool then needs: `fast` at batch 16 ran
+        # at half the images/s of batch 1 (782 against 1,363/s; 1,533/s with this; benchmarks/RESULTS.md).
+        with torch_threads(1):
+            return super().probabilities(images, tta)
 
 
 def load_predictor(path: str | Path, backend: str = "auto", threads: int = 0, spin: bool = True) -> Predictor:

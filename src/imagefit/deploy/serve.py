@@ -42,7 +42,7 @@ from .inference import top_classes
 
 @dataclass
 class ServeOptions:
-    max_batch: int = 32
+    max_batch: int = 64  # 32 cost `fast` 15% of its images/s with 16-image requests (RESULTS, LitServe)
     max_wait_ms: float = 2.0
     queue: int = 256  # images waiting at most
     max_files: int = 16
