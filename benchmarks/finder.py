@@ -65,7 +65,8 @@ def one_run(args, lr) -> dict:
     row = {"lr": trainer.cfg.optim.lr, "auto": lr == "auto", "accuracy": accuracy,
            "seconds": round(time.perf_counter() - start, 1)}
     if found:
-        row.update(finder_s=round(finder_s, 1), valley=found.valley, minimum_10=found.minimum_10,
+        row.update(finder_s=round(finder_s, 1), rule=found.rule, steepest=found.steepest, valley=found.valley,
+                   minimum=found.minimum, minimum_10=found.minimum_10, undone=round(found.undone, 3),
                    steps=len(found.lrs), stopped=found.stopped, warning=found.warning)
     print(json.dumps(row), flush=True)
     if found:
@@ -147,8 +148,12 @@ def main() -> None:
         print(f"finder vs grid best: {-gap:+.2f} points ({'within' if gap <= 1 else 'NOT within'} 1 point)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / (f"finder-{date.today()}-{args.model}{f'-seed{args.seed}' if args.seed else ''}"
-                  f"{'-grid-only' if args.no_finder else ''}.json")
+    stem = (f"finder-{date.today()}-{args.model}{f'-seed{args.seed}' if args.seed else ''}"
+            f"{'-grid-only' if args.no_finder else ''}")
+    path, n = out / f"{stem}.json", 1
+    while path.exists():  # an earlier run's JSON is never overwritten
+        n += 1
+        path = out / f"{stem}-{n}.json"
     path.write_text(json.dumps({"args": vars(args), "rows": rows, "gap_points": gap}, indent=1))
     print(f"runs: {path}")
 

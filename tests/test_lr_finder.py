@@ -63,6 +63,42 @@ def test_a_rebound_after_a_blow_up_is_not_a_descent():
     assert 10 ** -2.3 < rules["steepest"] < 10 ** -1.6
 
 
+def finder_result(lrs, losses, beta=0.98):
+    from imagefit.training.lr_finder import FinderResult
+    smoothed = smooth(losses, beta)
+    return FinderResult(lrs=lrs, losses=losses, smoothed=smoothed, stopped="end of range",
+                        **suggest(lrs, smoothed, losses=losses))
+
+
+def test_the_suggestion_is_the_minimum_after_a_divergence_else_the_steepest_descent():
+    """The rule of lr_finder.RULE on the two shapes it was chosen on: a loss that blows up after its minimum
+    (ResNet18) is trained at the minimum's rate; one that only drifts up after it (fastnet) at its steepest
+    descent."""
+    lrs = exponential_rates(1e-6, 10, 100)
+    diverged = finder_result(lrs, curve(lrs, blow_up=True), beta=0.5)
+    assert diverged.undone >= 1 and diverged.rule == "minimum" and diverged.suggestion == diverged.minimum
+    assert diverged.minimum > 2 * diverged.steepest
+    drifting = curve(lrs, blow_up=False)
+    for i, lr in enumerate(lrs):  # a mild rise after the minimum: a tenth of the fall
+        drifting[i] += 0.2 * min(1.0, max(0.0, math.log10(lr / 0.3)))
+    drifted = finder_result(lrs, drifting, beta=0.5)
+    assert drifted.undone < 1 and drifted.rule == "steepest" and drifted.suggestion == drifted.steepest
+    assert drifted.to_dict()["rule"] == "steepest" and drifted.to_dict()["minimum"] == drifted.minimum
+
+
+def test_a_blow_up_in_the_last_points_is_not_still_falling():
+    """The last points are left out of the rules, but a rise there is a rise: the warning must not tell a curve
+    that blew up at the top of the range that it was still falling (it did, before the fix)."""
+    lrs = exponential_rates(1e-6, 10, 100)
+    losses = curve(lrs, centre=0.3, blow_up=False)
+    for i in range(96, 100):  # the minimum at the last inner point, then a blow-up in the skipped end
+        losses[i] = losses[94] + 2.0 * (i - 95)
+    blew_up = finder_result(lrs, losses, beta=0.5)
+    assert "still falling" not in (blew_up.warning or "")
+    still = finder_result(lrs, curve(lrs, centre=3.0, blow_up=False), beta=0.5)
+    assert "still falling" in still.warning
+
+
 def test_non_finite_losses_never_shape_the_answer():
     lrs = exponential_rates(1e-6, 10, 100)
     losses = curve(lrs)

@@ -130,7 +130,8 @@ def find_lr(recipe: str | None = None, *, out: str | Path | None = None, start_l
     plot = plots.lr_finder(result, out / "lr_finder.png")
     from .tracking import record
     record(tracking_uri, experiment, f"find-lr {out.name}", cfg.to_dict(),
-           {"suggestion": result.suggestion, "valley": result.valley, "minimum_10": result.minimum_10},
+           {"suggestion": result.suggestion, "steepest": result.steepest, "valley": result.valley,
+            "minimum": result.minimum, "minimum_10": result.minimum_10},
            [plot, out / "lr_finder.json"], steps=[(i, {"lr": lr, "loss": loss, "smoothed": sm}) for i, (lr, loss, sm)
                                                  in enumerate(zip(result.lrs, result.losses, result.smoothed))])
     return result

@@ -57,15 +57,20 @@ def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path) ->
 
 
 def lr_finder(result, path: Path) -> Path:
-    """Loss against rate (log axis), raw and smoothed, with the three rules marked; the suggestion stands out."""
+    """Loss against rate (log axis), raw and smoothed, every candidate marked; the suggestion stands out."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(result.lrs, result.losses, color="0.75", lw=1, label="loss")
     ax.plot(result.lrs, result.smoothed, color="C0", lw=2, label="smoothed")
-    marks = [("steepest (suggestion)", result.steepest, "C3", "o", 9), ("valley", result.valley, "C2", "s", 6),
-             ("minimum/10", result.minimum_10, "C1", "^", 6)]
-    for name, lr, color, marker, size in marks:
+    marks = [("steepest", result.steepest, "C3", "o"), ("valley", result.valley, "C2", "s"),
+             ("minimum", result.minimum, "C4", "v"), ("minimum/10", result.minimum_10, "C1", "^")]
+    for name, lr, color, marker in marks:
+        if lr != lr:  # a result saved before the minimum was recorded
+            continue
         i = min(range(len(result.lrs)), key=lambda k: abs(result.lrs[k] - lr))
-        ax.plot([lr], [result.smoothed[i]], marker, color=color, ms=size, label=f"{name}: {lr:.2e}")
+        chosen = name == result.rule
+        ax.plot([lr], [result.smoothed[i]], marker, color=color, ms=11 if chosen else 6,
+                markeredgecolor="black" if chosen else color,
+                label=f"{name}: {lr:.2e}" + (" (suggested peak)" if chosen else ""))
     ax.set_xscale("log")
     finite = [v for v in result.smoothed if v == v]
     if finite:  # the divergence at the end would squash the interesting part

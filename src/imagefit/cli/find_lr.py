@@ -8,9 +8,11 @@ NAME = "find-lr"
 
 
 def add_arguments(sub) -> None:
-    p = sub.add_parser("find-lr", help="learning-rate range test: plot, suggestion, and two other rules",
-                       description="Train briefly at exponentially growing rates and suggest the rate at the "
-                                   "steepest descent of the smoothed loss (weights and optimizer are restored).")
+    p = sub.add_parser("find-lr", help="learning-rate range test: plot, a one-cycle peak rate, every candidate",
+                       description="Train briefly at exponentially growing rates (weights and optimizer are "
+                                   "restored after) and suggest a peak rate for one-cycle: the rate at the smoothed "
+                                   "loss's minimum when the test diverged after it, else its steepest descent. "
+                                   "Every candidate (steepest, valley, minimum, minimum/10) is reported and drawn.")
     run = config_command(p, "range test", "folder for lr_finder.png and lr_finder.json (default: "
                                           "runs/find-lr-TIMESTAMP)")
     run.add_argument("--start-lr", type=float, default=1e-7, help="first rate (default: 1e-7)")
@@ -26,11 +28,12 @@ def run(args) -> dict:
                      tracking_uri=args.tracking_uri, experiment=args.experiment, **given_options(args))
     plot = out / "lr_finder.png"
     if not args.json:
-        print(f"suggested rate {result.suggestion:.2e} (steepest descent of the smoothed loss); valley "
-              f"{result.valley:.2e}, minimum/10 {result.minimum_10:.2e}; {len(result.lrs)} steps, {result.stopped}; "
-              f"plot {plot}")
+        from ..training.lr_finder import describe_candidates
+        print(f"suggested peak rate {result.suggestion:.2e}, the {result.rule} ({describe_candidates(result)}; "
+              f"{len(result.lrs)} steps, {result.stopped}); plot {plot}")
         if result.warning:
             print(f"warning: {result.warning}")
-    return {"suggestion": result.suggestion, "steepest": result.steepest, "valley": result.valley,
-            "minimum_10": result.minimum_10, "steps": len(result.lrs), "stopped": result.stopped,
+    return {"suggestion": result.suggestion, "rule": result.rule, "steepest": result.steepest,
+            "valley": result.valley, "minimum": result.minimum, "minimum_10": result.minimum_10,
+            "undone": result.undone, "steps": len(result.lrs), "stopped": result.stopped,
             "warning": result.warning, "plot": str(plot), "out": str(out)}

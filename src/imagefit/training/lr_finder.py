@@ -16,8 +16,8 @@ What users of other finders trip over, and what this one does instead:
   top of the range, or comes from a test that went over a small training set more than once (its fall is then
   partly memorization): the rate is given with a warning (`FinderResult.warning`, printed and drawn on the plot).
 
-Three rules are reported; `steepest` (the steepest descent of the smoothed loss per decade, on the way down to
-its minimum) is the suggestion.
+Four candidates are reported (steepest descent, valley, minimum, minimum/10); the suggestion, a peak rate for
+one-cycle, is chosen by `RULE` (see there): the minimum when the test diverged after it, else the steepest descent.
 """
 
 from __future__ import annotations
@@ -34,15 +34,31 @@ import torch.nn as nn
 from ..errors import ImagefitError
 
 
+# The rule for a one-cycle peak, chosen on fastnet-small (10 seeds) and ResNet18 (3 seeds) with their 6-rate grids
+# (benchmarks/RESULTS.md, "The finder's rule") and committed before it was checked on ResNet-20 and fastnet-res:
+# - if, after its minimum, the smoothed loss climbs back above where it started (the test undid its whole fall:
+#   it diverged), suggest the rate at the minimum: one-cycle's warm-up lets its peak sit at the edge of stability
+#   that a constant-rate test finds (ResNet18: minimum 0.038-0.045, best grid peak 0.063, steepest 0.015);
+# - else suggest the steepest descent: a curve that only drifts up after its minimum has no edge to find (nets
+#   with scale-invariant filters absorb large rates by growing their norms), and its minimum, lagged by the
+#   smoothing, lies past the good rates (fastnet-small: minimum 2.7-3.9 cost 2.4 points; steepest 0.89-2.3 within
+#   0.04 of the grid's best).
+# On the chosen curves the share of the fall undone after the minimum was 0.00-0.28 for fastnet-small, 9-18 for
+# ResNet18; the threshold 1 lies between.
+RULE = "minimum if the loss climbs back above its start after it (diverged), else steepest descent"
+
+
 @dataclass
 class FinderResult:
     lrs: list[float]
     losses: list[float]  # raw, NaN where the loss was not finite
     smoothed: list[float]
-    steepest: float  # the suggestion
+    steepest: float
     valley: float
     minimum_10: float
     stopped: str  # "diverged", "non-finite loss" or "end of range"
+    minimum: float = math.nan  # the rate at the smoothed loss's minimum (inner points)
+    undone: float = 0.0  # how much of the fall the smoothed loss climbed back after its minimum (1: all of it)
     fall: float = math.nan  # how far the smoothed loss fell, start of the inner points to its minimum
     noise: float = math.nan  # the raw loss's batch-to-batch spread
     falling_at_end: bool = False  # the minimum is the last inner point: the curve had not turned up yet
@@ -50,8 +66,13 @@ class FinderResult:
     batch_size: int = 0
 
     @property
+    def rule(self) -> str:
+        """Which candidate `suggestion` is (see RULE)."""
+        return "minimum" if self.undone >= 1 and math.isfinite(self.minimum) else "steepest"
+
+    @property
     def suggestion(self) -> float:
-        return self.steepest
+        return self.minimum if self.rule == "minimum" else self.steepest
 
     @property
     def warning(self) -> str | None:
@@ -78,7 +99,13 @@ class FinderResult:
         return "; and ".join(said) or None
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "suggestion": self.suggestion, "warning": self.warning}
+        return {**asdict(self), "suggestion": self.suggestion, "rule": self.rule, "warning": self.warning}
+
+
+def describe_candidates(r: FinderResult) -> str:
+    """The candidates in one line, e.g. for a log: 'steepest 1.5e-02, valley 4.0e-03, minimum 3.8e-02, ...'."""
+    return (f"steepest {r.steepest:.2e}, valley {r.valley:.2e}, minimum {r.minimum:.2e}, minimum/10 "
+            f"{r.minimum_10:.2e}; the loss climbed back {r.undone:.2f} of its fall after the minimum")
 
 
 def exponential_rates(start_lr: float, end_lr: float, steps: int) -> list[float]:
@@ -139,16 +166,26 @@ def suggest(lrs: list[float], smoothed: list[float], skip_start: int = 10, skip_
         raw = raw[keep][: lowest + 1]
     steps = np.diff(raw[np.isfinite(raw)])
     noise = float(1.4826 * np.median(np.abs(steps - np.median(steps))) / np.sqrt(2)) if len(steps) > 2 else 0.0
+    # How much of the fall the loss climbed back after its minimum, read on all points after it, the skipped end
+    # included (the blow-up is there): ≥ 1 means it rose above where it started, the test diverged.
+    after = np.asarray(smoothed[skip_start + int(np.nonzero(keep)[0][lowest]):], dtype=float)
+    fall = float(loss[0] - loss[lowest])
+    undone = float((np.nanmax(after) - loss[lowest]) / fall)
     return {"steepest": float(lr[steepest]), "valley": valley, "minimum_10": float(lr[lowest] / 10),
-            "fall": float(loss[0] - loss[lowest]), "noise": noise, "falling_at_end": lowest == len(loss) - 1}
+            "minimum": float(lr[lowest]), "undone": undone, "fall": fall, "noise": noise,
+            # Still falling only if nothing after the minimum rose: a blow-up in the skipped last points (fastnet-small
+            # rose from 1.8 to 2.3-3.0 between rates 3 and 10) is not "still falling at the top of the range".
+            "falling_at_end": lowest == len(loss) - 1 and undone < 0.05}
 
 
 def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
                loss_fn: Callable, *, base_lr: float, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100,
-               diverge: float = 4.0, autocast=None, train_images: int = 0) -> FinderResult:
+               diverge: float = 4.0, autocast=None, train_images: int = 0,
+               on_step: Callable[[int, int, float, float], None] | None = None) -> FinderResult:
     """Run the test with `optimizer` (its groups keep their ratios to `base_lr`), then restore the model, the
     optimizer and the CPU/CUDA generators exactly. `batches` yields (images, labels), ready for the model;
-    `train_images`, the size of the set they come from (0: unknown), lets the result say how often it was seen."""
+    `train_images`, the size of the set they come from (0: unknown), lets the result say how often it was seen.
+    `on_step(step, steps, lr, loss)` after each step, for a progress display (a test can take minutes)."""
     if not 0 < start_lr < end_lr:
         raise ImagefitError(f"--start-lr must be above 0 and below --end-lr (got {start_lr:g}, {end_lr:g})")
     if steps < 20:
@@ -181,6 +218,8 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
             optimizer.step()
             avg = beta * avg + (1 - beta) * value
             current = avg / (1 - beta ** len(losses))
+            if on_step:
+                on_step(len(losses), steps, lr, current)
             best = min(best, current)
             if len(losses) > 10 and current > diverge * best:
                 stopped = "diverged"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -40,6 +41,30 @@ class Progress:
         parts += [f"lr {metrics['lr']:.3g}", f"{self.images / max(seconds, 1e-9):,.0f} img/s", f"{seconds:.1f}s"]
         if not self.quiet:
             print("  ".join(parts), file=self.stream, flush=True)
+
+    @contextlib.contextmanager
+    def range_test(self, every: int = 25):
+        """Yields the range test's `on_step(step, steps, lr, smoothed_loss)`: a live bar on a terminal, else a
+        line every `every` steps (a test can take minutes before the first epoch starts)."""
+        t0 = time.perf_counter()
+        if self.live:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+            bar = Bar(TextColumn("lr range test"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                      TimeRemainingColumn(), transient=True, console=Console(file=self.stream))
+            task = bar.add_task("", total=None, stats="")
+
+            def on_step(step, steps, lr, loss):
+                bar.update(task, total=steps, completed=step, stats=f"rate {lr:.1e} loss {loss:.3f}")
+            with bar:
+                yield on_step
+            return
+
+        def on_step(step, steps, lr, loss):
+            if not self.quiet and (step % every == 0 or step == steps):
+                print(f"lr range test: step {step}/{steps}  rate {lr:.1e}  smoothed loss {loss:.4f}  "
+                      f"{time.perf_counter() - t0:.1f}s", file=self.stream, flush=True)
+        yield on_step
 
     def close(self) -> None:
         if self.bar is not None:

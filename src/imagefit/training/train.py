@@ -40,7 +40,7 @@ from ..evaluation.evaluate import gather_logits
 from ..files import RunLock, atomic_path, atomic_write_text, check_writable, remove_stale_temporaries
 from ..data.imbalance import TAU_GRID, class_weights, log_priors
 from ..data.loader import Loader
-from .lr_finder import FinderResult, range_test
+from .lr_finder import FinderResult, describe_candidates, range_test
 from ..evaluation.metrics import summarize
 from ..models import EpochAware, TrainsFromData, check_options, count_params, create_model, input_stats, is_head, norm_parameter_ids
 from .optim import Lookahead, build_optimizer, build_schedule
@@ -317,8 +317,10 @@ class Trainer:
 
     def range_test(self, **kwargs) -> FinderResult:
         """The learning-rate range test on this run's model, optimizer and batches; everything restored after."""
-        return range_test(self.model, self.optimizer, self.batch_stream(), self.loss_fn, base_lr=self.cfg.optim.lr,
-                          autocast=self.autocast, train_images=self._distinct_images() // self.world.size, **kwargs)
+        with Progress(self.opts.progress if self.world.main else "off").range_test() as on_step:
+            return range_test(self.model, self.optimizer, self.batch_stream(), self.loss_fn,
+                              base_lr=self.cfg.optim.lr, autocast=self.autocast,
+                              train_images=self._distinct_images() // self.world.size, on_step=on_step, **kwargs)
 
     def _distinct_images(self) -> int:
         synthetic = self.data.synthetic
@@ -331,8 +333,8 @@ class Trainer:
         self.cfg.optim.lr = self.lr_finder.suggestion
         self.optimizer = build_optimizer(self.model, self.cfg)
         r = self.lr_finder
-        self.log(f"lr finder: steepest descent at {r.steepest:.2e} (valley {r.valley:.2e}, minimum/10 "
-                 f"{r.minimum_10:.2e}; {len(r.lrs)} steps, {r.stopped}); training at {r.suggestion:.2e}")
+        self.log(f"lr finder: training at {r.suggestion:.2e}, the {r.rule} ({describe_candidates(r)}; "
+                 f"{len(r.lrs)} steps, {r.stopped})")
         if r.warning:
             self.log(f"lr finder warning: {r.warning}")
 
