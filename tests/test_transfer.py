@@ -3,9 +3,11 @@ discriminative rates, fine-tune's two stages and the linear probe."""
 
 import json
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from imagefit.bundle import load_bundle
@@ -46,6 +48,42 @@ def test_init_from_freeze_and_fine_tune(capsys, cifar_dir):
     assert tuned["accuracy"] == tuned["all"]["accuracy"] and tuned["bundle"].endswith("2-all/bundle.safetensors")
     # the normalization is the source bundle's, not the vehicle subset's own statistics
     assert load_bundle("runs/ft/2-all").preprocessing.mean == load_bundle("runs/animals").preprocessing.mean
+
+
+def test_the_fitting_process_over_two_sizes_and_its_resume(capsys, cifar_dir):
+    """`fine-tune --sizes 16,32`: four stages, each size from the last one's weights, the all-layers stages at
+    rates spread from their own range test up to the head stage's rate / 10; a run stopped in its first stage and
+    resumed ends with the very weights of one never stopped."""
+    from imagefit.training.transfer import PEAK_DIVISOR
+    data = ["--data", str(cifar_dir)]
+    run(capsys, "train", *data, *TINY, "--classes", ANIMALS, "--out", "runs/animals")
+    process = [*data, *TINY, "--classes", VEHICLES, "--init-from", "runs/animals", "--sizes", "16,32",
+               "--head-epochs", "1", "--epochs", "1"]
+    done = run(capsys, "fine-tune", *process, "--out", "runs/p")
+    names = ["1-head-16", "2-all-16", "3-head-32", "4-all-32"]
+    assert list(done["stages"]) == names and done["bundle"].endswith("4-all-32/bundle.safetensors")
+    for name, size in zip(names, (16, 16, 32, 32)):
+        assert load_bundle(f"runs/p/{name}").preprocessing.size == size
+    for head, body in (("1-head-16", "2-all-16"), ("3-head-32", "4-all-32")):
+        assert done["stages"][body]["lr"] == pytest.approx(done["stages"][head]["lr"] / PEAK_DIVISOR)
+        found = json.load(open(f"runs/p/{body}.lr_finder.json"))
+        low = min(found["suggestion"], done["stages"][body]["lr"])
+        decay = done["stages"][body]["layer_lr_decay"]
+        assert decay ** (found["layer_groups"] - 1) == pytest.approx(done["stages"][body]["lr"] / low)
+        assert Path(f"runs/p/{body}.lr_finder.png").stat().st_size > 0
+    assert yaml.safe_load(open("runs/p/3-head-32/config.yaml"))["model"]["init_from"] == "runs/p/2-all-16"
+
+    from imagefit.cli import main
+    assert main(["fine-tune", *process, "--out", "runs/q", "--stop-after-steps", "1"]) == 1
+    stopped = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "stage 1-head-16 was interrupted" in stopped and "--resume" in stopped
+    assert not Path("runs/q/2-all-16").exists()
+    again = run(capsys, "fine-tune", *process, "--out", "runs/q", "--resume")
+    assert again["accuracy"] == done["accuracy"]
+    a, b = load_file("runs/p/4-all-32/bundle.safetensors"), load_file("runs/q/4-all-32/bundle.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    assert "--sizes must grow" in fails(capsys, "fine-tune", *process[:-6], "--sizes", "32,16", "--out", "runs/r")
+    assert "--resume continues the fine-tuning in --out" in fails(capsys, "fine-tune", *process, "--resume")
 
 
 def test_init_from_an_incompatible_bundle_names_the_layers(capsys, cifar_dir):

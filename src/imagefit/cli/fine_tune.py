@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+
+from ..errors import ImagefitError
 from .common import config_from_args, out_dir, run_group, run_options
 
 NAME = "fine-tune"
@@ -12,18 +15,47 @@ def add_arguments(sub) -> None:
                        description="fastai's recipe from trained weights (--pretrained imagenet or --init-from): "
                                    "stage 1 trains the head with the body frozen, stage 2 all layers with "
                                    "discriminative rates (--layer-lr-decay, default 2.6 here); each stage's rate "
-                                   "from the range test unless --lr is given. Stages go to OUT/1-head, OUT/2-all.")
+                                   "from the range test unless --lr is given. Stages go to OUT/1-head, OUT/2-all. "
+                                   "With --sizes 16,32 the practitioner's process instead: both stages at each "
+                                   "size (OUT/1-head-16, OUT/2-all-16, OUT/3-head-32, OUT/4-all-32), each size from "
+                                   "the last one's weights, the all-layers stages at rates from their own range "
+                                   "test (earliest layers) up to the head stage's rate / 10 (the head).",
+                       epilog="examples:\n  imagefit fine-tune --pretrained imagenet --data DIR --epochs 3 --out ft\n"
+                              "  imagefit fine-tune --pretrained imagenet --data DIR --sizes 16,32 --out ft2\n"
+                              "  imagefit fine-tune --resume --out ft2 --pretrained imagenet --data DIR --sizes 16,32",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     run = run_group(p)
-    run.add_argument("--head-epochs", type=int, default=1, help="epochs of stage 1 (default: 1); --epochs sets "
-                                                                 "stage 2")
+    run.add_argument("--head-epochs", type=int, default=1, help="epochs of each head stage (default: 1); --epochs "
+                                                                 "sets each all-layers stage")
+    run.add_argument("--sizes", help="image sides, smallest first (e.g. 16,32): the two stages at each size, each "
+                                     "size from the last one's weights (default: one size, --size)")
+    run.add_argument("--resume", action="store_true", help="continue the fine-tuning in --out: finished stages "
+                                                           "are kept, an interrupted one continues, the rest run")
 
 
 def run(args) -> dict:
     from ..training.transfer import fine_tune
     cfg = config_from_args(args)
-    out = out_dir(args, "fine-tune", empty=True)
-    result = fine_tune(cfg, run_options(args, out), args.head_epochs, lr_given="lr" in vars(args))
+    if args.resume and not args.out:
+        raise ImagefitError("--resume continues the fine-tuning in --out: give --out")
+    out = out_dir(args, "fine-tune", empty=not args.resume)
+    result = fine_tune(cfg, run_options(args, out), args.head_epochs, lr_given="lr" in vars(args),
+                       sizes=parse_sizes(args.sizes), resume=args.resume)
     if not args.json:
-        print(f"fine-tuned: test accuracy {result['accuracy']:.4f} (head only: {result['head']['accuracy']:.4f}); "
-              f"bundle {result['bundle']}")
+        stages = ", ".join(f"{name} {r['accuracy']:.4f}" for name, r in result["stages"].items()
+                           if r.get("accuracy") is not None)
+        print(f"fine-tuned: test accuracy {result['accuracy']:.4f} (stages: {stages}); bundle {result['bundle']}")
     return result
+
+
+def parse_sizes(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ImagefitError(f"--sizes takes comma-separated image sides in pixels, e.g. 16,32 (got {text!r})") \
+            from None
+    if sizes != sorted(set(sizes)):
+        raise ImagefitError(f"--sizes must grow, each side once (got {text}); e.g. 16,32")
+    return sizes

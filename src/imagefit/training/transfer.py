@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import yaml
 
 from ..config import Config
 from ..errors import ImagefitError
@@ -34,32 +35,106 @@ def _check_start(cfg: Config, command: str) -> None:
                             f"or --init-from RUN_DIR")
 
 
-def fine_tune(cfg: Config, opts: RunOptions, head_epochs: int, lr_given: bool) -> dict:
-    """Stage 1 (`out/1-head`): body frozen, `head_epochs` epochs. Stage 2 (`out/2-all`): from stage 1's bundle,
-    all layers, `cfg.train.epochs` epochs at discriminative rates."""
+PEAK_DIVISOR = 10  # the playbook: an all-layers stage peaks at the head stage's rate / 5-10
+
+
+def fine_tune(cfg: Config, opts: RunOptions, head_epochs: int, lr_given: bool, sizes: list[int] | None = None,
+              resume: bool = False) -> dict:
+    """fastai's two stages from trained weights, once per image size.
+
+    Without `sizes`: stage 1 (`out/1-head`) trains the head with the body frozen for `head_epochs` epochs; stage 2
+    (`out/2-all`), from stage 1's bundle, all layers for `cfg.train.epochs` epochs at discriminative rates
+    (`--layer-lr-decay`, 2.6 unless given), each stage's peak from the range test unless `--lr` is given.
+
+    With `sizes` (e.g. [16, 32]), the practitioner's process: at each size, a head stage and an all-layers stage
+    (`out/1-head-16`, `out/2-all-16`, `out/3-head-32`, `out/4-all-32`), each size starting from the previous
+    size's last bundle. The head stage peaks at the finder's suggestion; the all-layers stage runs a range test
+    of its own on the unfrozen model and spreads its rates from that suggestion (the earliest layer group) up to
+    the head stage's rate / PEAK_DIVISOR (the head), geometrically across the layer groups. Each range test's
+    plot and JSON are kept (`lr_finder.png` in a head stage, `NAME.lr_finder.png` beside an all-layers stage).
+
+    `resume`: finished stages (bundle and metrics written) are kept, an interrupted one continues from its
+    checkpoint, the rest run."""
     _check_start(cfg, "fine-tune")
     if head_epochs < 1:
         raise ImagefitError(f"--head-epochs must be 1 or more (got {head_epochs})")
     out = Path(opts.out)
-    head = copy.deepcopy(cfg)
-    head.model.freeze_body, head.optim.layer_lr_decay, head.train.epochs = True, 1.0, head_epochs
-    body = copy.deepcopy(cfg)
-    body.model.pretrained, body.model.init_from, body.model.freeze_body = "none", str(out / "1-head"), False
-    if body.optim.layer_lr_decay == 1.0:
-        body.optim.layer_lr_decay = DEFAULT_LAYER_DECAY
-    if not lr_given:
-        head.optim.lr = body.optim.lr = "auto"
-    stages = {}
-    for name, folder, stage_cfg in (("head", "1-head", head), ("all", "2-all", body)):
-        stages[name] = train(stage_cfg.validate(), replace(opts, out=out / folder))
-        if stages[name].get("stopped") == "interrupted":
-            raise ImagefitError(f"stage '{name}' was interrupted; run fine-tune again with a new --out "
-                                f"(stages restart from their first epoch)")
-    result = {"accuracy": stages["all"].get("accuracy"), "n": stages["all"].get("n"),
-              "bundle": stages["all"]["bundle"], "head": stages["head"], "all": stages["all"],
-              "layer_lr_decay": body.optim.layer_lr_decay}
+    process = sizes is not None
+    for size in sizes or []:
+        if not 8 <= size <= 1024:
+            raise ImagefitError(f"--sizes takes image sides from 8 to 1024 px (got {size})")
+    start = copy.deepcopy(cfg)
+    stages, previous = {}, None
+    for i, size in enumerate(sizes or [cfg.data.size]):
+        names = (f"{2 * i + 1}-head-{size}", f"{2 * i + 2}-all-{size}") if process else ("1-head", "2-all")
+        head = copy.deepcopy(start)
+        head.data.size = size
+        if previous is not None:
+            head.model.pretrained, head.model.init_from = "none", previous
+        head.model.freeze_body, head.optim.layer_lr_decay, head.train.epochs = True, 1.0, head_epochs
+        if not lr_given:
+            head.optim.lr = "auto"
+        stages[names[0]] = _stage(head, opts, out / names[0], resume)
+        body = copy.deepcopy(head)
+        body.model.pretrained, body.model.init_from, body.model.freeze_body = "none", str(out / names[0]), False
+        body.train.epochs = start.train.epochs
+        if process:
+            body.optim.lr, body.optim.layer_lr_decay = _spread_rates(body, opts, out, names[1],
+                                                                     stages[names[0]]["lr"], resume)
+        else:
+            body.optim.layer_lr_decay = start.optim.layer_lr_decay if start.optim.layer_lr_decay != 1.0 \
+                else DEFAULT_LAYER_DECAY
+            body.optim.lr = start.optim.lr if lr_given else "auto"
+        stages[names[1]] = _stage(body, opts, out / names[1], resume)
+        previous = str(out / names[1])
+    last = stages[names[1]]
+    result = {"accuracy": last.get("accuracy"), "n": last.get("n"), "bundle": last["bundle"],
+              "stages": stages, "sizes": sizes or [cfg.data.size],
+              # the two-stage result's keys, as before
+              "head": stages[next(iter(stages))], "all": last, "layer_lr_decay": body.optim.layer_lr_decay}
     atomic_write_text(out / "fine_tune.json", json.dumps(result, indent=1, default=str))
     return result
+
+
+def _stage(cfg: Config, opts: RunOptions, folder: Path, resume: bool) -> dict:
+    """One stage as an ordinary tracked run; with `resume`, a finished stage is read back, an interrupted one
+    continued. The result carries the peak rate the stage trained at."""
+    if resume and (folder / "bundle.safetensors").exists() and (folder / "metrics.json").exists():
+        result = json.loads((folder / "metrics.json").read_text())
+        result.setdefault("bundle", str(folder / "bundle.safetensors"))
+    else:
+        again = resume and (folder / "checkpoints" / "last.pt").exists()
+        result = train(cfg.validate(), replace(opts, out=folder, resume=again))
+        if result.get("stopped") == "interrupted":
+            raise ImagefitError(f"stage {folder.name} was interrupted; continue with: imagefit fine-tune --resume "
+                                f"--out {folder.parent} (the same options)")
+    written = Config.from_dict(yaml.safe_load((folder / "config.yaml").read_text()) or {}, where=str(folder))
+    return {**result, "lr": written.optim.lr, "layer_lr_decay": written.optim.layer_lr_decay}
+
+
+def _spread_rates(cfg: Config, opts: RunOptions, out: Path, name: str, head_lr: float,
+                  resume: bool) -> tuple[float, float]:
+    """(peak rate of the head group, decay between layer groups) for an all-layers stage: a range test on the
+    unfrozen model at one rate for all groups gives the earliest group's rate, the head gets head_lr /
+    PEAK_DIVISOR; a suggestion above that peak leaves every group at the peak."""
+    from .. import plots
+    from ..models import layer_groups
+    saved = out / f"{name}.lr_finder.json"
+    probe = copy.deepcopy(cfg)
+    probe.optim.lr, probe.optim.layer_lr_decay = head_lr, 1.0
+    if resume and saved.exists():
+        found = json.loads(saved.read_text())
+        low, groups = found["suggestion"], found["layer_groups"]
+    else:
+        trainer = Trainer(probe.validate(), RunOptions(out=out / name, tracking_uri="none", writes=False,
+                                                       progress=opts.progress))
+        result = trainer.range_test()
+        low, groups = result.suggestion, len(layer_groups(trainer.model))
+        atomic_write_text(saved, json.dumps({**result.to_dict(), "layer_groups": groups}, indent=1))
+        plots.lr_finder(result, out / f"{name}.lr_finder.png")
+    peak = head_lr / PEAK_DIVISOR
+    low = min(low, peak)
+    return peak, (peak / low) ** (1 / max(groups - 1, 1))
 
 
 @torch.inference_mode()
