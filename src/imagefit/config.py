@@ -151,7 +151,8 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int = opt(10, "epochs", low=1, high=100000)
-    batch_size: int = opt(128, "training batch size", low=1, high=65536)
+    batch_size: int | str = opt("auto", "training batch size; auto: 128, or less on small data so that an epoch "
+                                        "has at least 50 steps (never below 16)", low=1, high=65536)
     seed: int = opt(0, "seed for weights, data order and augmentation", low=0, high=2**31 - 1)
     deterministic: bool = opt(False, "use deterministic algorithms only (slower on some GPUs)")
     early_stopping: int = opt(0, "stop after this many epochs without validation improvement (0: off)", low=0)
@@ -305,6 +306,12 @@ def coerce(obj, name: str, value: Any, where: str) -> Any:
             return float(value)
         if kind == (float | str):  # a number, or the word the field names (lr: auto)
             return "auto" if str(value).lower() == "auto" else float(value)
+        if kind == (int | str):  # an integer, or auto (batch_size: auto)
+            if str(value).lower() == "auto":
+                return "auto"
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
         return str(value)
     except (TypeError, ValueError):
         raise ImagefitError(f"{where}: {flag(name)} got {value!r}, which is not {_describe(kind)}") from None
@@ -313,7 +320,8 @@ def coerce(obj, name: str, value: Any, where: str) -> Any:
 def _describe(kind) -> str:
     if typing.get_origin(kind) is list:
         return f"a comma-separated list of {'names' if typing.get_args(kind)[0] is str else 'integers'}"
-    names = {bool: "true or false", int: "an integer", float: "a number", float | str: "a number or auto"}
+    names = {bool: "true or false", int: "an integer", float: "a number", float | str: "a number or auto",
+             int | str: "an integer or auto"}
     return names.get(kind, "a string")
 
 

@@ -28,5 +28,7 @@ def run(args) -> dict:
     page = build_report(args.run, data=args.data, top=args.top)
     summary = json.loads((page.parent / "report.json").read_text())
     if not args.json:
+        for warning in summary["warnings"]:
+            print(f"warning: {warning}")
         print(f"report {page} (accuracy {summary['accuracy']:.4f}, calibration error {summary['ece']:.4f})")
     return {"report": str(page), **summary}

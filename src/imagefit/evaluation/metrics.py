@@ -43,6 +43,32 @@ def summarize(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) ->
     }
 
 
+def _covering(counts: torch.Tensor, share: float = 0.9) -> torch.Tensor:
+    """Indices of the fewest classes that hold `share` of `counts`, largest first."""
+    order = counts.sort(descending=True)
+    cumulative = order.values.cumsum(0) / counts.sum()
+    return order.indices[: int((cumulative < share - 1e-9).sum().item()) + 1]
+
+
+def collapse_warning(confusion: list[list[int]], classes: list[str]) -> str | None:
+    """A warning when the predictions pile onto a few classes that the labels do not (a run too short for its
+    model, or a rate that blew it up, predicts one class, or two or three, for every image), else None: 90% of the
+    predictions in at most a third of the classes, where the labels need more than twice as many for their 90%.
+    (ResNet18 from scratch, 28 steps on 1,800 CIFAR images: 3 classes took every prediction, 12% accuracy.)"""
+    c = torch.tensor(confusion, dtype=torch.float64)
+    n, k = c.sum().item(), len(classes)
+    if k < 3 or n < 10:
+        return None
+    predicted, truth = _covering(c.sum(0)), _covering(c.sum(1))
+    if len(predicted) > max(1, k // 3) or len(truth) <= 2 * len(predicted):
+        return None
+    names = ", ".join(classes[i] for i in predicted.tolist())
+    share = c.sum(0)[predicted].sum().item() / n
+    return (f"the model predicts {names} for {share:.0%} of the {int(n):,} test images ({len(predicted)} of {k} "
+            f"classes): its predictions have collapsed and it learned next to nothing; train longer (--epochs), with "
+            f"a smaller --batch-size or a lower --lr, or fine-tune a pretrained model")
+
+
 def format_report(m: dict, classes: list[str]) -> str:
     """A plain-text table for the terminal."""
     loss = "" if m["loss"] is None else f"   loss {m['loss']:.4f}"

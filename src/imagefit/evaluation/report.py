@@ -48,7 +48,7 @@ def build_report(run: str | Path, data: str | None = None, top: int = 16) -> Pat
     from ..bundle import load_bundle
     from ..data.sources import ImageSet
     from .evaluate import bundle_scores, split_images
-    from .metrics import calibration, summarize
+    from .metrics import calibration, collapse_warning, summarize
     bundle = load_bundle(run)
     run = bundle.path.parent
     out = run / "report"
@@ -65,9 +65,12 @@ def build_report(run: str | Path, data: str | None = None, top: int = 16) -> Pat
 
     figures = {}
     history = run / "metrics.json"
-    if history.is_file():
-        figures["training curves"] = plots.training_curves(json.loads(history.read_text())["history"],
-                                                           out / "curves.png")
+    trained = json.loads(history.read_text()) if history.is_file() else {}
+    if trained.get("history"):
+        figures["training curves"] = plots.training_curves(trained["history"], out / "curves.png")
+    # The training run's warnings (too few steps, collapsed predictions), and the collapse as seen on this data.
+    warnings = [w for w in trained.get("warnings", []) if not w.startswith("the model predicts")]
+    warnings += [w for w in [collapse_warning(m["confusion"], classes)] if w]
     figures["confusion matrix"] = plots.confusion_matrix(m["confusion"], classes, out / "confusion.png")
     cal = calibration(probs, labels)
     figures["reliability diagram"] = plots.reliability(cal, out / "reliability.png")
@@ -95,8 +98,9 @@ def build_report(run: str | Path, data: str | None = None, top: int = 16) -> Pat
         robustness[kind] = (s.argmax(1) == y).float().mean().item()
 
     page = out / "index.html"
-    page.write_text(_html(run, m, classes, pairs, gallery, cal, robustness, figures, tta))
+    page.write_text(_html(run, m, classes, pairs, gallery, cal, robustness, figures, tta, warnings))
     summary = {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "ece": cal["ece"],
+               "warnings": warnings,
                "robustness": robustness, "confused_pairs": pairs, "top_loss": gallery}
     (out / "report.json").write_text(json.dumps(summary, indent=1))
     _log_to_mlflow(run, out)
@@ -119,8 +123,9 @@ def _log_to_mlflow(run: Path, out: Path) -> None:
     tracker.end("FINISHED")
 
 
-def _html(run, m, classes, pairs, gallery, cal, robustness, figures, tta) -> str:
+def _html(run, m, classes, pairs, gallery, cal, robustness, figures, tta, warnings=()) -> str:
     e = html.escape
+    alerts = "".join(f'<p class="warning" role="alert"><b>Warning:</b> {e(w)}</p>' for w in warnings)
     rows = "".join(f"<tr><td>{e(c)}</td><td>{r['precision']:.3f}</td><td>{r['recall']:.3f}</td><td>{r['f1']:.3f}"
                    f"</td><td>{r['support']}</td></tr>" for c, r in m["per_class"].items())
     pair_rows = "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td><td>{n}</td></tr>" for a, b, n in pairs)
@@ -134,8 +139,8 @@ def _html(run, m, classes, pairs, gallery, cal, robustness, figures, tta) -> str
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
 figure{{display:inline-block;margin:6px;text-align:center;font-size:12px}}.gallery img{{width:96px;
-image-rendering:pixelated}}</style></head>
-<body><h1>{e(run.name)}</h1>
+image-rendering:pixelated}}.warning{{background:#fff3cd;border:1px solid #c9a227;padding:8px 12px}}</style></head>
+<body><h1>{e(run.name)}</h1>{alerts}
 <p>Test accuracy <b>{100 * m['accuracy']:.2f}%</b> (TTA {e(tta)}), balanced {100 * m['balanced_accuracy']:.2f}%,
 macro-F1 {100 * m['macro_f1']:.2f}%, top-5 {100 * m['top5']:.2f}%, {m['n']} images.
 Expected calibration error {100 * cal['ece']:.2f}%.</p>

@@ -91,7 +91,7 @@ def _suggest(trial, name: str, spec: dict, cfg: Config):
     kind = field_types(getattr(cfg, section))[field]
     if "choices" in spec:
         return trial.suggest_categorical(name, list(spec["choices"]))
-    if kind is int or kind == (int | None):
+    if kind in (int, int | None, int | str):
         return trial.suggest_int(name, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)),
                                  log=bool(spec.get("log", False)))
     step = spec.get("step")

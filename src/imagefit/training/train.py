@@ -41,7 +41,7 @@ from ..files import RunLock, atomic_path, atomic_write_text, check_writable, rem
 from ..data.imbalance import TAU_GRID, class_weights, log_priors
 from ..data.loader import Loader
 from .lr_finder import FinderResult, describe_candidates, range_test
-from ..evaluation.metrics import summarize
+from ..evaluation.metrics import collapse_warning, summarize
 from ..models import EpochAware, TrainsFromData, check_options, count_params, create_model, input_stats, is_head, norm_parameter_ids
 from .optim import Lookahead, build_optimizer, build_schedule
 from ..preprocessing import Normalize, Preprocessing, adjust_logits
@@ -213,6 +213,11 @@ class Trainer:
                                     f"with (--data DIR, if that folder has moved), or start a new run")
         if t.early_stopping and self.data.val is None:
             raise ImagefitError("--early-stopping needs a validation split; set --val-fraction above 0")
+        if t.batch_size == "auto":
+            t.batch_size = auto_batch_size(len(self.data.train) // self.world.size) * self.world.size
+            if t.batch_size < AUTO_BATCH:
+                self.log(f"batch size {t.batch_size} (auto: {len(self.data.train):,} training images; 128 would give "
+                         f"an epoch {len(self.data.train) // AUTO_BATCH} steps)")
         self.channels_last = t.channels_last != "no"
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = create_model(len(self.data.classes), cfg.model)
@@ -248,6 +253,7 @@ class Trainer:
         eval_batch = max(t.batch_size, 256)
         self.val_loader = Loader(self.data.val, eval_batch, normalize, **common) if self.data.val else None
         self.test_loader = Loader(self.data.test, eval_batch, normalize, **common) if self.data.test else None
+        self.warnings = [w for w in [self._steps_warning()] if w]
         self.lr_finder: FinderResult | None = None
         if auto_lr:
             self._find_lr()
@@ -308,6 +314,17 @@ class Trainer:
         n = min(len(train), 5000)
         images = train.images[:n] if isinstance(train, ImageSet) else torch.stack([train.read(i) for i in range(n)])
         self.model.init_from_data(normalize(images.to(self.device)))
+
+    def _steps_warning(self) -> str | None:
+        """Said before training when a model trained from scratch gets too few optimizer steps to learn."""
+        cfg, t = self.cfg, self.cfg.train
+        steps = t.epochs * len(self.train_loader)
+        if cfg.model.init_from or cfg.model.pretrained != "none" or steps >= MIN_SCRATCH_STEPS:
+            return None
+        return (f"this run has only {steps} optimizer steps ({t.epochs} epochs of {len(self.train_loader)} batches of "
+                f"{t.batch_size} from {len(self.data.train):,} images); a {cfg.model.model} trained from scratch "
+                f"rarely learns in under {MIN_SCRATCH_STEPS} and may end predicting one class: raise --epochs, "
+                f"lower --batch-size, fine-tune a pretrained model (imagefit fine-tune), or use --recipe fast")
 
     def batch_stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Training batches, epoch after epoch from the first, as training would see them."""
@@ -405,6 +422,8 @@ class Trainer:
                  f"{len(self.data.val) if self.data.val else 0:,} val, "
                  f"{len(self.data.test) if self.data.test else 0:,} test images; {self.device}"
                  + (f"; resuming at epoch {self.epoch + 1}, step {self.step}" if self.opts.resume else ""))
+        for warning in self.warnings:
+            self.log(f"warning: {warning}")
         progress = Progress(self.opts.progress if self.world.main else "off")
         stopped = "completed"
         try:
@@ -597,6 +616,12 @@ class Trainer:
         if self.test_loader:
             report = summarize(*self.test_scores(), self.data.classes)
             metrics.update({k: report[k] for k in ("accuracy", "top5", "loss", "n")})
+            collapsed = collapse_warning(report["confusion"], self.data.classes)
+            if collapsed:
+                self.warnings.append(collapsed)
+                self.log(f"warning: {collapsed}")
+        if self.warnings:
+            metrics["warnings"] = self.warnings
         if not self.world.main:  # rank 0 writes the bundle, the plots and the metrics
             return {**metrics, "rank": self.world.rank}
         artifacts = [plots.training_curves(self.history, self.out / "curves.png")]
@@ -628,6 +653,19 @@ class Trainer:
         metrics = {k: v for k, v in metrics.items() if k not in ("history", "test")}
         return {**metrics, "stopped": "finished already", "bundle": str(self.out / "bundle.safetensors"),
                 "run_dir": str(self.out), "mlflow_run_id": self.tracking_run_id}
+
+
+MIN_SCRATCH_STEPS = 200  # fewer, and a ResNet trained from scratch on a small folder predicted one class (issue 28)
+AUTO_BATCH, MIN_AUTO_BATCH, MIN_EPOCH_STEPS = 128, 16, 50
+
+
+def auto_batch_size(images: int) -> int:
+    """`--batch-size auto`: 128, or the largest power of two that gives an epoch at least 50 steps, not below 16:
+    2,000 images train at 32 (56 steps an epoch), where 128 gave 14 and ResNets trained from scratch collapsed."""
+    batch = AUTO_BATCH
+    while batch > MIN_AUTO_BATCH and images // batch < MIN_EPOCH_STEPS:
+        batch //= 2
+    return batch
 
 
 def train(cfg: Config, opts: RunOptions) -> dict:

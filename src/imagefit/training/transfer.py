@@ -166,7 +166,7 @@ def linear_probe(cfg: Config, out: Path, head: str, c: float = 1.0) -> dict:
     data = trainer.data
     if data.test is None:
         raise ImagefitError(f"{data.source} has no test split to report on; add test/ beside train/")
-    batch = max(cfg.train.batch_size, 256)
+    batch = 256 if cfg.train.batch_size == "auto" else max(cfg.train.batch_size, 256)
     sets = [s for s in (data.train, data.val) if s is not None]
     parts = [features(trainer.model, Loader(s, batch, trainer.normalize, device=trainer.device)) for s in sets]
     x_train, y_train = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -1,0 +1,75 @@
+"""Small data must not fail silently (issue 28): the batch size follows the number of images, a run with too few
+steps for its model says so before training, and predictions collapsed onto one or two classes are called out by
+`train` and at the top of `report`."""
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imagefit.evaluation.metrics import collapse_warning
+from imagefit.training.train import auto_batch_size
+
+from .conftest import class_images
+from .test_train import run
+
+
+def test_auto_batch_size_gives_an_epoch_enough_steps():
+    assert auto_batch_size(45_000) == 128 and auto_batch_size(6_400) == 128
+    assert auto_batch_size(1_800) == 32 and 1_800 // 32 >= 50
+    assert auto_batch_size(100) == 16  # never below 16
+
+
+def test_collapsed_predictions_are_named():
+    classes = ["a", "b", "c", "d", "e"]
+    spread = [[10 if i == j else 0 for j in range(5)] for i in range(5)]
+    assert collapse_warning(spread, classes) is None
+    collapsed = [[0, 10, 0, 0, 0] for _ in range(5)]  # everything predicted as b
+    said = collapse_warning(collapsed, classes)
+    assert "predicts b for 100% of the 50 test images (1 of 5 classes)" in said and "--epochs" in said
+    # ResNet18 from scratch, 28 steps: three of ten classes took every prediction (12% accuracy)
+    ten = [str(i) for i in range(10)]
+    three = [[300, 100, 100] + [0] * 7 for _ in range(10)]
+    assert "predicts 0, 1, 2 for 100%" in collapse_warning(three, ten)
+    learned_a_little = [[150, 130, 70, 40, 30, 30, 20, 10, 10, 10] for _ in range(10)]
+    assert collapse_warning(learned_a_little, ten) is None
+    skewed_truth = [[40, 0, 0, 0, 0], [0, 5, 0, 0, 0], [0, 0, 2, 0, 0], [0, 0, 0, 2, 0], [0, 0, 0, 0, 1]]
+    assert collapse_warning(skewed_truth, classes) is None  # the labels are skewed the same way: not a collapse
+
+
+def write_folder(root: Path, per_class: int, test_per_class: int, classes: int = 10) -> Path:
+    for split, n, seed in (("train", per_class, 5), ("test", test_per_class, 6)):
+        x, y = class_images(n, classes, seed=seed)
+        for i, (img, label) in enumerate(zip(x, y)):
+            d = root / split / f"class{label}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+def test_the_default_recipe_learns_on_2000_images(capsys, tmp_path):
+    """No options but the data: 2,000 images in 10 classes train at batch 32 (56 steps an epoch), and learn."""
+    data = write_folder(tmp_path / "tree", 200, 20)
+    r = run(capsys, "train", "--data", str(data), "--out", str(tmp_path / "run"), "--tracking-uri", "none")
+    assert r["accuracy"] > 0.5  # chance is 0.1
+    import yaml
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["batch_size"] == 32
+    assert "warnings" not in r
+
+
+def test_too_few_steps_are_said_before_training_and_in_the_report(capsys, tmp_path):
+    data = write_folder(tmp_path / "tree", 20, 5, classes=4)
+    r = run(capsys, "train", "--data", str(data), "--out", str(tmp_path / "run"), "--tracking-uri", "none",
+            "--epochs", "1", "--batch-size", "32")
+    steps = [w for w in r["warnings"] if "optimizer steps" in w]
+    assert steps and "only 2 optimizer steps" in steps[0] and "--recipe fast" in steps[0]
+    page = run(capsys, "report", str(tmp_path / "run"), "--data", str(data))
+    assert any("only 2 optimizer steps" in w for w in page["warnings"])
+    html = Path(page["report"]).read_text()
+    assert html.index('class="warning"') < html.index("<h2>Figures")
+
+
+@pytest.mark.parametrize("value, error", [("lots", "an integer or auto"), ("0", "must be >= 1")])
+def test_batch_size_auto_or_a_number(capsys, tmp_path, value, error):
+    from .test_train import fails
+    assert error in fails(capsys, "train", "--data", str(tmp_path), "--batch-size", value)
