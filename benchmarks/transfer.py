@@ -12,7 +12,13 @@ target classes' held-out images:
   bar is measured against the best of these, so a poor finder pick cannot flatter fine-tuning;
 - fine-tune: `imagefit fine-tune --init-from SOURCE` (head, then all layers at discriminative rates, each rate
   from the range test);
-- probe: `imagefit features --init-from SOURCE --head svm` (a linear SVM on the frozen source features).
+- probe: `imagefit features --init-from SOURCE --head svm` (a linear SVM on the frozen source features);
+- with --process-sizes 16,32: `imagefit fine-tune --sizes 16,32` (the practitioner's process: both stages at each
+  size), with half the all-layers epochs and one head epoch at each of the two sizes: 2 head + N all-layers
+  epochs in all, against plain fine-tune's 3 + N (the process's smaller epochs are also cheaper).
+
+--source RUN reuses a trained source bundle (seeds of the target arms then share one source, as a practitioner
+shares one pretrained model; --keep-source DIR saves the one trained here).
 
 Prints the table; writes JSON to --out. The issue's bar: fine-tuned beats scratch by at least 10 points.
 """
@@ -51,24 +57,44 @@ def main() -> None:
     p.add_argument("--target-epochs", type=int, default=30)
     p.add_argument("--scratch-lrs", default="", help="comma-separated fixed peak rates for more scratch arms")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--source", help="a trained source run folder to reuse (default: train one)")
+    p.add_argument("--keep-source", metavar="DIR", help="train the source into DIR and keep it")
+    p.add_argument("--process-sizes", help="also the fine-tune process at these sizes (e.g. 16,32)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
     data = ["--data", args.data, "--model", args.model, "--val-fraction", "0", "--seed", str(args.seed)]
     common = [*data, "--tracking-uri", "none", "--progress", "lines"]
-    target = [*common, "--classes", TARGET, "--per-class", str(args.per_class), "--epochs", str(args.target_epochs),
-              "--batch-size", "50"]
+
+    def target_with(epochs: int) -> list[str]:
+        return [*common, "--classes", TARGET, "--per-class", str(args.per_class), "--epochs", str(epochs),
+                "--batch-size", "50"]
+    target = target_with(args.target_epochs)
     with tempfile.TemporaryDirectory() as tmp:
-        source = imagefit("train", *common, "--classes", SOURCE, "--epochs", str(args.source_epochs),
-                          "--batch-size", "256", "--lr", "0.2", "--out", f"{tmp}/source")
-        print(f"source ({SOURCE}): held-out {100 * source['accuracy']:.2f}% in {source['wall_s']} s", flush=True)
+        if args.source:
+            src = args.source
+            source = json.loads((Path(src) / "metrics.json").read_text())
+            source["wall_s"] = None
+        else:
+            src = args.keep_source or f"{tmp}/source"
+            source = imagefit("train", *common, "--classes", SOURCE, "--epochs", str(args.source_epochs),
+                              "--batch-size", "256", "--lr", "0.2", "--out", src)
+        print(f"source ({SOURCE}): held-out {100 * source['accuracy']:.2f}% ({source['wall_s']} s)", flush=True)
+        process = {}
+        if args.process_sizes:
+            # the same total epochs as the plain arm: half its head and all-layers epochs at each of two sizes
+            sizes = args.process_sizes.split(",")
+            process["fine-tune process"] = imagefit(
+                "fine-tune", *target_with(args.target_epochs // len(sizes)), "--init-from", src,
+                "--head-epochs", str(max(1, 3 // len(sizes))), "--sizes", args.process_sizes, "--out", f"{tmp}/proc")
         rows = {
             "scratch": imagefit("train", *target, "--lr", "auto", "--out", f"{tmp}/scratch"),
             **{f"scratch lr {lr}": imagefit("train", *target, "--lr", lr, "--out", f"{tmp}/scratch-{lr}")
                for lr in filter(None, args.scratch_lrs.split(","))},
-            "fine-tune": imagefit("fine-tune", *target, "--init-from", f"{tmp}/source", "--head-epochs", "3",
+            "fine-tune": imagefit("fine-tune", *target, "--init-from", src, "--head-epochs", "3",
                                   "--out", f"{tmp}/ft"),
+            **process,
             "probe (svm)": imagefit("features", *data, "--classes", TARGET, "--per-class", str(args.per_class),
-                                    "--init-from", f"{tmp}/source", "--head", "svm", "--out", f"{tmp}/probe"),
+                                    "--init-from", src, "--head", "svm", "--out", f"{tmp}/probe"),
         }
     print(f"\ntarget ({TARGET}), {args.per_class} training images per class, {args.model}, seed {args.seed}")
     for name, r in rows.items():
@@ -78,7 +104,11 @@ def main() -> None:
     print(f"fine-tune - best scratch ({best}): {gain:+.2f} points (bar: +10)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"transfer-{date.today()}-{args.model}.json"
+    path = out / f"transfer-{date.today()}-{args.model}-seed{args.seed}.json"
+    n = 1
+    while path.exists():  # an earlier run's JSON is never overwritten
+        n += 1
+        path = out / f"transfer-{date.today()}-{args.model}-seed{args.seed}-{n}.json"
     slim = {k: {f: v for f, v in r.items() if f not in ("confusion", "per_class", "head", "all", "report")}
             for k, r in rows.items()}
     path.write_text(json.dumps({"args": vars(args), "source": source["accuracy"], "rows": slim,
