@@ -93,10 +93,12 @@ class ModelConfig:
     stem: str = opt("cifar", "first layers: cifar (3x3 stride 1, no max-pool) or imagenet (torchvision's)",
                     choices=("cifar", "imagenet"))
     dropout: float = opt(0.0, "dropout before the classifier head", low=0.0, high=0.95)
-    blocks: list[int] = opt([2, 2, 2, 2], "configurable resnet: residual blocks per stage; fastnet-res: basic "
-                                          "blocks in each of its three groups (its own 1,1,1 unless given)")
-    widths: list[int] = opt([64, 128, 256, 512], "configurable resnet: channels per stage; fastnet models: "
-                                                 "channels of the three conv groups (default: the model's own)")
+    blocks: list[int] = opt([2, 2, 2, 2], "models resnet and fastnet-res only: residual blocks per stage (resnet's "
+                                          "default: 2,2,2,2; fastnet-res: basic blocks in each of its three groups, "
+                                          "default 1,1,1)")
+    widths: list[int] = opt([64, 128, 256, 512], "models resnet and fastnet* only: channels per stage (resnet's "
+                                                 "default: 64,128,256,512; fastnet models: the three conv groups', "
+                                                 "default the model's own)")
     max_params: int = opt(0, "refuse a model with more parameters than this (0: no limit)", low=0)
     pretrained: str = opt("none", "start from torchvision's ImageNet weights (resnet18/34/50); inputs are then "
                                   "normalized with ImageNet's statistics, the ones the weights were trained with",

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS.values():
         command.add_arguments(sub)
+    from .examples import finish
+    finish(parser)
     return parser
 
 

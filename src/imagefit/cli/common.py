@@ -56,14 +56,13 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         kind = field_types(getattr(defaults, section))[f.name]
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         extra = f" [{'|'.join(f.metadata['choices'])}]" if f.metadata["choices"] else ""
-        help_text = f"{f.metadata['help']}{extra} (default: {shown})"
+        help_text = f"{f.metadata['help']}{extra}" + ("" if "default" in f.metadata["help"] else f" (default: {shown})")
         if kind is bool:
             group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)
         else:
             group.add_argument(flag(f.name), dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(),
                                help=help_text)
-    p.formatter_class = argparse.HelpFormatter  # defaults are in the help texts already
 
 
 def given_options(args: argparse.Namespace) -> dict:

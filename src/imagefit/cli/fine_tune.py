@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 from ..errors import ImagefitError
 from .common import config_from_args, out_dir, run_group, run_options
 
@@ -20,11 +18,12 @@ def add_arguments(sub) -> None:
                                    "size (OUT/1-head-16, OUT/2-all-16, OUT/3-head-32, OUT/4-all-32), each size from "
                                    "the last one's weights, the all-layers stages at rates from their own range "
                                    "test (earliest layers) up to the head stage's rate / 10 (the head).",
-                       epilog="examples:\n  imagefit fine-tune --pretrained imagenet --data DIR --epochs 3 --out ft\n"
-                              "  imagefit fine-tune --pretrained imagenet --data DIR --sizes 16,32 --out ft2\n"
-                              "  imagefit fine-tune --resume --out ft2 --pretrained imagenet --data DIR --sizes 16,32",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+)
     run = run_group(p)
+    for action in p._actions:  # the config flag's default is 1.0 (one rate); fine-tune's stage 2 uses 2.6
+        if action.dest == "layer_lr_decay":
+            action.help = action.help.replace("(default: 1.0)", "(default here: 2.6, ULMFiT's factor; with --sizes: "
+                                                                 "from the range test)")
     run.add_argument("--head-epochs", type=int, default=1, help="epochs of each head stage (default: 1); --epochs "
                                                                  "sets each all-layers stage")
     run.add_argument("--sizes", help="image sides, smallest first (e.g. 16,32): the two stages at each size, each "

@@ -15,8 +15,15 @@ def add_arguments(sub) -> None:
 def run(args) -> dict:
     from ..config import ModelConfig
     from ..models import REGISTRY, count_params, create_model
-    rows = {name: count_params(create_model(10, ModelConfig(model=name))) for name in sorted(REGISTRY)}
+    rows = {name: {"parameters": count_params(create_model(10, ModelConfig(model=name))),
+                   "options": sorted(REGISTRY[name].options), "pretrained": sorted(REGISTRY[name].pretrained)}
+            for name in sorted(REGISTRY)}
     if not args.json:
-        for name, n in rows.items():
-            print(f"{name:>10} {n:>12,} parameters")
+        print(f"{'model':<13} {'parameters':>12}  {'input':<18} {'its own options':<40} pretrained weights")
+        for name, r in rows.items():
+            options = ", ".join("--" + o.replace("_", "-") for o in r["options"]) or "-"
+            print(f"{name:<13} {r['parameters']:>12,}  {'--size (any, 32)':<18} {options:<40} "
+                  f"{', '.join(r['pretrained']) or '-'}")
+        print("parameters for 10 classes; every model takes any --size (default 32 px): the pooling before the head "
+              "adapts; options beside those: --dropout, --max-params, --pretrained, --init-from, --freeze-body")
     return {"models": rows}

@@ -1,6 +1,7 @@
-"""Small data must not fail silently (issue 28): the batch size follows the number of images, a run with too few
-steps for its model says so before training, and predictions collapsed onto one or two classes are called out by
-`train` and at the top of `report`."""
+"""What a new user meets first. Small data must not fail silently (issue 28): the batch size follows the number of
+images, a run with too few steps for its model says so before training, and predictions collapsed onto a few
+classes are called out by `train` and at the top of `report`. Help (issue 30): every flag's default, examples,
+and a model table."""
 
 from pathlib import Path
 
@@ -73,3 +74,40 @@ def test_too_few_steps_are_said_before_training_and_in_the_report(capsys, tmp_pa
 def test_batch_size_auto_or_a_number(capsys, tmp_path, value, error):
     from .test_train import fails
     assert error in fails(capsys, "train", "--data", str(tmp_path), "--batch-size", value)
+
+
+def test_every_flag_shows_its_default_and_every_command_has_examples():
+    """issue 30: `--help` of every command and subcommand names each flag's default and ends with examples."""
+    import argparse
+
+    from imagefit.cli import build_parser
+    from imagefit.cli.examples import Help
+
+    def walk(p, name=""):
+        yield name, p
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for n, sp in a.choices.items():
+                    yield from walk(sp, f"{name} {n}".strip())
+    missing = []
+    for name, p in list(walk(build_parser()))[1:]:
+        formatter = Help(name)
+        for a in p._actions:
+            meaningful = a.default not in (None, argparse.SUPPRESS, False, True)
+            if a.option_strings and meaningful and "default" not in formatter._get_help_string(a):
+                missing.append(f"{name} {a.option_strings[-1]}")
+        if "examples:\n  imagefit " not in p.format_help():
+            missing.append(f"{name}: no examples")
+    assert not missing, missing
+    tune = " ".join(next(sp for n, sp in walk(build_parser()) if n == "fine-tune").format_help().split())
+    decay = tune[tune.index("--layer-lr-decay LAYER_LR_DECAY discriminative"):][:300]
+    assert "(default here: 2.6" in decay and "(default: 1.0)" not in decay
+
+def test_models_prints_a_table_with_a_header(capsys):
+    r = run(capsys, "models")
+    assert r["models"]["resnet18"]["pretrained"] == ["imagenet"] and "blocks" in r["models"]["resnet"]["options"]
+    from imagefit.cli import main
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["model", "parameters", "input"] and "pretrained weights" in lines[0]
+    assert any(line.startswith("resnet18 ") and "imagenet" in line for line in lines)
