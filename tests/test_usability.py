@@ -111,3 +111,25 @@ def test_models_prints_a_table_with_a_header(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["model", "parameters", "input"] and "pretrained weights" in lines[0]
     assert any(line.startswith("resnet18 ") and "imagenet" in line for line in lines)
+
+
+def test_a_run_from_imagefit_data_is_reported_without_it(capsys, tmp_path, monkeypatch):
+    """issue 30: the README's main job reads IMAGEFIT_DATA; a later shell without it must still find the data for
+    `report` and `evaluate`. And report takes --tracking-uri like every command that tracks."""
+    from .conftest import TINY, write_cifar
+    data = write_cifar(tmp_path / "data")
+    monkeypatch.setenv("IMAGEFIT_DATA", str(data))
+    run(capsys, "train", *TINY, "--out", str(tmp_path / "run"))
+    import yaml
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["data"] == str(data.resolve())
+    monkeypatch.delenv("IMAGEFIT_DATA")
+    assert run(capsys, "evaluate", "--bundle", str(tmp_path / "run"))["n"] == 40
+    uri = f"sqlite:///{tmp_path}/reports.db"
+    page = run(capsys, "report", str(tmp_path / "run"), "--tracking-uri", uri)
+    assert Path(page["report"]).exists()
+    import mlflow
+    client = mlflow.tracking.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("imagefit").experiment_id])
+    assert [r.info.run_name for r in runs] == ["report run"]
+    assert "report/index.html" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")}
+    assert run(capsys, "report", str(tmp_path / "run"), "--tracking-uri", "none")["accuracy"] == page["accuracy"]

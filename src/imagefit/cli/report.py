@@ -18,6 +18,10 @@ def add_arguments(sub) -> None:
     p.add_argument("run", help="run folder (or its bundle.safetensors)")
     p.add_argument("--data", help="data folder (default: the one the run was trained on)")
     p.add_argument("--top", type=int, default=16, help="highest-loss images to show (default: 16)")
+    p.add_argument("--tracking-uri", help="MLflow store to attach the report to (default: the run's own store, "
+                                          "where it was tracked; 'none': off)")
+    p.add_argument("--experiment", default="imagefit", help="MLflow experiment for a store other than the run's "
+                                                            "(default: imagefit)")
     add_json(p)
 
 
@@ -25,7 +29,8 @@ def run(args) -> dict:
     from ..evaluation.report import build_report
     if args.top < 1:
         raise ImagefitError(f"--top must be 1 or more (got {args.top})")
-    page = build_report(args.run, data=args.data, top=args.top)
+    page = build_report(args.run, data=args.data, top=args.top, tracking_uri=args.tracking_uri,
+                        experiment=args.experiment)
     summary = json.loads((page.parent / "report.json").read_text())
     if not args.json:
         for warning in summary["warnings"]:

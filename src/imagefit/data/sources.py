@@ -415,7 +415,8 @@ def find_layout(root: Path) -> tuple[str, Path]:
         return "folder", root  # a bare tree of class folders: all of it is train
     listing = ", ".join(sorted(p.name for p in root.iterdir())[:6]) or "nothing"
     raise ImagefitError(f"{root} holds neither CIFAR-10 batches ({CIFAR_DIR}/data_batch_1..5) nor an "
-                        f"ImageFolder tree (train/<class>/*.jpg); found {listing}. Point --data at one of them")
+                        f"ImageFolder tree (train/<class>/*.jpg); found {listing}. Point --data (or IMAGEFIT_DATA) "
+                        f"at one of them, or add --download for CIFAR-10")
 
 
 def load_splits(cfg: DataConfig, seed: int) -> Splits:

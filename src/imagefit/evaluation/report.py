@@ -44,7 +44,8 @@ def probe(images: torch.Tensor, kind: str) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
-def build_report(run: str | Path, data: str | None = None, top: int = 16) -> Path:
+def build_report(run: str | Path, data: str | None = None, top: int = 16, tracking_uri: str | None = None,
+                 experiment: str = "imagefit") -> Path:
     from ..bundle import load_bundle
     from ..data.sources import ImageSet
     from .evaluate import bundle_scores, split_images
@@ -103,21 +104,26 @@ def build_report(run: str | Path, data: str | None = None, top: int = 16) -> Pat
                "warnings": warnings,
                "robustness": robustness, "confused_pairs": pairs, "top_loss": gallery}
     (out / "report.json").write_text(json.dumps(summary, indent=1))
-    _log_to_mlflow(run, out)
+    _log_to_mlflow(run, out, tracking_uri, experiment)
     return page
 
 
-def _log_to_mlflow(run: Path, out: Path) -> None:
-    """Attach the report to the run's MLflow record, when the run was tracked."""
-    last = run / "checkpoints" / "last.pt"
-    if not last.is_file():
-        return
+def _log_to_mlflow(run: Path, out: Path, uri: str | None = None, experiment: str = "imagefit") -> None:
+    """Attach the report to the run's MLflow record, when the run was tracked (or, given another store `uri`, to a
+    new run named after it there; 'none': nowhere)."""
     from ..checkpoint import load_checkpoint
     from ..tracking import start_run
-    state = load_checkpoint(last)
-    if not state.get("tracking_run_id") or state.get("tracking_uri") in (None, "", "none"):
+    if uri == "none":
         return
-    tracker = start_run(state["tracking_uri"], "imagefit", run.name, {}, run_id=state["tracking_run_id"])
+    last = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(last) if last.is_file() else {}
+    own = state.get("tracking_uri") not in (None, "", "none") and state.get("tracking_run_id")
+    if uri is None and not own:
+        return
+    if uri is None or uri == state.get("tracking_uri"):
+        tracker = start_run(state["tracking_uri"], "imagefit", run.name, {}, run_id=state["tracking_run_id"])
+    else:
+        tracker = start_run(uri, experiment, f"report {run.name}", {})
     for f in sorted(out.iterdir()):
         tracker.artifact(f, "report")
     tracker.end("FINISHED")

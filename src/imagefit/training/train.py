@@ -34,7 +34,7 @@ from ..data.augment import BatchAugment
 from ..bundle import load_bundle, load_weights, save_bundle
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import Config
-from ..data.sources import ImageSet, Splits, describe_change, fingerprint, load_splits
+from ..data.sources import ImageSet, Splits, data_root, describe_change, fingerprint, load_splits
 from ..errors import ImagefitError
 from ..evaluation.evaluate import gather_logits
 from ..files import RunLock, atomic_path, atomic_write_text, check_writable, remove_stale_temporaries
@@ -205,6 +205,8 @@ class Trainer:
             if self.world.main else "none"
         check_store(self.tracking_uri, opts.experiment)
         self.data: Splits = load_splits(cfg.data, t.seed)
+        if not cfg.data.data:  # found through IMAGEFIT_DATA or the cache: recorded, so report and evaluate find it
+            cfg.data.data = str(data_root(cfg.data).resolve())
         self.data_fingerprint = fingerprint(self.data)
         if checkpoint is not None and checkpoint.get("data"):
             change = describe_change(json.loads(checkpoint["data"]), self.data_fingerprint)
