@@ -134,6 +134,7 @@ def test_parity_imagefolder_of_48x40_rgb_and_grayscale_at_32_px(capsys, tmp_path
     expected, _ = train_run(tmp_path / "run", data=str(tree), size=32, resize=resize, tta="flip", tta_average="probs",
                             val_fraction=0.2, **(dict(logit_adjust=0.5, imbalance="step:2") if resize == "squish" else {}))
     files = _tree_test_files(tree)
+    assert imagefit.load(tmp_path / "run").preprocessing.temperature != 1.0  # fitted on validation: in the parity
     assert {Image.open(f).mode for f in files} == {"L", "RGB"} and Image.open(files[0]).size == (48, 40)
     images = [Image.open(f) for f in files]  # PIL images, grayscale ones included
     check_parity(capsys, tmp_path / "run", expected, files, images)

@@ -168,6 +168,8 @@ class TrainConfig:
     logit_adjust: float | str = opt(0.0, "at evaluation, subtract this times the log of each class's training "
                                          "prior from the scores (0: off; auto: chosen on the validation split)",
                                     low=0.0, high=10.0)
+    calibrate: bool = opt(True, "after training, fit a temperature on the validation split (when there is one) so "
+                                "that the probabilities match how often the model is right; stored in the bundle")
     tta: str = opt("none", "test-time augmentation for validation and test: none, flip (2 views), crops (3: the "
                            "image and two 1-pixel shifts) or flip+crops (6)", choices=TTA_MODES)
     tta_average: str = opt("logits", "how test-time views combine: mean of the logits or of the probabilities",

@@ -186,6 +186,7 @@ class Preprocessing:
     tta: str = "none"
     tta_average: str = "logits"
     logit_adjust: dict | None = None  # {"tau": τ, "log_prior": [log p(class) in the training set]}
+    temperature: float = 1.0  # scores are divided by it (fitted on validation data: calibrated probabilities)
 
     def to_dict(self) -> dict:
         """The bundle's `preprocessing` entry (its format since bundle format 1: class order and TTA are stored
@@ -193,6 +194,8 @@ class Preprocessing:
         d = {"size": self.size, "resize": self.resize, "mean": list(self.mean), "std": list(self.std)}
         if self.logit_adjust:
             d["logit_adjust"] = self.logit_adjust
+        if self.temperature != 1.0:
+            d["temperature"] = self.temperature
         return d
 
     @classmethod
@@ -205,7 +208,8 @@ class Preprocessing:
         missing = [k for k in ("size", "resize", "mean", "std") if k not in d]
         if missing:
             raise ImagefitError(f"{where}: preprocessing lacks {', '.join(missing)}; re-run 'imagefit train'")
-        p = cls(d["size"], d["resize"], d["mean"], d["std"], classes, tta, tta_average, d.get("logit_adjust") or None)
+        p = cls(d["size"], d["resize"], d["mean"], d["std"], classes, tta, tta_average, d.get("logit_adjust") or None,
+                d.get("temperature", 1.0))
         return p.check(where)
 
     def check(self, where: str = "the bundle") -> Preprocessing:
@@ -235,7 +239,10 @@ class Preprocessing:
                                or not isinstance(la.get("log_prior"), list) or len(la["log_prior"]) != len(c)
                                or not all(_finite_number(x) for x in la["log_prior"])):
             bad("logit_adjust", la, f"a tau >= 0 and {len(c)} finite log priors")
+        if not _finite_number(self.temperature) or not 0.01 <= self.temperature <= 100:
+            bad("temperature", self.temperature, "a number from 0.01 to 100")
         self.mean, self.std, self.classes = [float(x) for x in self.mean], [float(x) for x in self.std], list(c)
+        self.temperature = float(self.temperature)
         return self
 
     def with_tta(self, tta: str | None = None, average: str | None = None) -> Preprocessing:
@@ -269,8 +276,11 @@ class Preprocessing:
                             f"H×W×3 uint8 array")
 
     def adjust(self, scores: torch.Tensor) -> torch.Tensor:
+        """The logit adjustment, then the temperature: what turns the model's (TTA-combined) logits into the
+        scores whose softmax every path reports."""
         la = self.logit_adjust
-        return adjust_logits(scores, torch.tensor(la["log_prior"]), la["tau"]) if la else scores
+        scores = adjust_logits(scores, torch.tensor(la["log_prior"]), la["tau"]) if la else scores
+        return scores / self.temperature if self.temperature != 1.0 else scores
 
     def scores(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                tta: str | None = None) -> torch.Tensor:

@@ -17,10 +17,10 @@ import sys
 
 from ..allocator import keep_freed_memory
 from ..errors import ImagefitError
-from . import ensemble, evaluate, export, features, find_lr, fine_tune, generate, models, predict, report, search, serve, train
+from . import calibrate, ensemble, evaluate, export, features, find_lr, fine_tune, generate, models, predict, report, search, serve, train
 
-COMMANDS = {m.NAME: m for m in (train, find_lr, fine_tune, features, ensemble, report, generate, evaluate, predict,
-                                search, export, serve, models)}
+COMMANDS = {m.NAME: m for m in (train, find_lr, fine_tune, features, ensemble, report, generate, evaluate, calibrate,
+                                predict, search, export, serve, models)}
 
 
 class Terminated(KeyboardInterrupt):

@@ -30,6 +30,7 @@ EXAMPLES = {
                       "imagefit generate eval --model gen --data DIR --features classifier"],
     "evaluate": ["imagefit evaluate --bundle runs/fast --tta flip+crops",
                  "imagefit evaluate --bundle runs/a --bundle runs/b --vote soft --data DIR"],
+    "calibrate": ["imagefit calibrate --bundle runs/r18", "imagefit calibrate --bundle runs/fast --split test"],
     "predict": ["imagefit predict --bundle runs/fast cat.png dog.jpg",
                 "imagefit predict --bundle runs/fast photos/ --format csv --top-k 3"],
     "search": ["imagefit search --space benchmarks/spaces/fast.yaml --data DIR --trials 20 --out search",

@@ -9,6 +9,8 @@ The tests check these figures against torchmetrics' functional API.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -79,6 +81,19 @@ def format_report(m: dict, classes: list[str]) -> str:
         r = m["per_class"][c]
         lines.append(f"{c:>14} {r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:7.3f} {r['support']:8d}")
     return "\n".join(lines)
+
+
+def fit_temperature(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T minimizing the cross-entropy of scores / T (Guo et al. 2017, temperature scaling): one
+    number, so accuracy is unchanged; searched on log T in [1/100, 100] (a bounded 1-D minimization)."""
+    from scipy.optimize import minimize_scalar
+    scores, labels = scores.double(), labels.long()
+
+    def nll(log_t: float) -> float:
+        return F.cross_entropy(scores / math.exp(log_t), labels).item()
+    best = minimize_scalar(nll, bounds=(math.log(0.01), math.log(100)), method="bounded",
+                           options={"xatol": 1e-4})
+    return round(math.exp(best.x), 4)
 
 
 def calibration(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict:

@@ -74,6 +74,10 @@ def build_report(run: str | Path, data: str | None = None, top: int = 16, tracki
     warnings += [w for w in [collapse_warning(m["confusion"], classes)] if w]
     figures["confusion matrix"] = plots.confusion_matrix(m["confusion"], classes, out / "confusion.png")
     cal = calibration(probs, labels)
+    temperature = bundle.preprocessing.temperature
+    # the error the bundle's temperature removed: the same scores unscaled
+    cal["ece_without_temperature"] = calibration((scores * temperature).softmax(1), labels)["ece"]
+    cal["temperature"] = temperature
     figures["reliability diagram"] = plots.reliability(cal, out / "reliability.png")
     if (run / "lr_finder.png").is_file():
         figures["learning-rate finder"] = Path(shutil.copy(run / "lr_finder.png", out / "lr_finder.png"))
@@ -101,6 +105,7 @@ def build_report(run: str | Path, data: str | None = None, top: int = 16, tracki
     page = out / "index.html"
     page.write_text(_html(run, m, classes, pairs, gallery, cal, robustness, figures, tta, warnings))
     summary = {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "ece": cal["ece"],
+               "temperature": cal["temperature"], "ece_without_temperature": cal["ece_without_temperature"],
                "warnings": warnings,
                "robustness": robustness, "confused_pairs": pairs, "top_loss": gallery}
     (out / "report.json").write_text(json.dumps(summary, indent=1))
@@ -149,7 +154,8 @@ image-rendering:pixelated}}.warning{{background:#fff3cd;border:1px solid #c9a227
 <body><h1>{e(run.name)}</h1>{alerts}
 <p>Test accuracy <b>{100 * m['accuracy']:.2f}%</b> (TTA {e(tta)}), balanced {100 * m['balanced_accuracy']:.2f}%,
 macro-F1 {100 * m['macro_f1']:.2f}%, top-5 {100 * m['top5']:.2f}%, {m['n']} images.
-Expected calibration error {100 * cal['ece']:.2f}%.</p>
+Expected calibration error {100 * cal['ece']:.2f}% (temperature {cal['temperature']:.3f}; without it
+{100 * cal['ece_without_temperature']:.2f}%).</p>
 <h2>Figures</h2>{figs}
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>
 {rows}</table>

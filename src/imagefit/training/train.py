@@ -41,7 +41,7 @@ from ..files import RunLock, atomic_path, atomic_write_text, check_writable, rem
 from ..data.imbalance import TAU_GRID, class_weights, log_priors
 from ..data.loader import Loader
 from .lr_finder import FinderResult, describe_candidates, range_test
-from ..evaluation.metrics import collapse_warning, summarize
+from ..evaluation.metrics import calibration, collapse_warning, fit_temperature, summarize
 from ..models import EpochAware, TrainsFromData, check_options, count_params, create_model, input_stats, is_head, norm_parameter_ids
 from .optim import Lookahead, build_optimizer, build_schedule
 from ..preprocessing import Normalize, Preprocessing, adjust_logits
@@ -242,6 +242,7 @@ class Trainer:
         k, labels = len(self.data.classes), self.data.train.labels
         self.log_prior = log_priors(labels, k)  # for --logit-adjust, applied to scores gathered on the CPU
         self.tau = 0.0 if t.logit_adjust == "auto" else t.logit_adjust  # auto: chosen at the end, on validation
+        self.temperature = 1.0  # fitted at the end, on validation (--calibrate)
         self.loss_fn = make_loss(cfg, class_weights(labels, k).to(self.device) if t.balance == "reweight" else None)
         self.autocast, self.scaler = autocast_for(self.device, t.amp)
 
@@ -576,7 +577,7 @@ class Trainer:
         `predict` and `serve` reproduce from it; only the per-epoch validation runs in the training precision."""
         p = self.preprocessing
         scores, labels = gather_logits(self.model, loader, autocast, p.tta, p.tta_average)
-        return adjust_logits(scores, self.log_prior, self.tau if tau is None else tau), labels
+        return adjust_logits(scores, self.log_prior, self.tau if tau is None else tau) / self.temperature, labels
 
     def test_scores(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Float32 scores (the bundle's TTA and logit adjustment applied) and labels of the test split, in its
@@ -595,11 +596,22 @@ class Trainer:
                  f"{table[self.tau]:.4f}; {table[0.0]:.4f} without)")
 
     def _preprocessing(self) -> Preprocessing:
-        """The contract the bundle carries: the one resolved at the start, with the logit adjustment chosen."""
-        if not self.tau:
-            return self.preprocessing
-        # the bundle's scores are adjusted wherever it is used
-        return replace(self.preprocessing, logit_adjust={"tau": self.tau, "log_prior": self.log_prior.tolist()})
+        """The contract the bundle carries: the one resolved at the start, with the logit adjustment and the
+        temperature chosen (the bundle's scores are adjusted and scaled wherever it is used)."""
+        adjust = {"tau": self.tau, "log_prior": self.log_prior.tolist()} if self.tau else None
+        return replace(self.preprocessing, logit_adjust=adjust, temperature=self.temperature)
+
+    def _calibrate(self, metrics: dict) -> None:
+        """Temperature scaling on the validation split: one number that divides the scores, fitted to their
+        cross-entropy there; accuracy unchanged, the expected calibration error before and after recorded."""
+        self.temperature = 1.0
+        scores, labels = self._scores(self.val_loader)
+        before = calibration(scores.softmax(1), labels)["ece"]
+        self.temperature = fit_temperature(scores, labels)
+        after = calibration((scores / self.temperature).softmax(1), labels)["ece"]
+        metrics.update(temperature=self.temperature, val_ece_before=round(before, 5), val_ece_after=round(after, 5))
+        self.log(f"calibration: temperature {self.temperature:.3f} (validation calibration error {100 * before:.2f}% "
+                 f"-> {100 * after:.2f}%)")
 
     def _finish(self, stopped: str) -> dict:
         """Best weights back in, test evaluation, plots, bundle, tracking; the result as a dict."""
@@ -612,12 +624,16 @@ class Trainer:
             self._choose_tau()
         if self.tau or self.cfg.train.logit_adjust == "auto":
             metrics["logit_adjust"] = self.tau
+        if self.val_loader and self.cfg.train.calibrate:
+            self._calibrate(metrics)
         if self.val_loader:
             metrics["val_accuracy"] = summarize(*self._scores(self.val_loader), self.data.classes)["accuracy"]
         report = None
         if self.test_loader:
-            report = summarize(*self.test_scores(), self.data.classes)
+            scores, labels = self.test_scores()
+            report = summarize(scores, labels, self.data.classes)
             metrics.update({k: report[k] for k in ("accuracy", "top5", "loss", "n")})
+            metrics["ece"] = round(calibration(scores.softmax(1), labels)["ece"], 5)
             collapsed = collapse_warning(report["confusion"], self.data.classes)
             if collapsed:
                 self.warnings.append(collapsed)
