@@ -601,7 +601,7 @@ class Trainer:
         adjust = {"tau": self.tau, "log_prior": self.log_prior.tolist()} if self.tau else None
         return replace(self.preprocessing, logit_adjust=adjust, temperature=self.temperature)
 
-    def _calibrate(self, metrics: dict) -> None:
+    def _calibrate(self, metrics: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Temperature scaling on the validation split: one number that divides the scores, fitted to their
         cross-entropy there; accuracy unchanged, the expected calibration error before and after recorded."""
         self.temperature = 1.0
@@ -612,6 +612,7 @@ class Trainer:
         metrics.update(temperature=self.temperature, val_ece_before=round(before, 5), val_ece_after=round(after, 5))
         self.log(f"calibration: temperature {self.temperature:.3f} (validation calibration error {100 * before:.2f}% "
                  f"-> {100 * after:.2f}%)")
+        return scores, labels
 
     def _finish(self, stopped: str) -> dict:
         """Best weights back in, test evaluation, plots, bundle, tracking; the result as a dict."""
@@ -624,10 +625,10 @@ class Trainer:
             self._choose_tau()
         if self.tau or self.cfg.train.logit_adjust == "auto":
             metrics["logit_adjust"] = self.tau
-        if self.val_loader and self.cfg.train.calibrate:
-            self._calibrate(metrics)
         if self.val_loader:
-            metrics["val_accuracy"] = summarize(*self._scores(self.val_loader), self.data.classes)["accuracy"]
+            # one pass over validation: the temperature divides the scores, so it leaves their argmax alone
+            val = self._calibrate(metrics) if self.cfg.train.calibrate else self._scores(self.val_loader)
+            metrics["val_accuracy"] = summarize(*val, self.data.classes)["accuracy"]
         report = None
         if self.test_loader:
             scores, labels = self.test_scores()
