@@ -20,39 +20,60 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def training_curves(history: list[dict], path: Path) -> Path:
-    """Loss and accuracy per epoch, train beside validation."""
+def training_curves(history: list[dict], path: Path, title: str | None = None, best_epoch: int | None = None) -> Path:
+    """Loss, accuracy (train beside validation) and the learning rate per epoch; the best epoch (dashed) and any
+    resume (dotted) marked; whole-number epoch ticks."""
+    from matplotlib.ticker import MaxNLocator
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for key, ax in zip(("loss", "accuracy"), axes):
         for split in ("train", "val"):
             values = [h.get(f"{split}_{key}") for h in history]
             if any(v is not None for v in values):
                 ax.plot(epochs, values, marker="o", ms=3, label=split)
-        ax.set_xlabel("epoch")
         ax.set_ylabel(key)
+    axes[2].plot(epochs, [h.get("lr") for h in history], marker="o", ms=3, color="C2", label="rate at epoch end")
+    axes[2].set_ylabel("learning rate (first group)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+        if best_epoch:
+            ax.axvline(best_epoch, color="0.3", ls="--", lw=1, label=f"best epoch ({best_epoch})")
+        for h in history:
+            if h.get("resumed"):
+                ax.axvline(h["epoch"] - 0.5, color="C3", ls=":", lw=1.2, label="resumed")
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return _save(fig, path)
 
 
-def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path) -> Path:
-    """Counts with true class on rows, predicted on columns; cells shaded by the row's share."""
+def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, title: str = "test split") -> Path:
+    """Counts (true class on rows, predicted on columns) beside the same matrix normalized by row (each true
+    class's share), each with its colour bar."""
     import numpy as np
     m = np.asarray(matrix)
     share = m / np.maximum(m.sum(1, keepdims=True), 1)
     size = max(4.0, 0.55 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if len(classes) <= 20:
-        for i in range(len(classes)):
-            for j in range(len(classes)):
-                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if share[i, j] > 0.5 else "black")
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1.5, size))
+    for ax, values, name, fmt in ((axes[0], m, "counts", "d"), (axes[1], share, "share of each true class", ".2f")):
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=None if fmt == "d" else 1)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(name, fontsize=10)
+        if len(classes) <= 20:
+            for i in range(len(classes)):
+                for j in range(len(classes)):
+                    ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=7,
+                            color="white" if values[i, j] > 0.5 * max(values.max(), 1e-12) else "black")
+    fig.suptitle(f"confusion matrix, {title} ({int(m.sum()):,} images)")
     return _save(fig, path)
 
 

@@ -38,7 +38,8 @@ def run(args) -> dict:
                                 device=resolve_device(args.device))
     try:
         m["confusion_png"] = str(plots.confusion_matrix(m["confusion"], first.classes,
-                                                        first.path.parent / f"confusion-{args.split}.png"))
+                                                        first.path.parent / f"confusion-{args.split}.png",
+                                                        f"{args.split} split"))
     except OSError:
         pass  # a read-only bundle folder: the numbers still print
     scalars = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

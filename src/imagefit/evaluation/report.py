@@ -68,11 +68,13 @@ def build_report(run: str | Path, data: str | None = None, top: int = 16, tracki
     history = run / "metrics.json"
     trained = json.loads(history.read_text()) if history.is_file() else {}
     if trained.get("history"):
-        figures["training curves"] = plots.training_curves(trained["history"], out / "curves.png")
+        figures["training curves"] = plots.training_curves(
+            trained["history"], out / "curves.png", f"{run.name}: {bundle.config.model.model}, test accuracy "
+            f"{100 * m['accuracy']:.2f}%", trained.get("best_epoch"))
     # The training run's warnings (too few steps, collapsed predictions), and the collapse as seen on this data.
     warnings = [w for w in trained.get("warnings", []) if not w.startswith("the model predicts")]
     warnings += [w for w in [collapse_warning(m["confusion"], classes)] if w]
-    figures["confusion matrix"] = plots.confusion_matrix(m["confusion"], classes, out / "confusion.png")
+    figures["confusion matrix"] = plots.confusion_matrix(m["confusion"], classes, out / "confusion.png", "test split")
     cal = calibration(probs, labels)
     temperature = bundle.preprocessing.temperature
     # the error the bundle's temperature removed: the same scores unscaled

@@ -411,6 +411,7 @@ class Trainer:
         if self.opts.resume and self.finished and (self.out / "bundle.safetensors").exists():
             return self._finished_already()  # (without its bundle, it was stopped in its final evaluation: redo that)
         self.out.mkdir(parents=True, exist_ok=True)
+        self._history_at_start = len(self.history)  # epochs done before this process (a resumed run's)
         if (not self.opts.resume or self.opts.data is not None) and self.world.main:  # new, or its data moved
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.tracker = start_run(self.tracking_uri, self.opts.experiment, self.opts.run_name or self.out.name,
@@ -537,6 +538,8 @@ class Trainer:
             logits, labels = self._scores(self.val_loader, autocast=self.autocast)
             row["val_loss"] = F.cross_entropy(logits, labels).item()
             row["val_accuracy"] = (logits.argmax(1) == labels).float().mean().item()
+        if self.opts.resume and not any(h.get("resumed") for h in self.history[self._history_at_start:]):
+            row["resumed"] = True  # the first epoch finished by this process of a resumed run
         if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.schedule.step(row.get(self.cfg.train.monitor, row["train_loss"]))
         self.history.append(row)
@@ -643,9 +646,12 @@ class Trainer:
             metrics["warnings"] = self.warnings
         if not self.world.main:  # rank 0 writes the bundle, the plots and the metrics
             return {**metrics, "rank": self.world.rank}
-        artifacts = [plots.training_curves(self.history, self.out / "curves.png")]
+        score = f", test accuracy {100 * metrics['accuracy']:.2f}%" if "accuracy" in metrics else ""
+        artifacts = [plots.training_curves(self.history, self.out / "curves.png",
+                                           f"{self.out.name}: {self.cfg.model.model}{score}", self.best_epoch)]
         if report:
-            artifacts.append(plots.confusion_matrix(report["confusion"], self.data.classes, self.out / "confusion.png"))
+            artifacts.append(plots.confusion_matrix(report["confusion"], self.data.classes, self.out / "confusion.png",
+                                                    "test split"))
         full = {**metrics, "history": self.history, "test": report}
         atomic_write_text(self.out / "metrics.json", json.dumps(full, indent=1))
 
