@@ -133,3 +133,21 @@ def test_a_run_from_imagefit_data_is_reported_without_it(capsys, tmp_path, monke
     assert [r.info.run_name for r in runs] == ["report run"]
     assert "report/index.html" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")}
     assert run(capsys, "report", str(tmp_path / "run"), "--tracking-uri", "none")["accuracy"] == page["accuracy"]
+
+
+def test_mlflow_info_lines_stay_out_of_the_output(tmp_path):
+    """issue 30: MLflow's own INFO lines ("Creating initial MLflow database tables...") no longer interleave with
+    the run's progress; its warnings and errors still show."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import write_cifar
+    data = write_cifar(tmp_path / "data")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "imagefit", "train", "--data", str(data), "--model", "resnet",
+                           "--blocks", "1", "--widths", "8", "--epochs", "1", "--tracking-uri",
+                           f"sqlite:///{tmp_path}/m.db", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert "INFO mlflow" not in done.stderr and "test accuracy" in done.stdout + done.stderr

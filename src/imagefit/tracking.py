@@ -8,6 +8,7 @@ it takes seconds to import.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -64,7 +65,14 @@ class MLflowTracker(Tracker):
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        # MLflow's INFO lines ("Creating initial MLflow database tables...") interleave with the run's progress:
+        # warnings and errors only, unless the user set MLflow's level (MLFLOW_LOGGING_LEVEL, read at its import;
+        # the logger is set too, for a process that imported MLflow before)
+        quiet = "MLFLOW_LOGGING_LEVEL" not in os.environ
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         import mlflow
+        if quiet:
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
         self.mlflow = mlflow
         self.uri = uri
