@@ -80,6 +80,10 @@ def test_search_tracks_resumes_and_writes_the_best_recipe(capsys, cifar_dir, tmp
     parent = study.user_attrs["mlflow_parent_run_id"]
     exp = client.get_experiment_by_name("imagefit").experiment_id
     assert len(client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")) == 4
+    study_run = client.get_run(parent)  # ended, with the study's outcome (it stayed RUNNING with no metrics)
+    assert study_run.info.status == "FINISHED" and study_run.data.metrics["best_value"] == again["best_value"]
+    assert study_run.data.metrics["complete_trials"] == again["trials"]["complete"]
+    assert "best.yaml" in {a.path for a in client.list_artifacts(parent)}
     trained = run(capsys, "train", "--recipe", r["best_recipe"], "--data", str(cifar_dir), "--tracking-uri", "none",
                   "--out", "runs/best")
     assert "accuracy" in trained

@@ -335,7 +335,19 @@ def search(space_path: str, trials: int, out: str | Path, *, storage: str | None
     if len(study.get_trials(deepcopy=False, states=done)) < trials:
         study.optimize(objective, n_trials=trials, callbacks=[MaxTrialsCallback(trials, states=done)],
                        catch=(ImagefitError,))
-    return summarize(study, out, space)
+    result = summarize(study, out, space)
+    parent = study.user_attrs.get(PARENT_KEY)
+    # The study's run: its outcome at this many finished trials, then ended (it stayed RUNNING with no metrics)
+    if parent and not tracking_off(tracking_uri):
+        tracker = start_run(tracking_uri, experiment, f"study {study_name}", {}, run_id=parent)
+        tracker.metrics({k: v for k, v in (("best_value", result.get("best_value")),
+                                           ("best_trial", result.get("best_trial")),
+                                           *((f"{state}_trials", n) for state, n in result["trials"].items()))
+                         if v is not None}, step=result["trials"]["complete"] + result["trials"]["pruned"])
+        if result.get("best_recipe"):
+            tracker.artifact(Path(result["best_recipe"]))
+        tracker.end("FINISHED")
+    return result
 
 
 PARENT_KEY = "mlflow_parent_run_id"
