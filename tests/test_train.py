@@ -111,6 +111,8 @@ def test_run_is_tracked_in_a_real_mlflow_store(capsys, cifar_dir, tmp_path):
     assert got.data.metrics["test_accuracy"] == pytest.approx(r["accuracy"])
     artifacts = {a.path for a in client.list_artifacts(got.info.run_id)}
     assert {"bundle.safetensors", "curves.png", "confusion.png", "metrics.json"} <= artifacts
+    e = run(capsys, "evaluate", "--bundle", "runs/m", "--experiment", "tests")  # the same (default) store
+    assert client.get_run(e["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == r["mlflow_run_id"]
 
 
 def test_existing_run_folder_is_never_overwritten(capsys, cifar_dir):

@@ -43,9 +43,13 @@ def run(args) -> dict:
     except OSError:
         pass  # a read-only bundle folder: the numbers still print
     scalars = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    from ..tracking import default_uri
+    trained_in = first.metrics.get("mlflow_run_id") if len(args.bundle) == 1 and \
+        first.metrics.get("mlflow_uri") == (args.tracking_uri or default_uri()) else None
     m["mlflow_run_id"] = record(args.tracking_uri, args.experiment, f"evaluate {first.path.parent.name}",
                                 {"bundles": ",".join(args.bundle), "split": args.split, "data": args.data,
-                                 "tta": args.tta, "vote": args.vote}, scalars, [m.get("confusion_png", "")])
+                                 "tta": args.tta, "vote": args.vote}, scalars, [m.get("confusion_png", "")],
+                                parent=trained_in)  # nested under the training run it evaluated
     if not args.json:
         print_evaluation(m, first.classes)
     return {**m, "split": args.split, "bundle": args.bundle[0] if len(args.bundle) == 1 else args.bundle}

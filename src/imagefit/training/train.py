@@ -655,8 +655,10 @@ class Trainer:
         full = {**metrics, "history": self.history, "test": report}
         atomic_write_text(self.out / "metrics.json", json.dumps(full, indent=1))
 
+        tracked = {"mlflow_run_id": self.tracking_run_id, "mlflow_uri": self.tracking_uri} \
+            if self.tracking_run_id else {}  # so evaluate and report can link their runs to this one
         bundle = save_bundle(self.out / "bundle.safetensors", self.model, self._preprocessing(), self.cfg,
-                             {**metrics, "created": datetime.now().isoformat(timespec="seconds")})
+                             {**metrics, **tracked, "created": datetime.now().isoformat(timespec="seconds")})
         # End-of-run figures get their own names, so they never extend the per-epoch curves.
         final_names = {"accuracy": "test_accuracy", "top5": "test_top5", "loss": "test_loss",
                        "val_accuracy": "final_val_accuracy"}
