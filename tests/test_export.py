@@ -70,14 +70,24 @@ def test_the_graph_takes_pixels_and_holds_the_contract(served):
     assert meta["preprocessing"] == bundle.preprocessing.to_dict() and meta["input"]["range"] == [0, 255]
 
 
+def png_files(folder, classes: int, seed: int) -> list[str]:
+    """One PNG per class of conftest's learnable images, in `folder`."""
+    from PIL import Image
+
+    from .conftest import class_images
+    x, _ = class_images(1, classes, seed=seed)
+    files = [str(folder / f"{i}.png") for i in range(len(x))]
+    for f, img in zip(files, x):
+        Image.fromarray(img).save(f)
+    return files
+
+
 def test_mlflow_pyfunc_model_answers_what_predict_answers(capsys, served, tmp_path):
     import base64
 
     import mlflow.pyfunc
     import pandas as pd
-    from PIL import Image
 
-    from .conftest import class_images
     root = served["root"]
     r = run(capsys, "export", "--bundle", str(root / "run"), "--format", "mlflow", "--out", str(tmp_path / "m"),
             "--data", str(served["data"]), "--parity-images", "8")
@@ -85,11 +95,7 @@ def test_mlflow_pyfunc_model_answers_what_predict_answers(capsys, served, tmp_pa
     again = run(capsys, "export", "--bundle", str(root / "run"), "--format", "mlflow", "--out", str(tmp_path / "m"),
                 "--data", str(served["data"]), "--parity-images", "8")
     assert again["export"] == str(tmp_path / "m")  # an earlier export of ours is replaced without --force
-    x, _ = class_images(1, 3, seed=7)
-    files = []
-    for i, img in enumerate(x):
-        files.append(str(tmp_path / f"{i}.png"))
-        Image.fromarray(img).save(files[-1])
+    files = png_files(tmp_path, classes=3, seed=7)
     expected = run(capsys, "predict", "--bundle", str(root / "run"), "--backend", "pytorch", "--top-k", "3", *files)
     model = mlflow.pyfunc.load_model(str(tmp_path / "m"))
     raw = [open(f, "rb").read() for f in files]
@@ -119,16 +125,11 @@ def test_mlflow_export_under_mlflow_models_serve_and_the_registry(capsys, served
     import mlflow
     import mlflow.pyfunc
     import pandas as pd
-    from PIL import Image
 
-    from .conftest import class_images, free_port
+    from .conftest import free_port
     root = served["root"]
     run(capsys, "export", "--bundle", str(root / "run"), "--format", "mlflow", "--out", str(tmp_path / "m"))
-    x, _ = class_images(1, 2, seed=3)
-    files = []
-    for i, img in enumerate(x):
-        files.append(str(tmp_path / f"{i}.png"))
-        Image.fromarray(img).save(files[-1])
+    files = png_files(tmp_path, classes=2, seed=3)
     expected = run(capsys, "predict", "--bundle", str(root / "run"), "--backend", "pytorch", "--top-k", "3", *files)
     want = [[t["class"] for t in p["top"]] for p in expected["predictions"]]
     encoded = [base64.b64encode(Path(f).read_bytes()).decode() for f in files]
