@@ -3,7 +3,8 @@
 `imagefit predict` answers.
 
 The model folder holds the bundle itself as an artifact (so the preprocessing contract travels with it) and
-`ImagefitPyfunc`, which loads it with `imagefit.load`. Its input is a table with one image per row, in a column
+`ImagefitPyfunc`, which loads it as `imagefit.load` does (the PyTorch predictor; deploy/ stays below the API). Its
+input is a table with one image per row, in a column
 `image`: the image's bytes (PNG, JPEG, …), its bytes base64-encoded (what a JSON request to `mlflow models serve`
 carries), or a path. Its output has one row per image: `class1`, `probability1`, … `classK`, `probabilityK` (best
 first, K = the `top_k` parameter, 3 by default). The environment needs imagefit itself (this version), which the
@@ -29,15 +30,21 @@ FOLDER = "mlflow-model"
 
 class ImagefitPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from ..api import load
-        self.model = load(context.artifacts["bundle"], backend="pytorch")
+        from .inference import load_predictor
+        self.predictor = load_predictor(context.artifacts["bundle"], backend="pytorch")
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         column = model_input["image"] if "image" in model_input else model_input.iloc[:, 0]
         images = [_image(v, i) for i, v in enumerate(column)]
         k = int((params or {}).get("top_k", 3))
+        if not images:
+            raise ImagefitError("no images given: send a table with an 'image' column, one image per row")
+        if k < 1:
+            raise ImagefitError(f"top_k must be at least 1 (got {k})")
+        from .inference import top_classes
+        p = self.predictor
         rows = []
-        for top in self.model.predict(images, top_k=k):
+        for top in top_classes(p.probabilities(p.preprocessing.batch(images)), p.classes, k):
             row = {}
             for j, t in enumerate(top, start=1):
                 row[f"class{j}"], row[f"probability{j}"] = t["class"], t["probability"]
