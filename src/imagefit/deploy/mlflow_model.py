@@ -4,11 +4,10 @@
 
 The model folder holds the bundle itself as an artifact (so the preprocessing contract travels with it) and
 `ImagefitPyfunc`, which loads it as `imagefit.load` does (the PyTorch predictor; deploy/ stays below the API). Its
-input is a table with one image per row, in a column
-`image`: the image's bytes (PNG, JPEG, …), its bytes base64-encoded (what a JSON request to `mlflow models serve`
-carries), or a path. Its output has one row per image: `class1`, `probability1`, … `classK`, `probabilityK` (best
-first, K = the `top_k` parameter, 3 by default). The environment needs imagefit itself (this version), which the
-model's requirements name.
+input is a table with one image per row, in a column `image`: the image's bytes (PNG, JPEG, …), its bytes
+base64-encoded (what a JSON request to `mlflow models serve` carries), or a path. Its output has one row per image:
+`class1`, `probability1`, … `classK`, `probabilityK` (best first, K = the `top_k` parameter, 3 by default). The
+environment needs imagefit itself (this version), which the model's requirements name.
 """
 
 from __future__ import annotations
