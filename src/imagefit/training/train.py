@@ -215,11 +215,12 @@ class Trainer:
                                     f"with (--data DIR, if that folder has moved), or start a new run")
         if t.early_stopping and self.data.val is None:
             raise ImagefitError("--early-stopping needs a validation split; set --val-fraction above 0")
+        self.batch_note = None  # said with the model line, once the run is set up (a setup error says only itself)
         if t.batch_size == "auto":
             t.batch_size = auto_batch_size(len(self.data.train) // self.world.size) * self.world.size
             if t.batch_size < AUTO_BATCH:
-                self.log(f"batch size {t.batch_size} (auto: {len(self.data.train):,} training images; 128 would give "
-                         f"an epoch {len(self.data.train) // AUTO_BATCH} steps)")
+                self.batch_note = (f"batch size {t.batch_size} (auto: {len(self.data.train):,} training images; "
+                                   f"{AUTO_BATCH} would give an epoch {len(self.data.train) // AUTO_BATCH} steps)")
         self.channels_last = t.channels_last != "no"
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = create_model(len(self.data.classes), cfg.model)
@@ -426,6 +427,8 @@ class Trainer:
                  f"{len(self.data.val) if self.data.val else 0:,} val, "
                  f"{len(self.data.test) if self.data.test else 0:,} test images; {self.device}"
                  + (f"; resuming at epoch {self.epoch + 1}, step {self.step}" if self.opts.resume else ""))
+        if self.batch_note:
+            self.log(self.batch_note)
         for warning in self.warnings:
             self.log(f"warning: {warning}")
         progress = Progress(self.opts.progress if self.world.main else "off")
