@@ -152,3 +152,24 @@ def test_linear_probe_reports_like_a_model(capsys, cifar_dir, head):
 def test_transfer_commands_need_starting_weights(capsys, cifar_dir):
     assert "starts from trained weights" in fails(capsys, "fine-tune", "--data", str(cifar_dir), *TINY)
     assert "starts from trained weights" in fails(capsys, "features", "--data", str(cifar_dir), "--model", "resnet20")
+
+
+def test_an_all_layers_stage_without_a_rate_spreads_fastais_way(capsys, cifar_dir, monkeypatch):
+    """A fitted head can leave a range test whose loss only rises (fastnet-small on 500 images did, on 2 of 3
+    seeds); the all-layers stage then trains its earliest layers at the peak / 100 instead of stopping."""
+    from imagefit.errors import ImagefitError
+    from imagefit.training.train import Trainer
+    from imagefit.training.transfer import FALLBACK_SPREAD, PEAK_DIVISOR
+    data = ["--data", str(cifar_dir)]
+    run(capsys, "train", *data, *TINY, "--classes", ANIMALS, "--out", "runs/animals")
+
+    def no_rate(self, **kwargs):
+        raise ImagefitError("the loss never decreased between 1e-07 and 10: no rate to suggest")
+    monkeypatch.setattr(Trainer, "range_test", no_rate)
+    done = run(capsys, "fine-tune", *data, *TINY, "--classes", VEHICLES, "--init-from", "runs/animals",
+               "--sizes", "16,32", "--epochs", "1", "--lr", "0.05", "--out", "runs/p")
+    found = json.load(open("runs/p/2-all-16.lr_finder.json"))
+    assert found["suggestion"] is None and "never decreased" in found["no_rate"]
+    stage = done["stages"]["2-all-16"]
+    assert stage["lr"] == pytest.approx(0.05 / PEAK_DIVISOR)
+    assert stage["layer_lr_decay"] ** (found["layer_groups"] - 1) == pytest.approx(FALLBACK_SPREAD)

@@ -36,6 +36,7 @@ def _check_start(cfg: Config, command: str) -> None:
 
 
 PEAK_DIVISOR = 10  # the playbook: an all-layers stage peaks at the head stage's rate / 5-10
+FALLBACK_SPREAD = 100  # when its range test finds no rate: fastai's fine_tune spread, slice(peak / 100, peak)
 
 
 def fine_tune(cfg: Config, opts: RunOptions, head_epochs: int, lr_given: bool, sizes: list[int] | None = None,
@@ -128,12 +129,21 @@ def _spread_rates(cfg: Config, opts: RunOptions, out: Path, name: str, head_lr: 
     else:
         trainer = Trainer(probe.validate(), RunOptions(out=out / name, tracking_uri="none", writes=False,
                                                        progress=opts.progress))
-        result = trainer.range_test()
-        low, groups = result.suggestion, len(layer_groups(trainer.model))
-        atomic_write_text(saved, json.dumps({**result.to_dict(), "layer_groups": groups}, indent=1))
-        plots.lr_finder(result, out / f"{name}.lr_finder.png")
+        groups = len(layer_groups(trainer.model))
+        try:
+            result = trainer.range_test()
+        except ImagefitError as e:  # a head already fitted: the loss may only rise as the rates grow
+            low = None
+            trainer.log(f"{name}: the range test found no rate ({e}); the earliest layers train at the peak / "
+                        f"{FALLBACK_SPREAD}")
+            atomic_write_text(saved, json.dumps({"suggestion": None, "no_rate": str(e), "layer_groups": groups},
+                                                indent=1))
+        else:
+            low = result.suggestion
+            atomic_write_text(saved, json.dumps({**result.to_dict(), "layer_groups": groups}, indent=1))
+            plots.lr_finder(result, out / f"{name}.lr_finder.png")
     peak = head_lr / PEAK_DIVISOR
-    low = min(low, peak)
+    low = peak / FALLBACK_SPREAD if low is None else min(low, peak)
     return peak, (peak / low) ** (1 / max(groups - 1, 1))
 
 
