@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ImagefitError
 from ..files import check_writable
-from .metrics import calibration, fit_temperature
+from .metrics import calibration, fit_temperature, scale_temperature
 
 
 def calibrate_bundle(path: str | Path, data: str | None = None, split: str = "val", batch_size: int = 256) -> dict:
@@ -27,7 +27,7 @@ def calibrate_bundle(path: str | Path, data: str | None = None, split: str = "va
     if split not in ("val", "test"):
         raise ImagefitError(f"--split must be val or test (got {split!r})")
     bundle = load_bundle(path)
-    keep = bundle.path.with_name(bundle.path.name.replace(".safetensors", "") + ".uncalibrated.safetensors")
+    keep = bundle.path.with_suffix(".uncalibrated.safetensors")
     check_writable(bundle.path.parent)
     if keep.exists():
         raise ImagefitError(f"{keep} exists already (an earlier calibration kept the original there); move it away "
@@ -39,11 +39,9 @@ def calibrate_bundle(path: str | Path, data: str | None = None, split: str = "va
     bundle.preprocessing = unscaled
     tta, average = bundle.config.train.tta, bundle.config.train.tta_average
     scores, labels = bundle_scores(bundle, images, batch_size=batch_size, tta=tta, average=average)
-    temperature = fit_temperature(scores, labels)
-    before = calibration(scores.softmax(1), labels)["ece"]
-    after = calibration((scores / temperature).softmax(1), labels)["ece"]
-    result = {"temperature": temperature, "split": split, "n": len(labels), "ece_before": before,
-              "ece_after": after, "accuracy": (scores.argmax(1) == labels).double().mean().item()}
+    result = {**scale_temperature(scores, labels), "split": split, "n": len(labels),
+              "accuracy": (scores.argmax(1) == labels).double().mean().item()}
+    temperature = result["temperature"]
     if split == "test":  # cross-fitted: no image is scored by a temperature fitted on it
         half = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0)) < len(labels) // 2
         scaled = scores.clone()

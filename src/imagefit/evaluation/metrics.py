@@ -96,6 +96,13 @@ def fit_temperature(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return round(math.exp(best.x), 4)
 
 
+def scale_temperature(scores: torch.Tensor, labels: torch.Tensor) -> dict:
+    """The fitted temperature and the expected calibration error of `scores` before and after dividing by it."""
+    temperature = fit_temperature(scores, labels)
+    return {"temperature": temperature, "ece_before": calibration(scores.softmax(1), labels)["ece"],
+            "ece_after": calibration((scores / temperature).softmax(1), labels)["ece"]}
+
+
 def calibration(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict:
     """Expected calibration error over equal-width confidence bins, and the bins (confidence, accuracy, count)."""
     confidence, predicted = probs.max(1)

@@ -41,7 +41,7 @@ from ..files import RunLock, atomic_path, atomic_write_text, check_writable, rem
 from ..data.imbalance import TAU_GRID, class_weights, log_priors
 from ..data.loader import Loader
 from .lr_finder import FinderResult, describe_candidates, range_test
-from ..evaluation.metrics import calibration, collapse_warning, fit_temperature, summarize
+from ..evaluation.metrics import calibration, collapse_warning, scale_temperature, summarize
 from ..models import EpochAware, TrainsFromData, check_options, count_params, create_model, input_stats, is_head, norm_parameter_ids
 from .optim import Lookahead, build_optimizer, build_schedule
 from ..preprocessing import Normalize, Preprocessing, adjust_logits
@@ -257,7 +257,8 @@ class Trainer:
         eval_batch = max(t.batch_size, 256)
         self.val_loader = Loader(self.data.val, eval_batch, normalize, **common) if self.data.val else None
         self.test_loader = Loader(self.data.test, eval_batch, normalize, **common) if self.data.test else None
-        self.warnings = [w for w in [self._steps_warning()] if w]
+        steps = self._steps_warning()
+        self.warnings = [steps] if steps else []
         self.lr_finder: FinderResult | None = None
         if auto_lr:
             self._find_lr()
@@ -412,7 +413,7 @@ class Trainer:
         if self.opts.resume and self.finished and (self.out / "bundle.safetensors").exists():
             return self._finished_already()  # (without its bundle, it was stopped in its final evaluation: redo that)
         self.out.mkdir(parents=True, exist_ok=True)
-        self._history_at_start = len(self.history)  # epochs done before this process (a resumed run's)
+        self._resumed_here = self.opts.resume  # the next epoch row is the first this process finishes
         if (not self.opts.resume or self.opts.data is not None) and self.world.main:  # new, or its data moved
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.tracker = start_run(self.tracking_uri, self.opts.experiment, self.opts.run_name or self.out.name,
@@ -541,8 +542,8 @@ class Trainer:
             logits, labels = self._scores(self.val_loader, autocast=self.autocast)
             row["val_loss"] = F.cross_entropy(logits, labels).item()
             row["val_accuracy"] = (logits.argmax(1) == labels).float().mean().item()
-        if self.opts.resume and not any(h.get("resumed") for h in self.history[self._history_at_start:]):
-            row["resumed"] = True  # the first epoch finished by this process of a resumed run
+        if self._resumed_here:
+            row["resumed"], self._resumed_here = True, False  # the first epoch this process of a resumed run ends
         if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.schedule.step(row.get(self.cfg.train.monitor, row["train_loss"]))
         self.history.append(row)
@@ -612,9 +613,8 @@ class Trainer:
         cross-entropy there; accuracy unchanged, the expected calibration error before and after recorded."""
         self.temperature = 1.0
         scores, labels = self._scores(self.val_loader)
-        before = calibration(scores.softmax(1), labels)["ece"]
-        self.temperature = fit_temperature(scores, labels)
-        after = calibration((scores / self.temperature).softmax(1), labels)["ece"]
+        fitted = scale_temperature(scores, labels)
+        self.temperature, before, after = fitted["temperature"], fitted["ece_before"], fitted["ece_after"]
         metrics.update(temperature=self.temperature, val_ece_before=round(before, 5), val_ece_after=round(after, 5))
         self.log(f"calibration: temperature {self.temperature:.3f} (validation calibration error {100 * before:.2f}% "
                  f"-> {100 * after:.2f}%)")
