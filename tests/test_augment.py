@@ -44,7 +44,7 @@ def test_alternate_flip_shows_every_image_both_ways_over_two_epochs():
     index = torch.randperm(n)
 
     def flipped(epoch):
-        out = aug(x[index], torch.Generator().manual_seed(epoch), index, epoch)
+        out, _ = aug(x[index], index, torch.Generator().manual_seed(epoch), index, epoch)
         assert all(o.equal(s) or o.equal(s.flip(-1)) for o, s in zip(out, x[index].float()))
         return torch.tensor([not o.equal(s) for o, s in zip(out, x[index].float())])
 
@@ -57,9 +57,10 @@ def test_progressive_sizes_shrink_the_first_epochs_only():
     norm = Normalize([0.5] * 3, [0.25] * 3, True)
     aug = BatchAugment(AugmentConfig(crop_padding=2, progressive_sizes=[16, 24]), norm)
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    shapes = [aug(x, torch.Generator().manual_seed(0), torch.arange(4), epoch).shape[-1] for epoch in range(4)]
+    y = torch.arange(4)
+    shapes = [aug(x, y, torch.Generator().manual_seed(0), torch.arange(4), epoch)[0].shape[-1] for epoch in range(4)]
     assert shapes == [16, 24, 32, 32]
-    small = aug(x, torch.Generator().manual_seed(0), torch.arange(4), 0)
+    small, _ = aug(x, y, torch.Generator().manual_seed(0), torch.arange(4), 0)
     assert small.is_contiguous(memory_format=torch.channels_last)
-    full = aug(x, torch.Generator().manual_seed(0), torch.arange(4), 2)  # same draws, full size
+    full, _ = aug(x, y, torch.Generator().manual_seed(0), torch.arange(4), 2)  # same draws, full size
     assert torch.allclose(small, F.interpolate(full, size=16, mode="bilinear", antialias=True), atol=1e-5)

@@ -59,7 +59,7 @@ def test_bfloat16_trains_resumes_and_samples_near_float32(capsys, cifar_dir):
 
 
 def test_ema_warms_up_to_its_decay():
-    from imagefit.generative.generate import ema_decay
+    from imagefit.training.ema import ema_decay
     decays = [ema_decay(0.999, step) for step in range(20000)]
     assert decays[0] == 0.1 and decays == sorted(decays)  # the first average is mostly the new weights
     assert decays[8000] < 0.999 and decays[-1] == 0.999

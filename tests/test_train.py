@@ -97,6 +97,27 @@ def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(capsys, cifa
     assert resumed["accuracy"] == full["accuracy"] and Path("runs/cut/curves.png").stat().st_size > 0
 
 
+def test_policies_mixing_and_the_weights_average_train_resume_exactly_and_are_bundled(capsys, cifar_dir):
+    args = ["train", "--data", str(cifar_dir), *TINY, "--epochs", "3", "--augment-policy", "rand-m9-n2",
+            "--color-jitter", "0.4", "--hue", "0.05", "--random-erasing", "0.25", "--mixup", "0.2", "--cutmix", "1",
+            "--label-smoothing", "0.1", "--ema", "0.9"]
+    run(capsys, *args, "--out", "runs/full")
+    run(capsys, *args, "--out", "runs/cut", "--stop-after-steps", "8")
+    run(capsys, "train", "--resume", "runs/cut")
+    assert same_weights("runs/full/bundle.safetensors", "runs/cut/bundle.safetensors")
+    history = json.load(open("runs/full/metrics.json"))["history"]
+    assert all(0 <= h["train_accuracy"] <= 1 and h["train_loss"] > 0 for h in history)
+    # The bundle holds the average: the best epoch's (chosen on validation), or without validation the last one.
+    bundle, best = weights("runs/full/bundle.safetensors"), weights("runs/full/checkpoints/best.safetensors")
+    assert all(bundle[k].equal(best[k]) for k in best)
+    run(capsys, *args, "--val-fraction", "0", "--out", "runs/noval")
+    from imagefit.checkpoint import load_checkpoint
+    last = load_checkpoint(Path("runs/noval/checkpoints/last.pt"))
+    bundle = weights("runs/noval/bundle.safetensors")
+    assert all(bundle[k].equal(last["ema"][k]) for k in bundle)
+    assert not all(last["ema"][k].equal(v) for k, v in last["model"].items() if v.is_floating_point())
+
+
 def test_run_is_tracked_in_a_real_mlflow_store(capsys, cifar_dir, tmp_path):
     args = [a for a in TINY if a not in ("--tracking-uri", "none")]
     stopped = run(capsys, "train", "--data", str(cifar_dir), *args, "--out", "runs/m", "--experiment", "tests",

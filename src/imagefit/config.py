@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,19 @@ class AugmentConfig:
                                       "in odd ones, so every image is seen both ways in any two epochs (airbench)")
     rotation: float = opt(0.0, "random rotation up to this many degrees (0: off)", low=0.0, high=180.0)
     cutout: int = opt(0, "cutout square side in pixels (0: off)", low=0, high=1024)
+    color_jitter: float = opt(0.0, "colour jitter: brightness, contrast and saturation factors drawn per image in "
+                                   "[1 - S, 1 + S] (0: off; timm's recipes use 0.4)", low=0.0, high=1.0)
+    hue: float = opt(0.0, "colour jitter: turn each image's hue by up to this share of the colour circle (0: off)",
+                     low=0.0, high=0.5)
+    augment_policy: str = opt("none", "per-image augmentation policy: rand-mM-nN (RandAugment, N ops at magnitude M "
+                                      "of 30, e.g. rand-m9-n2), trivial (TrivialAugment) or none")
+    random_erasing: float = opt(0.0, "probability that an image gets one rectangle (2-33%% of its area) of noise "
+                                     "(random erasing, timm's pixel mode; 0: off)", low=0.0, high=1.0)
+    mixup: float = opt(0.0, "mixup: blend each batch with itself reversed, weight from Beta(A, A); targets "
+                            "blended alike (0: off; 0.2-0.8 typical)", low=0.0, high=10.0)
+    cutmix: float = opt(0.0, "CutMix: paste a box of the reversed batch, area from Beta(A, A) (0: off; 1.0 "
+                             "typical); with --mixup too, each mixed batch takes one of the two", low=0.0, high=10.0)
+    mix_prob: float = opt(1.0, "--mixup/--cutmix: share of batches mixed", low=0.0, high=1.0)
     progressive_sizes: list[int] = opt([], "progressive resizing: training image sides for the first epochs, one "
                                            "per epoch (e.g. 16,24), later epochs at --size; a 16-px epoch runs "
                                            "about 5x faster than a 32-px one", low=8, high=1024)
@@ -168,6 +182,9 @@ class TrainConfig:
     logit_adjust: float | str = opt(0.0, "at evaluation, subtract this times the log of each class's training "
                                          "prior from the scores (0: off; auto: chosen on the validation split)",
                                     low=0.0, high=10.0)
+    ema: float = opt(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.999; warmed "
+                          "up over the first steps) and validate, checkpoint and bundle the average (0: off)",
+                     low=0.0, high=0.99999)
     calibrate: bool = opt(True, "after training, fit a temperature on the validation split (when there is one) so "
                                 "that the probabilities match how often the model is right; stored in the bundle")
     tta: str = opt("none", "test-time augmentation for validation and test: none, flip (2 views), crops (3: the "
@@ -241,6 +258,10 @@ class Config:
             raise ImagefitError(f"--progressive-sizes {','.join(map(str, self.augment.progressive_sizes))} must not "
                                 f"exceed --size {self.data.size}; progressive resizing trains smaller first")
         parse_imbalance(self.data.imbalance)
+        parse_policy(self.augment.augment_policy)
+        if self.optim.loss == "nll" and (self.augment.mixup or self.augment.cutmix):
+            raise ImagefitError("--mixup/--cutmix train on mixed targets, which --loss nll cannot take; use --loss "
+                                "cross-entropy")
         if self.train.logit_adjust == "auto" and self.data.val_fraction == 0:
             raise ImagefitError("--logit-adjust auto chooses on the validation split; set --val-fraction above 0 "
                                 "or give a number")
@@ -271,6 +292,32 @@ def parse_imbalance(spec: str) -> tuple[str, float] | None:
         raise ImagefitError(f"--imbalance {spec!r} is not none, exp:RATIO or step:RATIO with RATIO >= 1 "
                             f"(e.g. exp:100)")
     return kind, value
+
+
+BINS = 31  # magnitude bins of the augmentation policies (torchvision's num_magnitude_bins)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A parsed --augment-policy: `rand` (N ops per image at magnitude M) or `trivial` (one op, random bin)."""
+    kind: str
+    ops: int = 1
+    magnitude: int = 0
+
+
+def parse_policy(spec: str) -> Policy | None:
+    """'none' → None; 'rand-m9-n2' → RandAugment, magnitude 9 of 30, 2 ops; 'trivial' → TrivialAugmentWide."""
+    if spec == "none":
+        return None
+    if spec == "trivial":
+        return Policy("trivial")
+    match = re.fullmatch(r"rand(?:-m(\d+))?(?:-n(\d+))?", spec)
+    if match:
+        magnitude, ops = int(match[1] or 9), int(match[2] or 2)
+        if magnitude < BINS and 1 <= ops <= 10:
+            return Policy("rand", ops, magnitude)
+    raise ImagefitError(f"--augment-policy {spec!r} is not none, trivial or rand-mM-nN with magnitude M in 0-30 and "
+                        f"N ops in 1-10 (e.g. rand-m9-n2, timm's notation)")
 
 
 def flag(name: str) -> str:

@@ -7,6 +7,7 @@ import argparse
 EXAMPLES = {
     "train": ["imagefit train --recipe fast --data DIR --out runs/fast",
               "imagefit train --data DIR --model resnet18 --epochs 30 --lr auto --out runs/r18",
+              "imagefit train --data DIR --augment-policy trivial --cutmix 1.0 --ema 0.999 --out runs/aug",
               "imagefit train --resume runs/r18"],
     "find-lr": ["imagefit find-lr --data DIR --model resnet20 --out lr",
                 "imagefit find-lr --recipe fast --data DIR --end-lr 100 --json"],

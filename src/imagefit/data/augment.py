@@ -10,7 +10,8 @@ a CPU. Here each op is one or two tensor operations over the batch:
 - normalization is the contract's `preprocessing.Normalize`, one fused multiply-add to float32 in the loader's
   memory format;
 - rotation is `affine_grid` + `grid_sample` with one angle per image (only when enabled);
-- cutout is one broadcast comparison per axis and a masked fill with 0, the dataset mean after normalizing.
+- cutout is one broadcast comparison per axis and a masked fill with 0, the dataset mean after normalizing;
+- colour jitter, RandAugment/TrivialAugment and random erasing are `policy.py`'s, mixup and CutMix `mix.py`'s.
 
 All randomness comes from the `torch.Generator` passed in, which the loader seeds from (seed, epoch, step):
 a batch's augmentation depends on its position alone, so a resumed run sees exactly the batches it would have.
@@ -23,8 +24,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..config import AugmentConfig
+from ..config import AugmentConfig, parse_policy
 from ..preprocessing import Normalize
+from .mix import mix_batch
+from .policy import apply_policy, color_jitter, random_erasing
 
 
 def _reflect(idx: torch.Tensor, n: int) -> torch.Tensor:
@@ -77,36 +80,57 @@ def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
 
 
 class BatchAugment:
-    """The training-time pipeline for one batch: crop+flip on uint8, normalize, then rotation and cutout.
+    """The training-time pipeline for one batch: crop+flip on uint8; colour jitter and the policy on [0, 255]
+    floats; normalize; rotation, cutout and random erasing; progressive resizing; then mixup/CutMix, the one step
+    that also changes the targets (so the augmenter takes the labels and returns the targets).
 
     With `alternate_flip` (airbench's trick), a seeded coin per image picks the half of the dataset flipped in
     even epochs, and the other half is flipped in odd ones: over any two epochs each image is seen both ways,
     where random flips leave a quarter of the images unflipped (or flipped) both times.
+
+    Each step draws from the generator only when it is on, so a config without the later steps sees exactly the
+    batches it saw before they existed.
     """
 
-    def __init__(self, cfg: AugmentConfig, normalize: Normalize, num_images: int = 0, seed: int = 0):
-        self.cfg, self.normalize = cfg, normalize
+    def __init__(self, cfg: AugmentConfig, normalize: Normalize, num_images: int = 0, seed: int = 0,
+                 num_classes: int = 0):
+        self.cfg, self.normalize, self.num_classes = cfg, normalize, num_classes
+        self.policy = parse_policy(cfg.augment_policy)
+        if (cfg.mixup or cfg.cutmix) and num_classes < 2:
+            raise ValueError("mixup/CutMix need the number of classes")
         if cfg.alternate_flip:
             gen = torch.Generator().manual_seed(seed)
             self.flip_even = torch.rand(num_images, generator=gen) < 0.5
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator, index: torch.Tensor | None = None,
-                 epoch: int = 0) -> torch.Tensor:
-        """Augment uint8 batch `x`, the images `index` of the dataset (needed for alternate flips) in `epoch`
-        (which sets the size under progressive resizing)."""
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, index: torch.Tensor | None = None,
+                 epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment uint8 batch `x` with labels `y`, the images `index` of the dataset (needed for alternate flips)
+        in `epoch` (which sets the size under progressive resizing): (images ready for the model, targets), the
+        targets N labels, or N×K class probabilities when the batch was mixed."""
+        cfg = self.cfg
         flips = None
-        if self.cfg.flip and self.cfg.alternate_flip:
+        if cfg.flip and cfg.alternate_flip:
             flips = self.flip_even[index.cpu()] ^ bool(epoch % 2)
-        x = crop_flip(x, self.cfg.crop_padding, self.cfg.flip, gen, flips)
+        x = crop_flip(x, cfg.crop_padding, cfg.flip, gen, flips)
+        if cfg.color_jitter or cfg.hue or self.policy:
+            x = x.float()
+            if cfg.color_jitter or cfg.hue:
+                x = color_jitter(x, cfg.color_jitter, cfg.hue, gen)
+            if self.policy:
+                x = apply_policy(x, self.policy, gen)
         x = self.normalize(x)
-        if self.cfg.rotation > 0:
-            x = rotate(x, self.cfg.rotation, gen)
-        if self.cfg.cutout > 0:
-            x = cutout(x, self.cfg.cutout, gen)
-        sizes = self.cfg.progressive_sizes
+        if cfg.rotation > 0:
+            x = rotate(x, cfg.rotation, gen)
+        if cfg.cutout > 0:
+            x = cutout(x, cfg.cutout, gen)
+        if cfg.random_erasing > 0:
+            x = random_erasing(x, cfg.random_erasing, gen)
+        sizes = cfg.progressive_sizes
         if epoch < len(sizes) and sizes[epoch] != x.shape[-1]:
             # Progressive resizing (fastai's): early epochs see smaller images, which cost a fraction of the
             # compute and teach the coarse features; antialiased, as a photo taken smaller would be.
             x = F.interpolate(x, size=(sizes[epoch], sizes[epoch]), mode="bilinear", antialias=True,
-                              align_corners=False).contiguous(memory_format=self.normalize.memory_format)
-        return x
+                              align_corners=False)
+        if cfg.mixup or cfg.cutmix:
+            x, y = mix_batch(x, y, self.num_classes, cfg.mixup, cfg.cutmix, cfg.mix_prob, gen)
+        return x.contiguous(memory_format=self.normalize.memory_format), y

@@ -82,7 +82,8 @@ class Loader:
         return torch.randperm(len(self.data), generator=gen)
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """(step, images, labels) for the epoch's steps from `start` on; images ready for the model."""
+        """(step, images, targets) for the epoch's steps from `start` on; images ready for the model, targets the
+        labels, or class probabilities where the augmentation mixed the batch (mixup, CutMix)."""
         order = self.order(epoch)[: len(self) * self.batch_size]
         chunks = list(order.split(self.batch_size))[start:]
         if self.n_synthetic:  # each batch's synthetic share, drawn by (seed, epoch, step) like everything else
@@ -93,7 +94,7 @@ class Loader:
         for step, (index, (x, y)) in enumerate(zip(chunks, self._raw(chunks)), start=start):
             if self.augment is not None:
                 gen = augment_generator(self.seed, epoch, step)
-                x = self.augment(x, gen, index, epoch)
+                x, y = self.augment(x, y, gen, index, epoch)
             else:
                 x = self.normalize(x)
             if self.world > 1:

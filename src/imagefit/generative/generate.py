@@ -25,6 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..checkpoint import load_checkpoint, load_generator_checkpoint, save_checkpoint
 from ..seeds import Stream, choice_generator
+from ..training.ema import ema_decay
 from ..errors import ImagefitError
 from ..files import atomic_write_text
 
@@ -111,14 +112,6 @@ def _to_unit(images: torch.Tensor) -> torch.Tensor:
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def ema_decay(target: float, step: int) -> float:
-    """The EMA decay at optimizer step `step` (0-based): (1 + step) / (10 + step), capped at `target`. A fixed
-    0.999 from step 0 keeps e^-1 of the random initial weights in the average after 1,000 steps, and a CPU run is
-    only a few thousand steps long. The warm-up (the rule of TensorFlow's ExponentialMovingAverage and of diffusers'
-    EMAModel) lets the average follow the early weights and reaches the target decay at step ~9,000."""
-    return min(target, (1 + step) / (10 + step))
 
 
 def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionConfig, out: Path,

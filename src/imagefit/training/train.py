@@ -40,9 +40,11 @@ from ..evaluation.evaluate import gather_logits
 from ..files import RunLock, atomic_path, atomic_write_text, check_writable, remove_stale_temporaries
 from ..data.imbalance import TAU_GRID, class_weights, log_priors
 from ..data.loader import Loader
+from ..data.mix import hits
 from .lr_finder import FinderResult, describe_candidates, range_test
 from ..evaluation.metrics import calibration, collapse_warning, scale_temperature, summarize
 from ..models import EpochAware, TrainsFromData, check_options, count_params, create_model, input_stats, is_head, norm_parameter_ids
+from .ema import WeightEMA
 from .optim import Lookahead, build_optimizer, build_schedule
 from ..preprocessing import Normalize, Preprocessing, adjust_logits
 from .progress import Progress
@@ -249,7 +251,7 @@ class Trainer:
 
         common = dict(seed=t.seed, device=self.device, workers=cfg.data.workers)
         synthetic = self.data.synthetic
-        augment = BatchAugment(cfg.augment, normalize, self._distinct_images(), flip_seed(t.seed))
+        augment = BatchAugment(cfg.augment, normalize, self._distinct_images(), flip_seed(t.seed), k)
         self.train_loader = Loader(self.data.train, t.batch_size, normalize, augment=augment,
                                    shuffle=True, drop_last=True, balance=t.balance, synthetic=synthetic,
                                    synthetic_ratio=cfg.data.synthetic_ratio,
@@ -264,6 +266,7 @@ class Trainer:
             self._find_lr()
         self.schedule = build_schedule(self.optimizer, cfg, len(self.train_loader))
         self.lookahead = Lookahead(self.model, t.lookahead, t.epochs * len(self.train_loader)) if t.lookahead else None
+        self.ema = WeightEMA(self.model, t.ema) if t.ema else None
         self.net = self.model  # what the training step calls: the model, or its DDP wrapper under torchrun
         if self.world.active:
             if t.sync_bn:
@@ -370,6 +373,7 @@ class Trainer:
             "schedule": self.schedule.state_dict() if self.schedule else {},
             "scaler": self.scaler.state_dict() if self.scaler else {},
             "lookahead": self.lookahead.slow if self.lookahead else {},
+            "ema": self.ema.model.state_dict() if self.ema else {},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "epoch": self.epoch, "step": self.step, "global_step": self.global_step, "seconds": self.seconds,
@@ -388,6 +392,8 @@ class Trainer:
         if self.lookahead:
             for k, v in s["lookahead"].items():
                 self.lookahead.slow[k].copy_(v)
+        if self.ema:
+            load_weights(self.ema.model, s["ema"], f"{self.out}/checkpoints/last.pt (the weights' average)")
         torch.set_rng_state(s["torch_rng"])
         if s["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["cuda_rng"])
@@ -498,15 +504,17 @@ class Trainer:
                 self.schedule.step()
             if self.lookahead:
                 self.lookahead.step(model, self.global_step + 1)
+            if self.ema:
+                self.ema.update(self.model, self.global_step)
             with torch.no_grad():  # summed on the device: no host sync per step
                 taken += 1
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), taken, first_bad)
                 sums[0] += loss.detach().double() * len(y)
-                sums[1] += (logits.argmax(1) == y).sum()
+                sums[1] += hits(logits, y)
                 sums[2] += len(y)
             self.step, self.global_step = step + 1, self.global_step + 1
             if progress.live:
-                progress.step(len(y), loss.item(), (logits.argmax(1) == y).float().mean().item())
+                progress.step(len(y), loss.item(), hits(logits, y).item() / len(y))
             else:
                 progress.step(len(y), math.nan, math.nan)
             if self._stop_asked(stop) and self.step < len(self.train_loader):
@@ -553,7 +561,7 @@ class Trainer:
         s, cycle_epochs = self.cfg.schedule, self.cfg.train.epochs // self.cfg.schedule.cycles
         if s.schedule == "cyclic" and s.cycles > 1 and self.epoch % cycle_epochs == 0 and self.world.main:
             cycle = self.epoch // cycle_epochs
-            save_bundle(self.out / "snapshots" / f"cycle-{cycle}" / "bundle.safetensors", self.model,
+            save_bundle(self.out / "snapshots" / f"cycle-{cycle}" / "bundle.safetensors", self.eval_model,
                         self._preprocessing(), self.cfg, {"epoch": self.epoch, "cycle": cycle})
         self.sums = torch.zeros(3, dtype=torch.float64)
 
@@ -564,7 +572,7 @@ class Trainer:
         if better:
             self.best, self.best_epoch, self.bad_epochs = value, self.epoch, 0
             if self.world.main:
-                weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+                weights = {k: v.detach().cpu().contiguous() for k, v in self.eval_model.state_dict().items()}
                 with atomic_path(self.out / "checkpoints" / "best.safetensors") as tmp:
                     save_file(weights, str(tmp))
             distributed.barrier(self.world)  # the other ranks reload these weights at the end
@@ -579,11 +587,16 @@ class Trainer:
 
     # -- the end -----------------------------------------------------------------------------------------------
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation scores and the best checkpoint hold: the weights' average under --ema, else the model."""
+        return self.ema.model if self.ema else self.model
+
     def _scores(self, loader: Loader, tau: float | None = None, autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores in float32 unless an autocast is given: the figures a bundle records are the ones `evaluate`,
         `predict` and `serve` reproduce from it; only the per-epoch validation runs in the training precision."""
         p = self.preprocessing
-        scores, labels = gather_logits(self.model, loader, autocast, p.tta, p.tta_average)
+        scores, labels = gather_logits(self.eval_model, loader, autocast, p.tta, p.tta_average)
         return adjust_logits(scores, self.log_prior, self.tau if tau is None else tau) / self.temperature, labels
 
     def test_scores(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -623,6 +636,9 @@ class Trainer:
     def _finish(self, stopped: str) -> dict:
         """Best weights back in, test evaluation, plots, bundle, tracking; the result as a dict."""
         best = self.out / "checkpoints" / "best.safetensors"
+        if self.ema:  # from here on the model is the average: tested, calibrated and bundled
+            load_weights(self.model, self.ema.model.state_dict(), "the weights' average")
+            self.ema = None
         if self.val_loader and best.exists():  # chosen on validation data only
             load_weights(self.model, load_file(str(best)), str(best))
         metrics = {"epochs": self.epoch, "best_epoch": self.best_epoch, "params": self.params,
