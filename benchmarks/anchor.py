@@ -1,7 +1,8 @@
 """The anchor: airbench94_muon (Keller Jordan's cifar10-airbench, the public CIFAR-10 speed record), reimplemented
 from its published description so benchmarks/speed.py can run it beside imagefit's recipes, in the same process,
 on the same data, augmentation and machine. Float32 on the CPU, no torch.compile (as the anchor figures of
-issue 3 were measured).
+issue 3 were measured); `airbench94-bf16` is the same run under bfloat16 autocast (training and test), the anchor
+as a user who knows their CPU has native bfloat16 runs it.
 
 What it is, per the published script:
 - net: frozen 2×2 patch-whitening conv (24 filters, learnable bias), GELU, three conv groups (conv 3×3, max-pool 2,
@@ -21,6 +22,7 @@ The shrunk anchor of issue 3 changes only widths (32/64/128), batch (500) and ep
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -40,7 +42,17 @@ from imagefit.training.optim import Muon
 ANCHORS = {  # name: (widths, batch size, epochs)
     "airbench94": ((64, 256, 256), 2000, 8),
     "airbench94-small": ((32, 64, 128), 500, 4),
+    "airbench94-bf16": ((64, 256, 256), 2000, 8),
 }
+
+
+def anchor_autocast(name: str):
+    """The precision a skilled user runs the anchor in: `-bf16` anchors train and test under bfloat16 autocast
+    (as airbench itself runs in half precision on a GPU), on a CPU with native bfloat16 (AVX512-BF16 or AMX);
+    the others in float32, as issue 3 defined the anchor."""
+    if name.endswith("-bf16"):
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 class AnchorNet(FastNet):
@@ -59,6 +71,7 @@ class AnchorNet(FastNet):
 def train_anchor(name: str, splits: Splits, seed: int, on_epoch_end=None) -> dict:
     """Train one anchor run; `on_epoch_end(model, epoch)` may evaluate (its time is the caller's to subtract)."""
     widths, batch, epochs = ANCHORS[name]
+    autocast = anchor_autocast(name)
     torch.manual_seed(seed)
     device = torch.device("cpu")
     normalize = Normalize(splits.mean, splits.std, channels_last=True).to(device)
@@ -86,7 +99,8 @@ def train_anchor(name: str, splits: Splits, seed: int, on_epoch_end=None) -> dic
         model.train()
         model.set_epoch(epoch)
         for _, x, y in train.batches(epoch):
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.2, reduction="sum")
+            with autocast():
+                loss = F.cross_entropy(model(x), y, label_smoothing=0.2, reduction="sum")
             loss.backward()
             groups = opt.param_groups
             groups[0]["lr"] = initial[0] * max(0.0, 1 - step / whiten_steps)
@@ -102,9 +116,12 @@ def train_anchor(name: str, splits: Splits, seed: int, on_epoch_end=None) -> dic
 
 
 @torch.no_grad()
-def anchor_accuracy(model: nn.Module, splits: Splits, normalize: Normalize, tta: str = "flip+crops") -> float:
+def anchor_accuracy(model: nn.Module, splits: Splits, normalize: Normalize, tta: str = "flip+crops",
+                    name: str = "airbench94") -> float:
     loader = Loader(splits.test, 1000, normalize)
-    logits, labels = gather_logits(model, loader, tta=tta)
+    autocast = anchor_autocast(name)
+    logits, labels = gather_logits(model, loader, autocast=None if autocast is contextlib.nullcontext else autocast,
+                                   tta=tta)
     return (logits.argmax(1) == labels).float().mean().item()
 
 

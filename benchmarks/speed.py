@@ -38,6 +38,7 @@ from imagefit.config import Config, DataConfig, all_fields, coerce, load_recipe 
 from imagefit.data.sources import load_splits  # noqa: E402
 from imagefit.evaluation.evaluate import gather_logits  # noqa: E402
 from imagefit.models import create_model  # noqa: E402
+from imagefit.runtime import resolve_amp  # noqa: E402
 from imagefit.training.train import RunOptions, train  # noqa: E402
 
 TTA_VIEWS = {"none": 1, "flip": 2, "crops": 3, "flip+crops": 6}
@@ -117,8 +118,9 @@ def run_recipe(recipe: str, data: str, seed: int, startup: float, curve_tta: str
     sizes = [*cfg.augment.progressive_sizes, *[cfg.data.size] * cfg.train.epochs][: cfg.train.epochs]
     model = create_model(10, cfg.model)
     flops = training_flops(model, cfg.train.batch_size, steps[0], sizes, cfg.model.whiten_bias_epochs)
+    precision = "bfloat16" if resolve_amp(torch.device("cpu"), cfg.train.amp) == "bf16" else "float32"
     return {"row": recipe, "seed": seed, "accuracy": result["accuracy"], "wall_s": round(wall, 1),
-            "train_s": result["seconds"], "train_flops": flops,
+            "precision": precision, "train_s": result["seconds"], "train_flops": flops,
             "eval_flops": eval_flops(model, result["n"], cfg.data.size, cfg.train.tta), "curve": curve}
 
 
@@ -128,7 +130,7 @@ def run_anchor(name: str, data: str, seed: int, curve_tta: str | None) -> dict:
 
     def held_out(model, epoch, seconds):
         t = time.perf_counter()
-        accuracy = anchor_accuracy(model, splits, normalize_ref[0], curve_tta or "flip+crops")
+        accuracy = anchor_accuracy(model, splits, normalize_ref[0], curve_tta or "flip+crops", name)
         curve.append([round(seconds, 1), accuracy])
         off_clock[0] += time.perf_counter() - t
 
@@ -136,17 +138,20 @@ def run_anchor(name: str, data: str, seed: int, curve_tta: str | None) -> dict:
     normalize_ref = [Normalize(splits.mean, splits.std, True)]
     start = time.perf_counter()
     out = train_anchor(name, splits, seed, on_epoch_end=held_out)
-    accuracy = anchor_accuracy(out["model"], splits, out["normalize"])
+    accuracy = anchor_accuracy(out["model"], splits, out["normalize"], name=name)
     wall = time.perf_counter() - start - off_clock[0]
     widths, batch, epochs = ANCHORS[name]
     model = AnchorNet(widths)
     flops = training_flops(model, batch, len(splits.train) // batch, [32] * epochs, 3)
     return {"row": name, "seed": seed, "accuracy": accuracy, "wall_s": round(wall, 1),
+            "precision": "bfloat16" if name.endswith("-bf16") else "float32",
             "train_s": round(out["seconds"], 1), "train_flops": flops,
             "eval_flops": eval_flops(model, len(splits.test), 32, "flip+crops"), "curve": curve}
 
 
-def summary(runs: list[dict]) -> list[dict]:
+def summary(runs: list[dict], peak: dict | None = None) -> list[dict]:
+    """One row per recipe/anchor: means over seeds; with `peak` (probes/peak.py's ceilings), the training rate as a
+    share of the 3x3-convolution ceiling in the row's precision (bfloat16 where it trained in it)."""
     rows = []
     for name in dict.fromkeys(r["row"] for r in runs):
         rs = [r for r in runs if r["row"] == name]
@@ -156,6 +161,10 @@ def summary(runs: list[dict]) -> list[dict]:
                      "wall_s_mean": statistics.mean(r["wall_s"] for r in rs),
                      "pflop": (rs[0]["train_flops"] + rs[0]["eval_flops"]) / 1e15,
                      "train_gflops_per_s": statistics.mean(r["train_flops"] / r["train_s"] / 1e9 for r in rs)})
+        if peak:
+            bf16 = rs[0].get("precision", "float32") == "bfloat16"
+            rows[-1]["share_of_ceiling"] = rows[-1]["train_gflops_per_s"] / peak[
+                f"conv3x3_{'bf16' if bf16 else 'fp32'}_gflops"]
     return rows
 
 
@@ -191,7 +200,16 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and the PNG")
     p.add_argument("--curve-tta", choices=tuple(TTA_VIEWS), help="views for the per-epoch curve points (default: "
                    "each run's own TTA; 'none' makes them 6x cheaper on the real clock, the final point keeps it)")
+    p.add_argument("--peak", action="store_true", help="measure the machine's 3x3-convolution ceilings first "
+                   "(probes/peak.py) and print each row's training GFLOP/s as a share of the one in its precision")
     args = p.parse_args()
+    peak = None
+    if args.peak:
+        sys.path.insert(0, str(Path(__file__).parent / "probes"))
+        from peak import ceilings
+        peak = ceilings(2.0)
+        print(f"3x3-convolution ceilings: float32 {peak['conv3x3_fp32_gflops']:.0f}, bfloat16 "
+              f"{peak['conv3x3_bf16_gflops']:.0f} GFLOP/s", flush=True)
     keep_freed_memory()  # as `imagefit` does at start: every row, anchors included, on the same allocator
     startup = import_seconds()
     cpu = cpu_description()
@@ -207,13 +225,16 @@ def main() -> None:
             runs.append(run_recipe(name, args.data, seed, startup, args.curve_tta) if kind == "recipe" else
                         run_anchor(name, args.data, seed, args.curve_tta))
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
-            record = {"runs": runs, "summary": summary(runs), "curve_tta": args.curve_tta, "cpu": cpu}
+            record = {"runs": runs, "summary": summary(runs, peak), "curve_tta": args.curve_tta, "cpu": cpu,
+                      "peak": peak}
             stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
     plot(runs, stem.with_suffix(".png"), args.curve_tta)
-    print(f"\n{'row':>18} {'seeds':>5} {'held-out acc':>16} {'wall s':>8} {'PFLOP':>7} {'train GFLOP/s':>13}")
-    for r in summary(runs):
+    print(f"\n{'row':>18} {'seeds':>5} {'held-out acc':>16} {'wall s':>8} {'PFLOP':>7} {'train GFLOP/s':>13}"
+          + (f" {'of ceiling':>10}" if peak else ""))
+    for r in summary(runs, peak):
         print(f"{r['row']:>18} {r['seeds']:>5} {100 * r['accuracy_mean']:9.2f} ± {100 * r['accuracy_std']:.2f} "
-              f"{r['wall_s_mean']:8.1f} {r['pflop']:7.3f} {r['train_gflops_per_s']:13.1f}")
+              f"{r['wall_s_mean']:8.1f} {r['pflop']:7.3f} {r['train_gflops_per_s']:13.1f}"
+              + (f" {100 * r['share_of_ceiling']:9.1f}%" if peak else ""))
     print(f"runs and curves: {stem}.json, {stem}.png")
 
 

@@ -131,7 +131,20 @@ def test_run_is_tracked_in_a_real_mlflow_store(capsys, cifar_dir, tmp_path):
     assert [m.step for m in client.get_metric_history(got.info.run_id, "val_accuracy")] == [1, 2]
     assert got.data.metrics["test_accuracy"] == pytest.approx(r["accuracy"])
     artifacts = {a.path for a in client.list_artifacts(got.info.run_id)}
-    assert {"bundle.safetensors", "curves.png", "confusion.png", "metrics.json"} <= artifacts
+    assert {"bundle.safetensors", "curves.png", "confusion.png", "metrics.json", "model"} <= artifacts
+    # the bundle as an MLflow model in its run: loaded back by MLflow, it answers what the bundle answers
+    assert r["mlflow_model"] == f"runs:/{r['mlflow_run_id']}/model"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    import base64
+    import pandas as pd
+    from PIL import Image
+    Image.new("RGB", (32, 32), (20, 120, 200)).save(tmp_path / "blue.png")
+    answer = mlflow.pyfunc.load_model(r["mlflow_model"]).predict(
+        pd.DataFrame({"image": [base64.b64encode((tmp_path / "blue.png").read_bytes()).decode()]}))
+    import imagefit
+    top = imagefit.load("runs/m").predict([tmp_path / "blue.png"])[0][0]
+    assert answer.loc[0, "class1"] == top["class"]
+    assert answer.loc[0, "probability1"] == pytest.approx(top["probability"], abs=1e-6)
     e = run(capsys, "evaluate", "--bundle", "runs/m", "--experiment", "tests")  # the same (default) store
     assert client.get_run(e["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == r["mlflow_run_id"]
 

@@ -101,7 +101,12 @@ def train(recipe: str | None = None, *, out: str | Path | None = None, resume: s
         from .experiments.crossval import train_folds
         return Run(out, train_folds(cfg, opts))
     from .training.train import train as run_training
-    return Run(out, run_training(cfg, opts))
+    result = run_training(cfg, opts)
+    if result.get("mlflow_run_id") and result.get("bundle") and result.get("stopped") != "finished already":
+        # the bundle as an MLflow model in its own run (deploy/ sits above training, so the API does it)
+        from .deploy.mlflow_model import log_to_run
+        result["mlflow_model"] = log_to_run(Path(result["bundle"]), result["mlflow_uri"], result["mlflow_run_id"])
+    return Run(out, result)
 
 
 def find_lr(recipe: str | None = None, *, out: str | Path | None = None, start_lr: float = 1e-7,
@@ -216,3 +221,14 @@ def evaluate(bundles: str | Path | list, data: str | Path | None = None, **kwarg
     paths = [str(b) for b in bundles] if isinstance(bundles, (list, tuple)) else [str(bundles)]
     kwargs["device"] = resolve_device(kwargs.get("device", "cpu"))
     return evaluate_bundles(paths, data=str(data) if data else None, **kwargs)[0]
+
+
+def report(*runs: str | Path, data: str | Path | None = None, out: str | Path = "comparison", top: int = 16) -> Path:
+    """`imagefit report`: the error-analysis page of one run (RUN/report/index.html), or with two or more runs a
+    comparison page in `out`; returns the page's path (open it in a browser, or `IPython.display.IFrame` it)."""
+    from .evaluation.report import build_comparison, build_report
+    if len(runs) > 1:
+        return build_comparison(list(runs), out, data=str(data) if data else None)
+    if not runs:
+        raise ImagefitError("report() needs a run folder (or two or more to compare)")
+    return build_report(runs[0], data=str(data) if data else None, top=top)

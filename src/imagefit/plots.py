@@ -77,6 +77,28 @@ def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, ti
     return _save(fig, path)
 
 
+def compared_curves(histories: dict[str, list[dict]], path: Path) -> Path:
+    """Several runs' curves overlaid, one colour per run: training loss, then validation accuracy where the runs
+    had a validation split (else training accuracy), per epoch."""
+    from matplotlib.ticker import MaxNLocator
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    val = any(h.get("val_accuracy") is not None for rows in histories.values() for h in rows)
+    for (name, rows), color in zip(histories.items(), [f"C{i}" for i in range(10)] * 10):
+        epochs = [h["epoch"] for h in rows]
+        axes[0].plot(epochs, [h.get("train_loss") for h in rows], marker="o", ms=3, color=color, label=name)
+        key = "val_accuracy" if val else "train_accuracy"
+        axes[1].plot(epochs, [h.get(key) for h in rows], marker="o", ms=3, color=color, label=name)
+    axes[0].set_ylabel("training loss")
+    axes[1].set_ylabel("validation accuracy" if val else "training accuracy")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def lr_finder(result, path: Path) -> Path:
     """Loss against rate (log axis), raw and smoothed, every candidate marked; the suggestion stands out."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -107,11 +129,15 @@ def lr_finder(result, path: Path) -> Path:
 
 
 def reliability(cal: dict, path: Path) -> Path:
-    """Accuracy against confidence per bin (bars), the diagonal a calibrated model would follow."""
+    """Accuracy against confidence per bin (bars, each labelled with its number of images), the diagonal a
+    calibrated model would follow."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for b in cal["bins"]:
         ax.bar((b["low"] + b["high"]) / 2, b["accuracy"], width=b["high"] - b["low"], color="C0", alpha=0.7,
                edgecolor="white")
+        # how many predictions each bar stands on: a bar of 3 images says little
+        ax.text((b["low"] + b["high"]) / 2, min(b["accuracy"], 0.93) + 0.015, f"{b['n']:,}", ha="center",
+                va="bottom", fontsize=6, rotation=90)
     ax.plot([0, 1], [0, 1], "--", color="0.4", label="calibrated")
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")

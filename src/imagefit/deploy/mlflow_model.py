@@ -92,3 +92,14 @@ def save(bundle_file: Path, out: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def log_to_run(bundle_file: Path, uri: str, run_id: str, artifact_path: str = "model") -> str:
+    """The bundle as a pyfunc model inside the MLflow run that trained it, so `mlflow.pyfunc.load_model(
+    "runs:/RUN_ID/model")`, `mlflow models serve -m runs:/RUN_ID/model` and `mlflow.register_model` take it
+    straight from the run; returns that address."""
+    from mlflow import MlflowClient
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save(Path(bundle_file), Path(tmp) / artifact_path)
+        MlflowClient(uri).log_artifacts(run_id, str(folder), artifact_path)
+    return f"runs:/{run_id}/{artifact_path}"

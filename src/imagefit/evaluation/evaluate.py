@@ -16,9 +16,9 @@ from .voting import check_same_classes, combine, disagreement, expand, independe
 
 @torch.inference_mode()
 def gather_logits(model: nn.Module, loader: Loader, autocast=None, tta: str = "none",
-                  average: str = "logits") -> tuple[torch.Tensor, torch.Tensor]:
+                  average: str = "logits", on_batch=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 scores (with test-time augmentation `tta`, see `preprocessing.tta_scores`) and labels for every image the
-    loader yields, in order, on the CPU."""
+    loader yields, in order, on the CPU; `on_batch()` after each batch (progress)."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
@@ -26,6 +26,8 @@ def gather_logits(model: nn.Module, loader: Loader, autocast=None, tta: str = "n
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
             logits.append(tta_scores(model, x, tta, average).cpu())
         labels.append(y.cpu())
+        if on_batch:
+            on_batch()
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
 

@@ -1,4 +1,5 @@
-"""Progress: a live bar on a terminal; one plain line per epoch when output goes to a file or CI log."""
+"""Progress: a live bar on a terminal; one plain line per epoch when output goes to a file or CI log. Both say how
+long the whole run has left (from this process's pace so far), and the final evaluation reports its own progress."""
 
 from __future__ import annotations
 
@@ -13,23 +14,39 @@ class Progress:
         self.quiet = mode == "off"  # the other ranks of a torchrun job: rank 0 reports
         self.live = not self.quiet and (mode == "bar" or (mode == "auto" and self.stream.isatty()))
         self.bar = None
+        self.run_t0, self.run_steps = None, 0  # this process's clock and steps, for the whole run's time left
+
+    def run_left(self) -> str:
+        """The whole run's time left at this process's pace so far ('' before the first step). Early epochs at
+        smaller progressive sizes run faster, so the estimate starts low and settles as the run goes."""
+        if not self.run_steps:
+            return ""
+        per_step = (time.perf_counter() - self.run_t0) / self.run_steps
+        left = per_step * max(self.total_steps - self.global_step, 0)
+        return f"run {int(left // 60)}m{int(left % 60):02d}s left"
 
     def start_epoch(self, epoch: int, epochs: int, steps: int, start: int = 0) -> None:
         self.epoch, self.epochs, self.t0, self.images = epoch, epochs, time.perf_counter(), 0
+        self.total_steps, self.global_step = epochs * steps, epoch * steps + start
+        if self.run_t0 is None:
+            self.run_t0 = self.t0
         if self.live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
             from rich.console import Console
             self.bar = Bar(TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-                           TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=True,
-                           console=Console(file=self.stream))
+                           TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), TextColumn("{task.fields[run]}"),
+                           transient=True, console=Console(file=self.stream))
             self.bar.start()
-            self.task = self.bar.add_task("", total=steps, completed=start, stats="")
+            self.task = self.bar.add_task("", total=steps, completed=start, stats="", run="")
 
     def step(self, images: int, loss: float, accuracy: float) -> None:
         self.images += images
+        self.run_steps += 1
+        self.global_step += 1
         if self.bar is not None:
             rate = self.images / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.update(self.task, advance=1, stats=f"loss {loss:.3f} acc {accuracy:.3f} {rate:,.0f} img/s")
+            self.bar.update(self.task, advance=1, stats=f"loss {loss:.3f} acc {accuracy:.3f} {rate:,.0f} img/s",
+                            run=self.run_left())
 
     def end_epoch(self, metrics: dict) -> None:
         if self.bar is not None:
@@ -39,6 +56,8 @@ class Progress:
         parts = [f"epoch {self.epoch + 1}/{self.epochs}"]
         parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("train_", "val_")) and v is not None]
         parts += [f"lr {metrics['lr']:.3g}", f"{self.images / max(seconds, 1e-9):,.0f} img/s", f"{seconds:.1f}s"]
+        if self.epoch + 1 < self.epochs and self.run_steps:
+            parts.append(self.run_left())
         if not self.quiet:
             print("  ".join(parts), file=self.stream, flush=True)
 
@@ -65,6 +84,27 @@ class Progress:
                 print(f"lr range test: step {step}/{steps}  rate {lr:.1e}  smoothed loss {loss:.4f}  "
                       f"{time.perf_counter() - t0:.1f}s", file=self.stream, flush=True)
         yield on_step
+
+    @contextlib.contextmanager
+    def evaluation(self, name: str, batches: int):
+        """Yields `on_batch()` for a pass over `batches` batches (the final test, with its TTA views): a live bar on
+        a terminal, else one line when it starts and one when it ends."""
+        t0 = time.perf_counter()
+        if self.quiet:
+            yield lambda: None
+            return
+        if self.live:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+            bar = Bar(TextColumn(name), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
+                      console=Console(file=self.stream))
+            task = bar.add_task("", total=batches)
+            with bar:
+                yield lambda: bar.update(task, advance=1)
+            return
+        print(f"{name}: {batches} batch{'' if batches == 1 else 'es'}", file=self.stream, flush=True)
+        yield lambda: None
+        print(f"{name}: done in {time.perf_counter() - t0:.1f}s", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

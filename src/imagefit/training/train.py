@@ -592,11 +592,19 @@ class Trainer:
         """What validation scores and the best checkpoint hold: the weights' average under --ema, else the model."""
         return self.ema.model if self.ema else self.model
 
-    def _scores(self, loader: Loader, tau: float | None = None, autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scores(self, loader: Loader, tau: float | None = None, autocast=None,
+                name: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores in float32 unless an autocast is given: the figures a bundle records are the ones `evaluate`,
-        `predict` and `serve` reproduce from it; only the per-epoch validation runs in the training precision."""
+        `predict` and `serve` reproduce from it; only the per-epoch validation runs in the training precision.
+        With a `name`, the pass shows its progress (the final test with its TTA views can take minutes)."""
         p = self.preprocessing
-        scores, labels = gather_logits(self.eval_model, loader, autocast, p.tta, p.tta_average)
+        if name is None:
+            scores, labels = gather_logits(self.eval_model, loader, autocast, p.tta, p.tta_average)
+        else:
+            views = "" if p.tta == "none" else f" (TTA {p.tta})"
+            with Progress(self.opts.progress if self.world.main else "off").evaluation(
+                    f"{name}{views}", len(loader)) as on_batch:
+                scores, labels = gather_logits(self.eval_model, loader, autocast, p.tta, p.tta_average, on_batch)
         return adjust_logits(scores, self.log_prior, self.tau if tau is None else tau) / self.temperature, labels
 
     def test_scores(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -604,7 +612,7 @@ class Trainer:
         order: what the run's final test figures are computed from."""
         if self.test_loader is None:
             raise ImagefitError(f"{self.data.source} has no test split")
-        return self._scores(self.test_loader)
+        return self._scores(self.test_loader, name="final test")
 
     def _choose_tau(self) -> None:
         """--logit-adjust auto: the strength with the best validation balanced accuracy (ties: the smaller)."""
@@ -671,7 +679,7 @@ class Trainer:
         if report:
             artifacts.append(plots.confusion_matrix(report["confusion"], self.data.classes, self.out / "confusion.png",
                                                     "test split"))
-        full = {**metrics, "history": self.history, "test": report}
+        full = {**metrics, "history": self.history, "test": report, "data": self._data_summary()}
         atomic_write_text(self.out / "metrics.json", json.dumps(full, indent=1))
 
         tracked = {"mlflow_run_id": self.tracking_run_id, "mlflow_uri": self.tracking_uri} \
@@ -685,8 +693,17 @@ class Trainer:
         for path in [*artifacts, self.out / "metrics.json", self.out / "config.yaml", bundle]:
             self.tracker.artifact(path)
         self.tracker.end("FINISHED")
-        return {**metrics, "bundle": str(bundle), "run_dir": str(self.out), "mlflow_run_id": self.tracking_run_id}
+        return {**metrics, "bundle": str(bundle), "run_dir": str(self.out), "mlflow_run_id": self.tracking_run_id,
+                "mlflow_uri": self.tracking_uri if self.tracking_run_id else None}
 
+
+    def _data_summary(self) -> dict:
+        """Images per class in each split, in class order (the report's setup section shows them)."""
+        k = len(self.data.classes)
+        counts = {name: torch.bincount(split.labels, minlength=k).tolist()
+                  for name, split in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))
+                  if split is not None}
+        return {"source": self.data.source, "classes": list(self.data.classes), **counts}
 
     def _finished_already(self) -> dict:
         """--resume of a run that ended: say so, and give its result without training or writing anything."""

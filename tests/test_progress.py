@@ -1,0 +1,29 @@
+"""Progress lines: the whole run's time left, and the final evaluation's own progress."""
+
+import io
+import math
+
+from imagefit.training import progress as P
+
+
+def test_lines_say_the_whole_runs_time_left_and_the_final_test(monkeypatch):
+    clock = iter(range(0, 1000))
+    monkeypatch.setattr(P.time, "perf_counter", lambda: float(next(clock)))
+    out = io.StringIO()
+    p = P.Progress("lines", out)
+    p.start_epoch(1, 3, 4, start=2)  # a resumed run: 6 of 12 steps done before this process
+    for _ in range(2):
+        p.step(8, math.nan, math.nan)
+    p.end_epoch({"train_loss": 1.0, "lr": 0.1})
+    line = out.getvalue().splitlines()[-1]
+    # the clock ticks 1 s per reading: 2 steps in 2 s by the estimate, 12 - 8 = 4 steps left
+    assert line.startswith("epoch 2/3") and line.endswith("run 0m04s left")
+    with p.evaluation("final test (TTA flip)", 3) as on_batch:
+        on_batch()
+    assert out.getvalue().splitlines()[-2:] == ["final test (TTA flip): 3 batches",
+                                                "final test (TTA flip): done in 1.0s"]
+    p.start_epoch(2, 3, 4)
+    for _ in range(4):
+        p.step(8, math.nan, math.nan)
+    p.end_epoch({"train_loss": 1.0, "lr": 0.1})
+    assert "left" not in out.getvalue().splitlines()[-1]  # the last epoch: nothing left to estimate
