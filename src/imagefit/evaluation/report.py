@@ -224,8 +224,9 @@ window.addEventListener("load", () => {
 
 STYLE = """<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin-bottom:8px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-table.facts th{text-align:left}table.sortable tr:first-child th{background:#f2f2f2}
-figure{display:inline-block;margin:6px;text-align:center;font-size:12px}.gallery img{width:96px;
+table.facts th,table.facts td{text-align:left}table.sortable tr:first-child th{background:#f2f2f2}
+figure{display:inline-block;margin:6px;text-align:center;font-size:12px;max-width:100%}figure img{max-width:100%}
+.gallery img{width:96px;
 image-rendering:pixelated}.warning{background:#fff3cd;border:1px solid #c9a227;padding:8px 12px}
 .up{color:#0a6b2a}.down{color:#b00020}pre{text-align:left;font-size:12px}</style>"""
 
@@ -337,7 +338,7 @@ def _comparison_html(names: list[str], rows: dict, classes: list[str], figures: 
                         f"</td>" for n in names)
         metric_rows += f"<tr><td>{e(label)}</td>{cells}</tr>"
     last = names[-1]
-    change_head = f"<th>{e(last)} − {e(base)}</th>"
+    change_head = f"<th>{e(last)} − {e(base)}</th>"  # in percentage points
     class_rows = ""
     for c in classes:
         recalls = [rows[n]["recall"][c] for n in names]
@@ -354,7 +355,8 @@ def _comparison_html(names: list[str], rows: dict, classes: list[str], figures: 
 <p>Every run scored here on the same {rows[base]['n']:,} test images, each with its own test-time augmentation.</p>
 <h2>Metrics</h2><table id="metrics"><tr><th>metric</th>{head}</tr>{metric_rows}</table>
 <h2>Curves</h2>{figs or '<p>(no run has a training history)</p>'}
-<h2>Recall per class</h2><table class="sortable" id="per-class"><tr><th>class</th>{head}{change_head}</tr>
+<h2>Recall per class</h2><p>The last column is the change in percentage points; click a header to sort.</p>
+<table class="sortable" id="per-class"><tr><th>class</th>{head}{change_head}</tr>
 {class_rows}</table>
 {SORT_JS}
 </body></html>
