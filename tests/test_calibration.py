@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from imagefit.cli import main
 from imagefit.evaluation.metrics import calibration, fit_temperature
 
 from .conftest import TINY, write_cifar
@@ -33,6 +34,11 @@ def test_training_with_a_validation_split_calibrates_and_calibrate_fits_a_bundle
     assert metrics["temperature"] == r["temperature"] != 1.0 and "val_ece_after" in metrics and "ece" in metrics
     import imagefit
     assert imagefit.load(tmp_path / "v").preprocessing.temperature == r["temperature"]
+
+    # a validation split of 10 images is too small to fit a temperature on: skipped, and said
+    code = main(["train", "--data", str(data), *TINY, "--val-fraction", "0.05", "--out", str(tmp_path / "few"), "--json"])
+    assert code == 0 and "calibration skipped: the validation split has 10 images" in capsys.readouterr().err
+    assert imagefit.load(tmp_path / "few").preprocessing.temperature == 1.0
 
     run(capsys, "train", "--data", str(data), *TINY, "--val-fraction", "0", "--out", str(tmp_path / "all"))
     assert imagefit.load(tmp_path / "all").preprocessing.temperature == 1.0  # nothing to fit on

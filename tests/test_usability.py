@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from imagefit.cli import main
 from imagefit.evaluation.metrics import collapse_warning
 from imagefit.training.train import auto_batch_size
 
-from .conftest import class_images
+from .conftest import TINY, class_images
 from .test_train import run
 
 
@@ -106,7 +107,6 @@ def test_every_flag_shows_its_default_and_every_command_has_examples():
 def test_models_prints_a_table_with_a_header(capsys):
     r = run(capsys, "models")
     assert r["models"]["resnet18"]["pretrained"] == ["imagenet"] and "blocks" in r["models"]["resnet"]["options"]
-    from imagefit.cli import main
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["model", "parameters", "input"] and "pretrained weights" in lines[0]
@@ -116,7 +116,7 @@ def test_models_prints_a_table_with_a_header(capsys):
 def test_a_run_from_imagefit_data_is_reported_without_it(capsys, tmp_path, monkeypatch):
     """issue 30: the README's main job reads IMAGEFIT_DATA; a later shell without it must still find the data for
     `report` and `evaluate`. And report takes --tracking-uri like every command that tracks."""
-    from .conftest import TINY, write_cifar
+    from .conftest import write_cifar
     data = write_cifar(tmp_path / "data")
     monkeypatch.setenv("IMAGEFIT_DATA", str(data))
     run(capsys, "train", *TINY, "--out", str(tmp_path / "run"))
@@ -151,3 +151,15 @@ def test_mlflow_info_lines_stay_out_of_the_output(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-1000:]
     assert "INFO mlflow" not in done.stderr and "test accuracy" in done.stdout + done.stderr
+
+
+def test_a_bare_class_tree_says_its_split_sizes_and_that_it_has_no_test_split(capsys, tmp_path):
+    images, labels = class_images(7, 3, size=16)
+    for i, (img, y) in enumerate(zip(images, labels)):
+        (tmp_path / "bare" / f"c{y}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "bare" / f"c{y}" / f"{i}.png")
+    code = main(["train", "--data", str(tmp_path / "bare"), *TINY, "--epochs", "1", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "18 train, 3 val, 0 test images" in err and "no test split in" in err and "imagefit evaluate" in err
+    assert "calibration skipped: the validation split has 3 images" in err

@@ -329,7 +329,8 @@ class Trainer:
         steps = t.epochs * len(self.train_loader)
         if cfg.model.init_from or cfg.model.pretrained != "none" or steps >= MIN_SCRATCH_STEPS:
             return None
-        return (f"this run has only {steps} optimizer steps ({t.epochs} epochs of {len(self.train_loader)} batches of "
+        return (f"this run has only {steps} optimizer step{'s' * (steps != 1)} ({t.epochs} epoch{'s' * (t.epochs != 1)} "
+                f"of {len(self.train_loader)} batch{'es' * (len(self.train_loader) != 1)} of "
                 f"{t.batch_size} from {len(self.data.train):,} images); a {cfg.model.model} trained from scratch "
                 f"rarely learns in under {MIN_SCRATCH_STEPS} and may end predicting one class: raise --epochs, "
                 f"lower --batch-size, fine-tune a pretrained model (imagefit fine-tune), or use --recipe fast")
@@ -436,6 +437,10 @@ class Trainer:
                  + (f"; resuming at epoch {self.epoch + 1}, step {self.step}" if self.opts.resume else ""))
         if self.batch_note:
             self.log(self.batch_note)
+        if self.data.test is None or not len(self.data.test):
+            self.log(f"no test split in {self.data.source}: the run reports validation figures only (an ImageFolder "
+                     f"tree gets one from a test/ folder beside train/); score the bundle later with 'imagefit "
+                     f"evaluate --bundle {self.out} --data DIR'")
         for warning in self.warnings:
             self.log(f"warning: {warning}")
         progress = Progress(self.opts.progress if self.world.main else "off")
@@ -657,7 +662,12 @@ class Trainer:
             metrics["logit_adjust"] = self.tau
         if self.val_loader:
             # one pass over validation: the temperature divides the scores, so it leaves their argmax alone
-            val = self._calibrate(metrics) if self.cfg.train.calibrate else self._scores(self.val_loader)
+            enough = len(self.data.val) >= MIN_CALIBRATION_IMAGES
+            if self.cfg.train.calibrate and not enough:
+                self.log(f"calibration skipped: the validation split has {len(self.data.val)} images, too few to fit "
+                         f"a temperature (at least {MIN_CALIBRATION_IMAGES}); fit one later on more images with "
+                         f"'imagefit calibrate --bundle {self.out}'")
+            val = self._calibrate(metrics) if self.cfg.train.calibrate and enough else self._scores(self.val_loader)
             metrics["val_accuracy"] = summarize(*val, self.data.classes)["accuracy"]
         report = None
         if self.test_loader:
@@ -718,6 +728,7 @@ class Trainer:
                 "run_dir": str(self.out), "mlflow_run_id": self.tracking_run_id}
 
 
+MIN_CALIBRATION_IMAGES = 20  # a temperature fitted on 3 images (a tiny folder's validation split) was 37: noise
 MIN_SCRATCH_STEPS = 200  # fewer, and a ResNet trained from scratch on a small folder predicted one class (issue 28)
 AUTO_BATCH, MIN_AUTO_BATCH, MIN_EPOCH_STEPS = 128, 16, 50
 
