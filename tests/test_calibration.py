@@ -40,6 +40,14 @@ def test_training_with_a_validation_split_calibrates_and_calibrate_fits_a_bundle
     assert code == 0 and "calibration skipped: the validation split has 10 images" in capsys.readouterr().err
     assert imagefit.load(tmp_path / "few").preprocessing.temperature == 1.0
 
+    # no validation split: a slice of train held out only for the temperature (the fast recipes' 2%)
+    r = run(capsys, "train", "--data", str(data), *TINY, "--val-fraction", "0", "--calibration-fraction", "0.1",
+            "--out", str(tmp_path / "slice"))
+    metrics = json.loads((tmp_path / "slice" / "metrics.json").read_text())
+    assert metrics["calibration_images"] == 20 and sum(metrics["data"]["train"]) == 180
+    assert metrics["data"]["calibration"] == [2] * 10 and "val" not in metrics["data"]
+    assert imagefit.load(tmp_path / "slice").preprocessing.temperature == r["temperature"] != 1.0
+
     run(capsys, "train", "--data", str(data), *TINY, "--val-fraction", "0", "--out", str(tmp_path / "all"))
     assert imagefit.load(tmp_path / "all").preprocessing.temperature == 1.0  # nothing to fit on
     assert "trained without a validation split" in fails(capsys, "calibrate", "--bundle", str(tmp_path / "all"))

@@ -50,6 +50,9 @@ class DataConfig:
     resize: str = opt("crop", "how other sizes are resized: crop (shorter side, centre crop) or squish",
                       choices=RESIZE_MODES)
     val_fraction: float = opt(0.1, "share of train held out (stratified, seeded) for validation", low=0.0, high=0.9)
+    calibration_fraction: float = opt(0.0, "runs without a validation split (--val-fraction 0): share of train held "
+                                           "out (stratified, seeded) only to fit --calibrate's temperature on after "
+                                           "training (0: none; the fast recipes hold out 0.02)", low=0.0, high=0.5)
     folds: int = opt(0, "k-fold cross-validation: train once per fold of K stratified, seeded folds, each held out "
                         "in turn for validation (replaces --val-fraction); reports mean ± std (0: off)", low=0, high=100)
     fold: int = opt(0, "with --folds: the one fold held out (0…K-1); set per run by --folds itself", low=0)

@@ -86,6 +86,7 @@ class Splits:
     std: list[float]
     source: str
     synthetic: ImageSet | None = None  # --synthetic in ratio mode: drawn into every training batch
+    calibration: ImageSet | FileSet | None = None  # --calibration-fraction: held out to fit the temperature only
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -468,15 +469,20 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         keep, held = stratified_split(train.labels, cfg.val_fraction, seed)
     val = train.subset(held) if len(held) else None
     train = train.subset(keep)
+    calibration = None
+    if val is None and cfg.calibration_fraction > 0 and not cfg.folds:
+        keep, held = stratified_split(train.labels, cfg.calibration_fraction, seed)
+        calibration, train = train.subset(held), train.subset(keep)
     if cfg.bootstrap:
         train = train.subset(torch.randint(len(train), (len(train),), generator=choice_generator(cfg.bootstrap, Stream.BOOTSTRAP)))
     key = _fingerprint(fingerprint, cfg.size, cfg.resize, cfg.val_fraction, seed, cfg.classes, cfg.per_class,
-                       cfg.imbalance, cfg.bootstrap, *((cfg.folds, cfg.fold) if cfg.folds else ()))
+                       cfg.imbalance, cfg.bootstrap, *((cfg.folds, cfg.fold) if cfg.folds else ()),
+                       *((cfg.calibration_fraction,) if calibration is not None else ()))
     mean, std = _cached_stats(train, key)  # the real images' statistics, synthetic ones or not
     synthetic = _synthetic_set(cfg, train) if cfg.synthetic else None
     if synthetic is not None and cfg.synthetic_mode == "extra":
         train, synthetic = train.concat(synthetic), None
-    return Splits(train, val, test, train.classes, mean, std, str(where), synthetic)
+    return Splits(train, val, test, train.classes, mean, std, str(where), synthetic, calibration)
 
 
 def synthetic_tree(folder: str | Path, cfg: DataConfig) -> ImageSet:

@@ -177,7 +177,7 @@ def _setup_section(bundle, data: dict | None, test_labels: torch.Tensor) -> str:
     changes = "".join(f"<tr><td>{e(k)}</td><td>{e(str(v))}</td></tr>" for k, v in changed) or \
         "<tr><td colspan=2>none: the defaults</td></tr>"
     classes = bundle.classes
-    splits = {k: v for k, v in (data or {}).items() if k in ("train", "val") and v}
+    splits = {k: v for k, v in (data or {}).items() if k in ("train", "val", "calibration") and v}
     splits["test"] = torch.bincount(test_labels, minlength=len(classes)).tolist()
     head = "".join(f"<th>{k}</th>" for k in splits)
     counts = "".join(f"<tr><td>{e(c)}</td>" + "".join(f"<td>{v[i]:,}</td>" for v in splits.values()) + "</tr>"

@@ -259,6 +259,8 @@ class Trainer:
         eval_batch = max(t.batch_size, 256)
         self.val_loader = Loader(self.data.val, eval_batch, normalize, **common) if self.data.val else None
         self.test_loader = Loader(self.data.test, eval_batch, normalize, **common) if self.data.test else None
+        self.calibration_loader = Loader(self.data.calibration, eval_batch, normalize, **common) \
+            if self.data.calibration else self.val_loader  # where --calibrate fits the temperature
         steps = self._steps_warning()
         self.warnings = [steps] if steps else []
         self.lr_finder: FinderResult | None = None
@@ -431,8 +433,9 @@ class Trainer:
         if self.lr_finder:
             atomic_write_text(self.out / "lr_finder.json", json.dumps(self.lr_finder.to_dict(), indent=1))
             self.tracker.artifact(plots.lr_finder(self.lr_finder, self.out / "lr_finder.png"))
+        held = f" ({len(self.data.calibration):,} held out to calibrate)" if self.data.calibration else ""
         self.log(f"{cfg.model.model}: {self.params:,} parameters; {len(self.data.train):,} train, "
-                 f"{len(self.data.val) if self.data.val else 0:,} val, "
+                 f"{len(self.data.val) if self.data.val else 0:,} val{held}, "
                  f"{len(self.data.test) if self.data.test else 0:,} test images; {self.device}"
                  + (f"; resuming at epoch {self.epoch + 1}, step {self.step}" if self.opts.resume else ""))
         if self.batch_note:
@@ -635,10 +638,11 @@ class Trainer:
         return replace(self.preprocessing, logit_adjust=adjust, temperature=self.temperature)
 
     def _calibrate(self, metrics: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Temperature scaling on the validation split: one number that divides the scores, fitted to their
-        cross-entropy there; accuracy unchanged, the expected calibration error before and after recorded."""
+        """Temperature scaling on the validation split (or the slice of train held out for it): one number that
+        divides the scores, fitted to their cross-entropy there; accuracy unchanged, the expected calibration
+        error before and after recorded (as val_ece_*: on held-out images either way)."""
         self.temperature = 1.0
-        scores, labels = self._scores(self.val_loader)
+        scores, labels = self._scores(self.calibration_loader)
         fitted = scale_temperature(scores, labels)
         self.temperature, before, after = fitted["temperature"], fitted["ece_before"], fitted["ece_after"]
         metrics.update(temperature=self.temperature, val_ece_before=round(before, 5), val_ece_after=round(after, 5))
@@ -660,15 +664,19 @@ class Trainer:
             self._choose_tau()
         if self.tau or self.cfg.train.logit_adjust == "auto":
             metrics["logit_adjust"] = self.tau
+        calibrating = self.cfg.train.calibrate and self.calibration_loader is not None
+        if calibrating and len(self.calibration_loader.data) < MIN_CALIBRATION_IMAGES:
+            self.log(f"calibration skipped: the validation split has {len(self.calibration_loader.data)} images, too "
+                     f"few to fit a temperature (at least {MIN_CALIBRATION_IMAGES}); fit one later on more images "
+                     f"with 'imagefit calibrate --bundle {self.out}'")
+            calibrating = False
         if self.val_loader:
             # one pass over validation: the temperature divides the scores, so it leaves their argmax alone
-            enough = len(self.data.val) >= MIN_CALIBRATION_IMAGES
-            if self.cfg.train.calibrate and not enough:
-                self.log(f"calibration skipped: the validation split has {len(self.data.val)} images, too few to fit "
-                         f"a temperature (at least {MIN_CALIBRATION_IMAGES}); fit one later on more images with "
-                         f"'imagefit calibrate --bundle {self.out}'")
-            val = self._calibrate(metrics) if self.cfg.train.calibrate and enough else self._scores(self.val_loader)
+            val = self._calibrate(metrics) if calibrating else self._scores(self.val_loader)
             metrics["val_accuracy"] = summarize(*val, self.data.classes)["accuracy"]
+        elif calibrating:  # the slice held out for it (--calibration-fraction)
+            self._calibrate(metrics)
+            metrics["calibration_images"] = len(self.data.calibration)
         report = None
         if self.test_loader:
             scores, labels = self.test_scores()
@@ -711,7 +719,8 @@ class Trainer:
         """Images per class in each split, in class order (the report's setup section shows them)."""
         k = len(self.data.classes)
         counts = {name: torch.bincount(split.labels, minlength=k).tolist()
-                  for name, split in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))
+                  for name, split in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test),
+                                      ("calibration", self.data.calibration))
                   if split is not None}
         return {"source": self.data.source, "classes": list(self.data.classes), **counts}
 
