@@ -191,3 +191,26 @@ def test_onnx_predictor_runs_torch_work_on_one_thread_and_restores_the_count(ser
     after = torch.get_num_threads()
     torch.set_num_threads(before)
     assert seen == [1, 1] and after == 2
+
+
+def test_int8_export_keeps_the_answers_and_loads_like_any_onnx_file(capsys, served, monkeypatch):
+    root = served["root"]
+    r = run(capsys, "export", "--bundle", str(root / "run"), "--quantize", "int8")
+    path = root / "run" / "model.int8.onnx"
+    assert r["export"] == str(path) and r["quantize"] == "int8" and r["agreement"] >= 0.97
+    import onnx
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # really quantized
+    import imagefit
+    int8, exact = imagefit.load(path), imagefit.load(root / "run", backend="pytorch")
+    assert int8.classes == exact.classes and int8.preprocessing == exact.preprocessing
+    x = [img.numpy() for img in torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8)]
+    p8, p = int8.probabilities(x), exact.probabilities(x)
+    assert (p8 - p).abs().max() < 0.1 and not torch.equal(p8, p)
+    # the check is real: an int8 model that disagrees with the bundle is refused and nothing is written
+    import imagefit.deploy.export as E
+    monkeypatch.setattr(E, "INT8_AGREEMENT", 1.01)
+    err = fails(capsys, "export", "--bundle", str(root / "run"), "--quantize", "int8", "--out", str(root / "q.onnx"))
+    assert "int8 check failed" in err and not (root / "q.onnx").exists()
+    assert "--quantize int8 is for --format onnx" in fails(capsys, "export", "--bundle", str(root / "run"),
+                                                           "--format", "torchscript", "--quantize", "int8")

@@ -27,6 +27,7 @@ class Stream(IntEnum):
     GENERATOR_SAMPLES = 17  # `generate eval`: the images sampled to score a generator
     REAL_SUBSET = 19  # `generate eval`: the real images a generator is scored against
     FOLDS = 23  # --folds: the order in which each class is dealt into folds
+    QUANTIZE = 29  # export --quantize int8: the training images its activation ranges come from
 
 
 def choice_generator(*parts: int) -> torch.Generator:

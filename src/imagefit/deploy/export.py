@@ -6,7 +6,9 @@ The batch dimension is dynamic. The metadata (ONNX `metadata_props` / a TorchScr
 carries the class order, the preprocessing, the test-time augmentation and logit adjustment training chose, the
 bundle's SHA-256 and its metrics. Every export is checked on real images: the largest |logit difference| from the
 PyTorch bundle, at the parity batch and at batch 1, must be at most 1e-4 times the largest |logit| (at least 1e-4),
-or nothing is written and the export fails.
+or nothing is written and the export fails. `--quantize int8` writes model.int8.onnx: ONNX Runtime's static int8
+quantization with activation ranges from training images; it is kept only when it names the bundle's class on 97%
+of the parity images.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from ..files import atomic_path, check_writable
 from .inference import ONNX_NAME, TorchPredictor
 
 FORMATS = {"onnx": ONNX_NAME, "torchscript": "model.torchscript.pt", "mlflow": "mlflow-model"}
+INT8_NAME = "model.int8.onnx"
 TOLERANCE = 1e-4
+INT8_AGREEMENT = 0.97  # an int8 export must name the float bundle's class on at least this share of the images
+CALIBRATION_IMAGES = 512
 
 
 class Deployable(nn.Module):
@@ -156,15 +161,88 @@ def _mlflow(bundle_file: Path, out: Path, reference: TorchPredictor, pixels: tor
             "sha256": reference.identity["sha256"]}
 
 
+def _calibration_pixels(bundle, data: str | None, n: int) -> torch.Tensor:
+    """Up to `n` training images (a seeded, class-stratified choice), as the export takes them: the ranges int8
+    quantization fixes come from images the model trained on, never from the test split the parity check uses."""
+    from ..data.sources import FileSet, load_splits
+    from ..seeds import Stream, choice_generator
+    cfg = bundle.config.data
+    if data:
+        cfg.data, cfg.test_data = data, None
+    train = load_splits(cfg, bundle.config.train.seed).train
+    order = torch.randperm(len(train), generator=choice_generator(bundle.config.train.seed, Stream.QUANTIZE))[:n]
+    if isinstance(train, FileSet):
+        return torch.stack([train.read(int(i)) for i in order]).float()
+    return train.images[order].float()
+
+
+def _quantize_int8(float_onnx: Path, out: Path, calibration: torch.Tensor) -> None:
+    """ONNX Runtime's static quantization (QDQ, int8 weights per channel, uint8 activations: the U8S8 form its x86
+    kernels run with VNNI), activation ranges from `calibration` (min-max over the batches)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    # ONNX Runtime's own preparation first (shape inference, graph optimization: BatchNorm folded into the convs),
+    # so ranges are taken, and int8 runs, on the graph its kernels will execute
+    prepared = float_onnx.with_name("prepared.onnx")
+    quant_pre_process(str(float_onnx), str(prepared))
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration.split(64))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"pixels": batch.contiguous().numpy()}
+
+    quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def _int8(bundle, bundle_file: Path, out: Path, data: str | None, pixels: torch.Tensor, reference: TorchPredictor,
+          module: nn.Module, meta: dict) -> dict:
+    """The float ONNX graph quantized to int8, kept only when it names the bundle's class on at least 97% of the
+    parity images (int8 cannot hold logits to 1e-4: agreement of the answers is the check)."""
+    import tempfile
+
+    import onnx
+    calibration = _calibration_pixels(bundle, data, CALIBRATION_IMAGES)
+    meta = {**meta, "quantized": "int8 (static, QDQ, per-channel weights)"}
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode(False), torch.no_grad(), atomic_path(out) as dst:
+        float_onnx = Path(tmp) / "float.onnx"
+        _onnx(module, pixels[:2].clone(), float_onnx, json.dumps(meta))
+        _quantize_int8(float_onnx, dst, calibration)
+        proto = onnx.load(str(dst))
+        if not any(p.key == "imagefit" for p in proto.metadata_props):
+            proto.metadata_props.add(key="imagefit", value=json.dumps(meta))
+            onnx.save(proto, str(dst))
+        with torch.inference_mode():
+            expected = reference._logits(pixels)
+        got = _run("onnx", dst, pixels.contiguous())
+        agreement = (got.argmax(1) == expected.argmax(1)).float().mean().item()
+        drift = (got.softmax(1) - expected.softmax(1)).abs().max().item()
+        if agreement < INT8_AGREEMENT:
+            raise ImagefitError(f"int8 check failed: the quantized model names the bundle's class on only "
+                                f"{100 * agreement:.1f}% of {len(pixels)} real images (needs "
+                                f"{100 * INT8_AGREEMENT:.0f}%); nothing was written: export in float (no --quantize)")
+    return {"export": str(out), "format": "onnx", "quantize": "int8", "agreement": agreement,
+            "max_probability_diff": drift, "parity_images": len(pixels), "calibration_images": len(calibration),
+            "bytes": out.stat().st_size, "sha256": reference.identity["sha256"]}
+
+
 def export(bundle_path: str | Path, fmt: str, out: str | Path | None = None, data: str | None = None,
-           parity_images: int = 64, force: bool = False) -> dict:
+           parity_images: int = 64, force: bool = False, quantize: str = "none") -> dict:
     from ..bundle import load_bundle, resolve
     if fmt not in FORMATS:
         raise ImagefitError(f"--format must be {' or '.join(FORMATS)} (got {fmt!r})")
     if parity_images < 1:
         raise ImagefitError(f"--parity-images must be 1 or more (got {parity_images})")
+    if quantize not in ("none", "int8"):
+        raise ImagefitError(f"--quantize must be none or int8 (got {quantize!r})")
+    if quantize != "none" and fmt != "onnx":
+        raise ImagefitError(f"--quantize int8 is for --format onnx (ONNX Runtime's quantizer), not {fmt}")
     bundle_file = resolve(bundle_path)
-    out = Path(out) if out else bundle_file.parent / FORMATS[fmt]
+    default_name = INT8_NAME if quantize == "int8" else FORMATS[fmt]
+    out = Path(out) if out else bundle_file.parent / default_name
     check_target(out, bundle_file, force, fmt)  # before the bundle and the parity images are read
     bundle = load_bundle(bundle_file)
     reference = TorchPredictor(bundle)
@@ -174,6 +252,8 @@ def export(bundle_path: str | Path, fmt: str, out: str | Path | None = None, dat
     module = Deployable(bundle).eval()
     meta = {"format": "imagefit-export/1", **reference.describe(),
             "input": {"name": "pixels", "dtype": "float32", "layout": "NCHW, RGB", "range": [0, 255]}}
+    if quantize == "int8":
+        return _int8(bundle, bundle_file, out, data, pixels, reference, module, meta)
     # Written beside --out and checked there: only an export that passes replaces the file (an earlier export stays
     # when this one fails).
     with torch.inference_mode(False), torch.no_grad(), atomic_path(out) as tmp:
