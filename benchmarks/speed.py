@@ -120,7 +120,7 @@ def run_recipe(recipe: str, data: str, seed: int, startup: float, curve_tta: str
     flops = training_flops(model, cfg.train.batch_size, steps[0], sizes, cfg.model.whiten_bias_epochs)
     precision = "bfloat16" if resolve_amp(torch.device("cpu"), cfg.train.amp) == "bf16" else "float32"
     return {"row": recipe, "seed": seed, "accuracy": result["accuracy"], "wall_s": round(wall, 1),
-            "precision": precision, "train_s": result["seconds"], "train_flops": flops,
+            "ece": result.get("ece"), "temperature": result.get("temperature"), "precision": precision, "train_s": result["seconds"], "train_flops": flops,
             "eval_flops": eval_flops(model, result["n"], cfg.data.size, cfg.train.tta), "curve": curve}
 
 
