@@ -60,8 +60,12 @@ def main() -> None:
     p.add_argument("--source", help="a trained source run folder to reuse (default: train one)")
     p.add_argument("--keep-source", metavar="DIR", help="train the source into DIR and keep it")
     p.add_argument("--process-sizes", help="also the fine-tune process at these sizes (e.g. 16,32)")
+    p.add_argument("--only-process", action="store_true", help="with --source and --process-sizes: run the process "
+                   "arm alone (e.g. again after a change to it; the other arms of the seed do not depend on it)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
+    if args.only_process and not (args.source and args.process_sizes):
+        p.error("--only-process needs --source and --process-sizes")
     data = ["--data", args.data, "--model", args.model, "--val-fraction", "0", "--seed", str(args.seed)]
     common = [*data, "--tracking-uri", "none", "--progress", "lines"]
 
@@ -86,7 +90,7 @@ def main() -> None:
             process["fine-tune process"] = imagefit(
                 "fine-tune", *target_with(args.target_epochs // len(sizes)), "--init-from", src,
                 "--head-epochs", str(max(1, 3 // len(sizes))), "--sizes", args.process_sizes, "--out", f"{tmp}/proc")
-        rows = {
+        rows = process if args.only_process else {
             "scratch": imagefit("train", *target, "--lr", "auto", "--out", f"{tmp}/scratch"),
             **{f"scratch lr {lr}": imagefit("train", *target, "--lr", lr, "--out", f"{tmp}/scratch-{lr}")
                for lr in filter(None, args.scratch_lrs.split(","))},
@@ -99,16 +103,19 @@ def main() -> None:
     print(f"\ntarget ({TARGET}), {args.per_class} training images per class, {args.model}, seed {args.seed}")
     for name, r in rows.items():
         print(f"{name:>12}: held-out {100 * r['accuracy']:.2f}% on {r['n']} images ({r['wall_s']} s)")
-    best = max((k for k in rows if k.startswith("scratch")), key=lambda k: rows[k]["accuracy"])
-    gain = 100 * (rows["fine-tune"]["accuracy"] - rows[best]["accuracy"])
-    print(f"fine-tune - best scratch ({best}): {gain:+.2f} points (bar: +10)")
+    best, gain = None, None
+    if not args.only_process:
+        best = max((k for k in rows if k.startswith("scratch")), key=lambda k: rows[k]["accuracy"])
+        gain = 100 * (rows["fine-tune"]["accuracy"] - rows[best]["accuracy"])
+        print(f"fine-tune - best scratch ({best}): {gain:+.2f} points (bar: +10)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"transfer-{date.today()}-{args.model}-seed{args.seed}.json"
+    stem = f"transfer-{date.today()}-{args.model}-seed{args.seed}{'-process' if args.only_process else ''}"
+    path = out / f"{stem}.json"
     n = 1
     while path.exists():  # an earlier run's JSON is never overwritten
         n += 1
-        path = out / f"transfer-{date.today()}-{args.model}-seed{args.seed}-{n}.json"
+        path = out / f"{stem}-{n}.json"
     slim = {k: {f: v for f, v in r.items() if f not in ("confusion", "per_class", "head", "all", "report")}
             for k, r in rows.items()}
     path.write_text(json.dumps({"args": vars(args), "source": source["accuracy"], "rows": slim,
