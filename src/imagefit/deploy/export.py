@@ -184,7 +184,8 @@ def _quantize_int8(float_onnx: Path, out: Path, calibration: torch.Tensor) -> No
     # ONNX Runtime's own preparation first (shape inference, graph optimization: BatchNorm folded into the convs),
     # so ranges are taken, and int8 runs, on the graph its kernels will execute
     prepared = float_onnx.with_name("prepared.onnx")
-    quant_pre_process(str(float_onnx), str(prepared))
+    # (its symbolic shape inference fails on some exported graphs, e.g. fastnet's reshapes; ONNX's own suffices)
+    quant_pre_process(str(float_onnx), str(prepared), skip_symbolic_shape=True)
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -210,7 +211,11 @@ def _int8(bundle, bundle_file: Path, out: Path, data: str | None, pixels: torch.
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode(False), torch.no_grad(), atomic_path(out) as dst:
         float_onnx = Path(tmp) / "float.onnx"
         _onnx(module, pixels[:2].clone(), float_onnx, json.dumps(meta))
-        _quantize_int8(float_onnx, dst, calibration)
+        try:
+            _quantize_int8(float_onnx, dst, calibration)
+        except Exception as e:  # the quantizer's own failure, on a graph it cannot handle: one line, nothing kept
+            raise ImagefitError(f"ONNX Runtime's int8 quantizer failed on this model ({type(e).__name__}: "
+                                f"{str(e)[:100]}); nothing was written: export in float (no --quantize)") from None
         proto = onnx.load(str(dst))
         if not any(p.key == "imagefit" for p in proto.metadata_props):
             proto.metadata_props.add(key="imagefit", value=json.dumps(meta))
