@@ -105,7 +105,7 @@ def run_recipe(recipe: str, data: str, seed: int, startup: float, curve_tta: str
     def held_out(trainer, row):
         t = time.perf_counter()
         steps.append(len(trainer.train_loader))
-        logits, labels = gather_logits(trainer.model, trainer.test_loader, tta=curve_tta or cfg.train.tta)
+        logits, labels = gather_logits(trainer.eval_model, trainer.test_loader, tta=curve_tta or cfg.train.tta)
         seconds = t - start - off_clock[0] + startup
         curve.append([round(seconds, 1), (logits.argmax(1) == labels).float().mean().item()])
         off_clock[0] += time.perf_counter() - t
