@@ -10,7 +10,10 @@ DIR holds cifar-10-batches-py from ../shared/datasets/make-cifar10 (the held-out
 generators should then have been trained on that subset too, or the comparison lets them see more real data than
 the classifier (the table says which they were trained on when their folder records it). Each generator's row
 carries its cost and quality when its folders hold them: training time (diffusion.pt/gan.pt), sampling speed
-(synthetic.json), FID/CAS (quality.json from `imagefit generate eval`).
+(synthetic.json), FID/CAS (quality.json from `imagefit generate eval`). `--alternatives` adds what a practitioner
+would do with the same classifier compute instead (real only, longer, with and without stronger augmentation).
+Every row: mean ± standard error over seeds, the gain over real only and whether it exceeds twice its standard
+error; a plot of accuracy against the synthetic share beside the JSON.
 """
 
 from __future__ import annotations
@@ -74,37 +77,88 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=0, help="real images per class (450: the 10%% run; 0: all)")
     p.add_argument("--epochs", type=int, default=0, help="override the recipe's epochs (0: keep)")
     p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--alternatives", action="store_true",
+                   help="also what a practitioner would do with the same classifier compute instead, at each ratio's "
+                        "compute (a mixed epoch is one pass over the real images in batches of (1 - ratio) real, so "
+                        "it takes 1 / (1 - ratio) the steps): real only trained that much longer, and the same "
+                        "with stronger classical augmentation (TrivialAugment; rotation 15 + cutout 8)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
     ratios = [float(r) for r in args.ratios.split(",")]
     generators = dict(s.split("=", 1) for s in args.synthetic)
+    base_epochs = args.epochs or _recipe_epochs("fast-small")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        variants = [("real only", None, 0.0)] + [(name, folder, r) for name, folder in generators.items()
-                                                 for r in ratios]
-        for name, folder, ratio in variants:
-            extra = [] if folder is None else ["--synthetic", folder, "--synthetic-ratio", str(ratio)]
+        variants = [("real only", 0.0, [])] + [(name, r, ["--synthetic", folder, "--synthetic-ratio", str(r)])
+                                                for name, folder in generators.items() for r in ratios]
+        if args.alternatives:
+            for r in ratios:
+                longer = ["--epochs", str(max(1, round(base_epochs / (1 - r))))]
+                variants += [("real, longer", r, longer),
+                             ("real, longer + trivial", r, [*longer, "--augment-policy", "trivial"]),
+                             ("real, longer + rot/cutout", r, [*longer, "--rotation", "15", "--cutout", "8"])]
+        for name, ratio, extra in variants:
             runs = [_train(args, tmp, extra, seed) for seed in range(args.seeds)]
             acc = [r["accuracy"] for r in runs]
-            row = {"generator": name, "ratio": ratio, "accuracy": statistics.mean(acc),
-                   "std": statistics.stdev(acc) if len(acc) > 1 else 0.0, "runs": acc,
-                   "wall_s": statistics.mean(r["wall_s"] for r in runs)}
+            std = statistics.stdev(acc) if len(acc) > 1 else 0.0
+            row = {"generator": name, "ratio": ratio, "accuracy": statistics.mean(acc), "std": std,
+                   "se": std / len(acc) ** 0.5, "runs": acc, "wall_s": statistics.mean(r["wall_s"] for r in runs),
+                   "extra": [a for a in extra if not a.startswith("/")]}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    real = rows[0]["accuracy"]
+    real = rows[0]
     subset = f"{args.per_class} real images per class" if args.per_class else "all real training images"
-    print(f"\nfast recipe, {subset}, {args.seeds} seed(s); held-out 5,000")
+    print(f"\nfast-small recipe, {subset}, {args.seeds} seed(s); held-out 5,000; gain against real only, and "
+          f"whether it exceeds twice its standard error (the issue's bar for 'above noise')")
     for r in rows:
-        print(f"{r['generator']:>12} ratio {r['ratio']:.1f}: {100 * r['accuracy']:.2f}% ± {100 * r['std']:.2f}"
-              f"  ({100 * (r['accuracy'] - real):+.2f})  {r['wall_s']:.0f} s")
+        gain = r["accuracy"] - real["accuracy"]
+        se = (r["se"] ** 2 + real["se"] ** 2) ** 0.5
+        r["gain"], r["gain_se"] = gain, se
+        r["above_noise"] = bool(r is not real and args.seeds > 1 and gain > 2 * se)
+        print(f"{r['generator']:>26} ratio {r['ratio']:.1f}: {100 * r['accuracy']:.2f}% ± {100 * r['se']:.2f} "
+              f"(SE)  {100 * gain:+.2f} ± {100 * se:.2f}{'  above noise' if r['above_noise'] else ''}  "
+              f"{r['wall_s']:.0f} s")
     facts = {name: _generator_facts(Path(folder)) for name, folder in generators.items()}
     for name, f in facts.items():
         print(f"{name}: {json.dumps(f)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"generative-{date.today()}-pc{args.per_class}.json"
+    n = 1
+    while path.exists():  # an earlier run's table is never overwritten
+        n += 1
+        path = out / f"generative-{date.today()}-pc{args.per_class}-{n}.json"
     path.write_text(json.dumps({"args": vars(args), "rows": rows, "generators": facts}, indent=1))
-    print(f"runs: {path}")
+    _plot(rows, path.with_suffix(".png"))
+    print(f"runs: {path} and {path.with_suffix('.png')}")
+
+
+def _recipe_epochs(name: str) -> int:
+    from imagefit.config import Config, load_recipe
+    return Config.from_dict(load_recipe(name)).train.epochs
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    """Held-out accuracy against the synthetic share, one line per generator (error bars: SE over seeds); the
+    equal-compute alternatives as markers at the share whose compute they match; real only as a dashed line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    real = rows[0]
+    ax.axhline(100 * real["accuracy"], color="0.4", ls="--", label=f"real only ({100 * real['accuracy']:.2f}%)")
+    for name in dict.fromkeys(r["generator"] for r in rows[1:]):
+        rs = [r for r in rows if r["generator"] == name]
+        line = not name.startswith("real")
+        ax.errorbar([r["ratio"] for r in rs], [100 * r["accuracy"] for r in rs], [100 * r["se"] for r in rs],
+                    marker="o" if line else "s", ls="-" if line else "none", capsize=3, label=name)
+    ax.set_xlabel("synthetic share of each batch (alternatives: at that share's compute)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
