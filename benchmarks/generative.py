@@ -108,7 +108,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     real = rows[0]
     subset = f"{args.per_class} real images per class" if args.per_class else "all real training images"
-    print(f"\nfast-small recipe, {subset}, {args.seeds} seed(s); held-out 5,000; gain against real only, and "
+    print(f"\nfast-small recipe, {subset}, {args.seeds} seed(s); held-out test split; gain against real only, and "
           f"whether it exceeds twice its standard error (the issue's bar for 'above noise')")
     for r in rows:
         gain = r["accuracy"] - real["accuracy"]
