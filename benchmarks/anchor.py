@@ -22,7 +22,6 @@ The shrunk anchor of issue 3 changes only widths (32/64/128), batch (500) and ep
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
@@ -37,6 +36,7 @@ from imagefit.evaluation.evaluate import gather_logits
 from imagefit.data.loader import Loader
 from imagefit.seeds import flip_seed
 from imagefit.models import FastNet
+from imagefit.runtime import autocast_for
 from imagefit.training.optim import Muon
 
 ANCHORS = {  # name: (widths, batch size, epochs)
@@ -50,9 +50,7 @@ def anchor_autocast(name: str):
     """The precision a skilled user runs the anchor in: `-bf16` anchors train and test under bfloat16 autocast
     (as airbench itself runs in half precision on a GPU), on a CPU with native bfloat16 (AVX512-BF16 or AMX);
     the others in float32, as issue 3 defined the anchor."""
-    if name.endswith("-bf16"):
-        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext
+    return autocast_for(torch.device("cpu"), "bf16" if name.endswith("-bf16") else "no")[0]
 
 
 class AnchorNet(FastNet):
@@ -119,9 +117,7 @@ def train_anchor(name: str, splits: Splits, seed: int, on_epoch_end=None) -> dic
 def anchor_accuracy(model: nn.Module, splits: Splits, normalize: Normalize, tta: str = "flip+crops",
                     name: str = "airbench94") -> float:
     loader = Loader(splits.test, 1000, normalize)
-    autocast = anchor_autocast(name)
-    logits, labels = gather_logits(model, loader, autocast=None if autocast is contextlib.nullcontext else autocast,
-                                   tta=tta)
+    logits, labels = gather_logits(model, loader, autocast=anchor_autocast(name), tta=tta)
     return (logits.argmax(1) == labels).float().mean().item()
 
 

@@ -65,14 +65,7 @@ class MLflowTracker(Tracker):
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-        # MLflow's INFO lines ("Creating initial MLflow database tables...") interleave with the run's progress:
-        # warnings and errors only, unless the user set MLflow's level (MLFLOW_LOGGING_LEVEL, read at its import;
-        # the logger is set too, for a process that imported MLflow before)
-        quiet = "MLFLOW_LOGGING_LEVEL" not in os.environ
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-        import mlflow
-        if quiet:
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
+        mlflow = _quiet_mlflow()
         from mlflow.tracking import MlflowClient
         self.mlflow = mlflow
         self.uri = uri
@@ -140,6 +133,34 @@ class MLflowTracker(Tracker):
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
+
+
+def _quiet_mlflow():
+    """MLflow, imported with its INFO lines ("Creating initial MLflow database tables...") off, since they interleave
+    with a run's progress: warnings and errors only, unless the user set MLflow's level (MLFLOW_LOGGING_LEVEL, read
+    at its import; the logger is set too, for a process that imported MLflow before)."""
+    quiet = "MLFLOW_LOGGING_LEVEL" not in os.environ
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    import mlflow
+    if quiet:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    return mlflow
+
+
+def run_address(uri: str | None, run_id: str | None) -> tuple[str, str] | None:
+    """(web address, how to open it) of a tracked run, or None when it was not tracked. A local store has no web
+    address of its own: the address is where `mlflow ui` serves it, and the hint says how; a store that moved or
+    does not answer gives no address."""
+    if not run_id or tracking_off(uri) or uri is None:
+        return None
+    try:
+        experiment = _quiet_mlflow().MlflowClient(uri).get_run(run_id).info.experiment_id
+    except Exception:
+        return "", f"MLflow run {run_id} in {_mask(uri)} (not reachable now)"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}", f"MLflow run {run_id} at {_mask(uri)}"
+    return (f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}",
+            f"MLflow run {run_id}: open after 'mlflow ui --backend-store-uri {uri}'")
 
 
 def _mask(uri: str) -> str:

@@ -137,30 +137,12 @@ def _log_to_mlflow(run: Path, out: Path, uri: str | None = None, experiment: str
     tracker.end("FINISHED")
 
 
-def mlflow_link(metrics: dict) -> tuple[str, str] | None:
-    """(address, how to open it) of the MLflow run a bundle was trained in, or None when it was not tracked. A
-    local store has no web address of its own: the link is where `mlflow ui` serves it, and the hint says how."""
-    run_id, uri = metrics.get("mlflow_run_id"), metrics.get("mlflow_uri")
-    if not run_id or not uri or uri == "none":
-        return None
-    try:
-        import logging
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        from mlflow import MlflowClient
-        experiment = MlflowClient(uri).get_run(run_id).info.experiment_id
-    except Exception:  # the store moved or is unreachable: name the run, link nothing
-        return "", f"MLflow run {run_id} in {uri} (not reachable now)"
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}", f"MLflow run {run_id} at {uri}"
-    return (f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}",
-            f"MLflow run {run_id}: open after 'mlflow ui --backend-store-uri {uri}'")
-
-
 def _setup_section(bundle, data: dict | None, test_labels: torch.Tensor) -> str:
     """The run's setup: what differs from the defaults (the full config folded away) and images per class per
     split (train and validation from the run's metrics.json; test from the images scored here)."""
     import yaml
     from ..config import Config
+    from ..tracking import run_address
     e = html.escape
     config, default = bundle.config.to_dict(), Config().to_dict()
     changed = [(f"{section}.{name}", value) for section, fields in config.items() for name, value in fields.items()
@@ -169,7 +151,7 @@ def _setup_section(bundle, data: dict | None, test_labels: torch.Tensor) -> str:
     facts = [("model", f"{bundle.config.model.model}, {p.get('params', 0):,} parameters"),
              ("trained", f"{p.get('epochs', '?')} epochs, {p.get('seconds', 0):.0f} s, seed {bundle.config.train.seed}"),
              ("image size", f"{bundle.preprocessing.size} px ({bundle.preprocessing.resize})")]
-    link = mlflow_link(p)
+    link = run_address(p.get("mlflow_uri"), p.get("mlflow_run_id"))
     tracked = (f'<a href="{e(link[0])}">{e(link[1])}</a>' if link and link[0] else e(link[1]) if link
                else "not tracked")
     rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts)

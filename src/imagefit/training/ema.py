@@ -28,16 +28,21 @@ class WeightEMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self._pairs = None  # (averaged floats, live floats, averaged others, live others), paired on first update
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """Move towards `model`'s weights; `step` counts the optimizer steps taken before this one."""
-        mine, theirs = [], []
-        for (name, avg), live in zip(self.model.state_dict().items(), model.state_dict().values()):
-            if avg.is_floating_point():
-                mine.append(avg)
-                theirs.append(live.detach())
-            else:  # e.g. BatchNorm's num_batches_tracked
-                avg.copy_(live)
+        if self._pairs is None:
+            # The optimizer and load_state_dict change tensors in place, so the pairing holds for the whole run and
+            # the training step builds no state dicts.
+            pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+            floats = [(a, b.detach()) for a, b in pairs if a.is_floating_point()]
+            others = [(a, b) for a, b in pairs if not a.is_floating_point()]  # e.g. num_batches_tracked
+            self._pairs = ([a for a, _ in floats], [b for _, b in floats], [a for a, _ in others],
+                           [b for _, b in others])
+        mine, theirs, my_counts, their_counts = self._pairs
+        for a, b in zip(my_counts, their_counts):
+            a.copy_(b)
         # One fused kernel per dtype and device over all tensors, instead of one Python call per tensor.
         torch._foreach_lerp_(mine, theirs, 1.0 - ema_decay(self.decay, step))

@@ -606,13 +606,10 @@ class Trainer:
         `predict` and `serve` reproduce from it; only the per-epoch validation runs in the training precision.
         With a `name`, the pass shows its progress (the final test with its TTA views can take minutes)."""
         p = self.preprocessing
-        if name is None:
-            scores, labels = gather_logits(self.eval_model, loader, autocast, p.tta, p.tta_average)
-        else:
-            views = "" if p.tta == "none" else f" (TTA {p.tta})"
-            with Progress(self.opts.progress if self.world.main else "off").evaluation(
-                    f"{name}{views}", len(loader)) as on_batch:
-                scores, labels = gather_logits(self.eval_model, loader, autocast, p.tta, p.tta_average, on_batch)
+        shown = self.opts.progress if name and self.world.main else "off"
+        label = f"{name}{'' if p.tta == 'none' else f' (TTA {p.tta})'}"
+        with Progress(shown).evaluation(label, len(loader)) as on_batch:
+            scores, labels = gather_logits(self.eval_model, loader, autocast, p.tta, p.tta_average, on_batch)
         return adjust_logits(scores, self.log_prior, self.tau if tau is None else tau) / self.temperature, labels
 
     def test_scores(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -117,27 +117,33 @@ def _stage(cfg: Config, opts: RunOptions, folder: Path, resume: bool) -> dict:
     return {**result, "lr": written.optim.lr, "layer_lr_decay": written.optim.layer_lr_decay}
 
 
+def _range_test(cfg: Config, opts: RunOptions, out: Path, name: str):
+    """(trainer, result or None, why none): a stage's own range test on `cfg` (no run folder claimed), its plot
+    beside the stage as NAME.lr_finder.png. A head already fitted may give no rate: its loss only rises."""
+    from .. import plots
+    trainer = Trainer(cfg.validate(), RunOptions(out=out / name, tracking_uri="none", writes=False,
+                                                 progress=opts.progress))
+    try:
+        result = trainer.range_test()
+    except ImagefitError as e:
+        return trainer, None, str(e)
+    plots.lr_finder(result, out / f"{name}.lr_finder.png")
+    return trainer, result, None
+
+
 def _later_head_rate(cfg: Config, opts: RunOptions, out: Path, name: str, first_head_lr: float,
                      resume: bool) -> float:
     """The head stage's peak at a later size: the range test's suggestion, unless it lies below the first size's
     head rate / HEAD_FLOOR. The head arrives fitted from the smaller size, and its loss may only rise across the
     range: ResNet18 on 500 images (issue 28, seed 1) got 2e-6 against 0.095 at 16 px, and the 32-px stages then
     learned nothing. Then the first size's head rate is used instead, and said."""
-    from .. import plots
     saved = out / f"{name}.lr_finder.json"
     if resume and saved.exists():
         return json.loads(saved.read_text())["chosen"]
     probe = copy.deepcopy(cfg)
     probe.optim.lr = first_head_lr
-    trainer = Trainer(probe.validate(), RunOptions(out=out / name, tracking_uri="none", writes=False,
-                                                   progress=opts.progress))
-    try:
-        result = trainer.range_test()
-    except ImagefitError as e:
-        result, found = None, f"no rate ({e})"
-    else:
-        found = f"{result.suggestion:.2e}"
-        plots.lr_finder(result, out / f"{name}.lr_finder.png")
+    trainer, result, why = _range_test(probe, opts, out, name)
+    found = f"no rate ({why})" if result is None else f"{result.suggestion:.2e}"
     chosen = result.suggestion if result and result.suggestion >= first_head_lr / HEAD_FLOOR else first_head_lr
     if chosen != (result.suggestion if result else None):
         trainer.log(f"{name}: the range test found {found}, below the first head stage's {first_head_lr:.2e} / "
@@ -151,30 +157,22 @@ def _spread_rates(cfg: Config, opts: RunOptions, out: Path, name: str, head_lr: 
     """(peak rate of the head group, decay between layer groups) for an all-layers stage: a range test on the
     unfrozen model at one rate for all groups gives the earliest group's rate, the head gets head_lr /
     PEAK_DIVISOR; a suggestion above that peak leaves every group at the peak."""
-    from .. import plots
     from ..models import layer_groups
     saved = out / f"{name}.lr_finder.json"
-    probe = copy.deepcopy(cfg)
-    probe.optim.lr, probe.optim.layer_lr_decay = head_lr, 1.0
     if resume and saved.exists():
         found = json.loads(saved.read_text())
         low, groups = found["suggestion"], found["layer_groups"]
     else:
-        trainer = Trainer(probe.validate(), RunOptions(out=out / name, tracking_uri="none", writes=False,
-                                                       progress=opts.progress))
+        probe = copy.deepcopy(cfg)
+        probe.optim.lr, probe.optim.layer_lr_decay = head_lr, 1.0
+        trainer, result, why = _range_test(probe, opts, out, name)
         groups = len(layer_groups(trainer.model))
-        try:
-            result = trainer.range_test()
-        except ImagefitError as e:  # a head already fitted: the loss may only rise as the rates grow
-            low = None
-            trainer.log(f"{name}: the range test found no rate ({e}); the earliest layers train at the peak / "
+        low = result.suggestion if result else None
+        if result is None:
+            trainer.log(f"{name}: the range test found no rate ({why}); the earliest layers train at the peak / "
                         f"{FALLBACK_SPREAD}")
-            atomic_write_text(saved, json.dumps({"suggestion": None, "no_rate": str(e), "layer_groups": groups},
-                                                indent=1))
-        else:
-            low = result.suggestion
-            atomic_write_text(saved, json.dumps({**result.to_dict(), "layer_groups": groups}, indent=1))
-            plots.lr_finder(result, out / f"{name}.lr_finder.png")
+        found = result.to_dict() if result else {"suggestion": None, "no_rate": why}
+        atomic_write_text(saved, json.dumps({**found, "layer_groups": groups}, indent=1))
     peak = head_lr / PEAK_DIVISOR
     low = peak / FALLBACK_SPREAD if low is None else min(low, peak)
     return peak, (peak / low) ** (1 / max(groups - 1, 1))
