@@ -17,6 +17,9 @@ target classes' held-out images:
   size), with half the all-layers epochs and one head epoch at each of the two sizes: 2 head + N all-layers
   epochs in all, against plain fine-tune's 3 + N (the process's smaller epochs are also cheaper).
 
+--arms picks which arms run (e.g. `--arms fine-tune,process` to check a change to the process against plain
+fine-tuning on new seeds without the scratch arms); --only-process is `--arms process`.
+
 --source RUN reuses a trained source bundle (seeds of the target arms then share one source, as a practitioner
 shares one pretrained model; --keep-source DIR saves the one trained here).
 
@@ -35,6 +38,7 @@ from datetime import date
 from pathlib import Path
 
 SOURCE = "bird,cat,deer,dog,frog"
+ARMS = ("scratch", "fine-tune", "process", "probe")
 TARGET = "airplane,automobile,horse,ship,truck"
 
 
@@ -60,12 +64,19 @@ def main() -> None:
     p.add_argument("--source", help="a trained source run folder to reuse (default: train one)")
     p.add_argument("--keep-source", metavar="DIR", help="train the source into DIR and keep it")
     p.add_argument("--process-sizes", help="also the fine-tune process at these sizes (e.g. 16,32)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)} (default: all; "
+                   "process only with --process-sizes)")
     p.add_argument("--only-process", action="store_true", help="with --source and --process-sizes: run the process "
                    "arm alone (e.g. again after a change to it; the other arms of the seed do not depend on it)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
     if args.only_process and not (args.source and args.process_sizes):
         p.error("--only-process needs --source and --process-sizes")
+    arms = ["process"] if args.only_process else args.arms.split(",")
+    if not args.process_sizes and args.arms == p.get_default("arms"):
+        arms.remove("process")
+    if set(arms) - set(ARMS) or ("process" in arms and not args.process_sizes):
+        p.error(f"--arms takes {', '.join(ARMS)} (process with --process-sizes); got {args.arms}")
     data = ["--data", args.data, "--model", args.model, "--val-fraction", "0", "--seed", str(args.seed)]
     common = [*data, "--tracking-uri", "none", "--progress", "lines"]
 
@@ -83,34 +94,35 @@ def main() -> None:
             source = imagefit("train", *common, "--classes", SOURCE, "--epochs", str(args.source_epochs),
                               "--batch-size", "256", "--lr", "0.2", "--out", src)
         print(f"source ({SOURCE}): held-out {100 * source['accuracy']:.2f}% ({source['wall_s']} s)", flush=True)
-        process = {}
-        if args.process_sizes:
+        rows = {}
+        if "scratch" in arms:
+            rows["scratch"] = imagefit("train", *target, "--lr", "auto", "--out", f"{tmp}/scratch")
+            for lr in filter(None, args.scratch_lrs.split(",")):
+                rows[f"scratch lr {lr}"] = imagefit("train", *target, "--lr", lr, "--out", f"{tmp}/scratch-{lr}")
+        if "fine-tune" in arms:
+            rows["fine-tune"] = imagefit("fine-tune", *target, "--init-from", src, "--head-epochs", "3",
+                                         "--out", f"{tmp}/ft")
+        if "process" in arms:
             # the same total epochs as the plain arm: half its head and all-layers epochs at each of two sizes
             sizes = args.process_sizes.split(",")
-            process["fine-tune process"] = imagefit(
+            rows["fine-tune process"] = imagefit(
                 "fine-tune", *target_with(args.target_epochs // len(sizes)), "--init-from", src,
                 "--head-epochs", str(max(1, 3 // len(sizes))), "--sizes", args.process_sizes, "--out", f"{tmp}/proc")
-        rows = process if args.only_process else {
-            "scratch": imagefit("train", *target, "--lr", "auto", "--out", f"{tmp}/scratch"),
-            **{f"scratch lr {lr}": imagefit("train", *target, "--lr", lr, "--out", f"{tmp}/scratch-{lr}")
-               for lr in filter(None, args.scratch_lrs.split(","))},
-            "fine-tune": imagefit("fine-tune", *target, "--init-from", src, "--head-epochs", "3",
-                                  "--out", f"{tmp}/ft"),
-            **process,
-            "probe (svm)": imagefit("features", *data, "--classes", TARGET, "--per-class", str(args.per_class),
-                                    "--init-from", src, "--head", "svm", "--out", f"{tmp}/probe"),
-        }
+        if "probe" in arms:
+            rows["probe (svm)"] = imagefit("features", *data, "--classes", TARGET, "--per-class", str(args.per_class),
+                                           "--init-from", src, "--head", "svm", "--out", f"{tmp}/probe")
     print(f"\ntarget ({TARGET}), {args.per_class} training images per class, {args.model}, seed {args.seed}")
     for name, r in rows.items():
         print(f"{name:>12}: held-out {100 * r['accuracy']:.2f}% on {r['n']} images ({r['wall_s']} s)")
     best, gain = None, None
-    if not args.only_process:
+    if "scratch" in arms and "fine-tune" in arms:
         best = max((k for k in rows if k.startswith("scratch")), key=lambda k: rows[k]["accuracy"])
         gain = 100 * (rows["fine-tune"]["accuracy"] - rows[best]["accuracy"])
         print(f"fine-tune - best scratch ({best}): {gain:+.2f} points (bar: +10)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"transfer-{date.today()}-{args.model}-seed{args.seed}{'-process' if args.only_process else ''}"
+    some = "" if set(arms) >= {"scratch", "fine-tune", "probe"} else "-" + "+".join(arms)
+    stem = f"transfer-{date.today()}-{args.model}-seed{args.seed}{some}"
     path = out / f"{stem}.json"
     n = 1
     while path.exists():  # an earlier run's JSON is never overwritten

@@ -16,8 +16,9 @@ def add_arguments(sub) -> None:
                                    "from the range test unless --lr is given. Stages go to OUT/1-head, OUT/2-all. "
                                    "With --sizes 16,32 the practitioner's process instead: both stages at each "
                                    "size (OUT/1-head-16, OUT/2-all-16, OUT/3-head-32, OUT/4-all-32), each size from "
-                                   "the last one's weights, the all-layers stages at rates from their own range "
-                                   "test (earliest layers) up to the head stage's rate / 10 (the head).",
+                                   "the last one's weights; later sizes' head stages at the first head stage's "
+                                   "rate, the all-layers stages at rates from their own range test (earliest "
+                                   "layers) up to the head stage's rate / 10 (the head).",
 )
     run = run_group(p)
     for action in p._actions:  # the config flag's default is 1.0 (one rate); fine-tune's stage 2 uses 2.6
