@@ -12,6 +12,10 @@ the classifier (the table says which they were trained on when their folder reco
 carries its cost and quality when its folders hold them: training time (diffusion.pt/gan.pt), sampling speed
 (synthetic.json), FID/CAS (quality.json from `imagefit generate eval`). `--alternatives` adds what a practitioner
 would do with the same classifier compute instead (real only, longer, with and without stronger augmentation).
+`--write-subset DIR --per-class 450` writes the fair experiment's real set once, as its own cifar-10-batches-py
+folder (seed 0's choice of 450 a class, the held-out 5,000 copied as its test split): the generators then train on
+`--data DIR` and the classifier runs take `--data DIR` too, so every seed and every generator sees the same 4,500
+real images and no others (`--per-class` here draws a new subset per seed).
 Every row: mean ± standard error over seeds, the gain over real only and whether it exceeds twice its standard
 error; a plot of accuracy against the synthetic share beside the JSON.
 """
@@ -82,8 +86,15 @@ def main() -> None:
                         "compute (a mixed epoch is one pass over the real images in batches of (1 - ratio) real, so "
                         "it takes 1 / (1 - ratio) the steps): real only trained that much longer, and the same "
                         "with stronger classical augmentation (TrivialAugment; rotation 15 + cutout 8)")
+    p.add_argument("--write-subset", metavar="DIR", help="write seed 0's --per-class subset of --data as a CIFAR-10 "
+                   "folder (train: the subset; test: --data's) and stop")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
+    if args.write_subset:
+        if not args.per_class:
+            p.error("--write-subset needs --per-class")
+        write_subset(args.data, Path(args.write_subset), args.per_class)
+        return
     ratios = [float(r) for r in args.ratios.split(",")]
     generators = dict(s.split("=", 1) for s in args.synthetic)
     base_epochs = args.epochs or _recipe_epochs("fast-small")
@@ -131,6 +142,32 @@ def main() -> None:
     path.write_text(json.dumps({"args": vars(args), "rows": rows, "generators": facts}, indent=1))
     _plot(rows, path.with_suffix(".png"))
     print(f"runs: {path} and {path.with_suffix('.png')}")
+
+
+def write_subset(data: str, dst: Path, per_class: int, seed: int = 0) -> None:
+    """DST/cifar-10-batches-py: `per_class` training images a class, chosen as `imagefit train --per-class N
+    --seed SEED` chooses them, in five data batches; test_batch and batches.meta copied from DATA's."""
+    import pickle
+    import shutil
+    from imagefit.config import DataConfig
+    from imagefit.data.sources import find_layout, load_splits
+    kind, where = find_layout(Path(data))
+    if kind != "cifar":
+        raise SystemExit(f"--write-subset reads a cifar-10-batches-py folder; {data} is {kind}")
+    root = dst / "cifar-10-batches-py"
+    if root.exists():
+        raise SystemExit(f"{root} exists already; choose a new folder (nothing is overwritten)")
+    train = load_splits(DataConfig(data=data, val_fraction=0.0, per_class=per_class), seed).train
+    root.mkdir(parents=True)
+    pixels, labels = train.images.reshape(len(train.images), -1).numpy(), train.labels.tolist()
+    for i, part in enumerate(range(0, len(labels), -(-len(labels) // 5)), 1):
+        end = part + -(-len(labels) // 5)
+        with open(root / f"data_batch_{i}", "wb") as f:
+            pickle.dump({b"data": pixels[part:end], b"labels": labels[part:end]}, f)
+    for name in ("test_batch", "batches.meta"):
+        shutil.copyfile(Path(where) / name, root / name)
+    counts = {c: labels.count(i) for i, c in enumerate(train.classes)}
+    print(f"{len(labels)} training images ({counts}) and {where}'s test split in {root}")
 
 
 def _recipe_epochs(name: str) -> int:

@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.profiler import ProfilerActivity, profile, schedule
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -68,7 +69,7 @@ def main() -> None:
 
     sched = schedule(wait=0, warmup=args.warmup, active=args.steps, repeat=1)
     with profile(activities=[ProfilerActivity.CPU], schedule=sched, with_flops=True, record_shapes=True) as prof:
-        hook = torch.optim.optimizer.register_optimizer_step_post_hook(lambda *a: prof.step())
+        hook = register_optimizer_step_post_hook(lambda *a: prof.step())
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 trainer = Trainer(cfg, RunOptions(out=Path(tmp) / "r", tracking_uri="none", progress="lines",
