@@ -14,6 +14,7 @@ counted as twice forward: input and weight gradients, which overstates it by the
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -55,6 +56,18 @@ def family(name: str) -> str:
     return "other"
 
 
+def train_flops(model: torch.nn.Module, batch: int, size: int) -> tuple[int, int]:
+    """(convolution FLOPs, all FLOPs) of one training step of a copy of `model` on a random batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model = copy.deepcopy(model).train()
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(x), torch.randint(0, 10, (batch,))).backward()
+    ops = counter.get_flop_counts()["Global"]
+    conv = sum(v for k, v in ops.items() if "convolution" in str(k))
+    return conv, counter.get_total_flops()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True)
@@ -77,18 +90,17 @@ def main() -> None:
                 trainer.fit()
         finally:
             hook.remove()
+    conv_flops, step_flops = train_flops(trainer.model, cfg.train.batch_size, cfg.data.size)
     events = prof.key_averages()
     # self times sum to the step without double counting; the profiler's FLOPs sit on the conv ops' own events
-    by_family, total_us, conv_fwd_flops = defaultdict(float), 0.0, 0
+    by_family, total_us = defaultdict(float), 0.0
     for e in events:
         total_us += e.self_cpu_time_total
         by_family[family(e.key)] += e.self_cpu_time_total
-        if e.key == "aten::conv2d":  # the one conv event the profiler gives FLOPs (its children repeat them)
-            conv_fwd_flops += e.flops
     per_step = total_us / args.steps / 1e3
     conv_ms = (by_family["convolution forward"] + by_family["convolution backward"]) / args.steps / 1e3
-    conv_gflops = 3 * conv_fwd_flops / args.steps / (conv_ms / 1e3) / 1e9 if conv_ms else 0.0
-    step_gflops = 3 * conv_fwd_flops / args.steps / (per_step / 1e3) / 1e9
+    conv_gflops = conv_flops / (conv_ms / 1e3) / 1e9 if conv_ms else 0.0
+    step_gflops = step_flops / (per_step / 1e3) / 1e9
     print(f"{cpu_name()}, {torch.get_num_threads()} threads, {args.recipe} at {cfg.data.size} px, batch "
           f"{cfg.train.batch_size}, {'bfloat16' if amp == 'bf16' else 'float32'}; {args.steps} steps after "
           f"{args.warmup} of warm-up")
@@ -99,6 +111,8 @@ def main() -> None:
     print(f"convolutions: {conv_gflops:.0f} GFLOP/s while they run ({100 * conv_gflops / ceiling:.1f}% of the "
           f"{ceiling:.0f} GFLOP/s ceiling); the whole step: {step_gflops:.0f} GFLOP/s "
           f"({100 * step_gflops / ceiling:.1f}%)")
+    print(f"FLOPs per step (flop_counter): {step_flops / 1e9:.0f} G, of which convolutions {conv_flops / 1e9:.0f} G; "
+          f"'ProfilerStep*' is the Python between ops (the Trainer's own code and the optimizer's loops)")
     print("costliest ops (self CPU ms per step):")
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:10]
     for e in top:
@@ -107,6 +121,7 @@ def main() -> None:
     print(json.dumps({"cpu": cpu_name(), "recipe": args.recipe, "amp": amp, "step_ms": round(per_step, 1),
                       "families_ms": {k: round(v / args.steps / 1e3, 1) for k, v in by_family.items()},
                       "conv_gflops": round(conv_gflops, 1), "step_gflops": round(step_gflops, 1),
+                      "step_flops": step_flops, "conv_flops": conv_flops,
                       "ceiling_gflops": ceiling, "peak": peak,
                       "top": [[e.key, round(e.self_cpu_time_total / args.steps / 1e3, 1)] for e in top]}))
 
