@@ -104,6 +104,21 @@ def test_every_flag_shows_its_default_and_every_command_has_examples():
     decay = tune[tune.index("--layer-lr-decay LAYER_LR_DECAY discriminative"):][:300]
     assert "(default here: 2.6" in decay and "(default: 1.0)" not in decay
 
+
+def test_every_help_example_is_a_command_line_the_parser_takes():
+    """An example a user copies must not end in 'unknown option' (`generate train --resume gen` did)."""
+    import shlex
+
+    from imagefit.cli import build_parser
+    from imagefit.cli.examples import EXAMPLES
+    parser = build_parser()
+    for name, lines in EXAMPLES.items():
+        for line in lines:
+            argv = shlex.split(line.split("  #")[0])[1:]
+            assert " ".join(argv[:len(name.split())]) == name, line
+            args, extra = parser.parse_known_args(argv)
+            assert not extra, f"{line}: {extra}"
+
 def test_models_prints_a_table_with_a_header(capsys):
     r = run(capsys, "models")
     assert r["models"]["resnet18"]["pretrained"] == ["imagenet"] and "blocks" in r["models"]["resnet"]["options"]

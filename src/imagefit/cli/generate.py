@@ -15,7 +15,10 @@ def add_arguments(sub) -> None:
     gen = sub.add_parser("generate", help="generative models (diffusion, GAN) of the training images: train, sample, "
                                           "vary real images, score")
     gsub = gen.add_subparsers(dest="generate_command", required=True, metavar="STEP")
-    p = gsub.add_parser("train", help="train a class-conditional DDPM or DCGAN (resumes when OUT holds a checkpoint)")
+    p = gsub.add_parser("train", help="train a class-conditional DDPM or DCGAN (resumes when OUT holds a checkpoint)",
+                        description="Train a class-conditional DDPM or DCGAN. Run it again with the same --out to "
+                                    "continue from the checkpoint there (up to --steps in all: raise --steps to "
+                                    "train longer).")
     p.add_argument("--data", help="data folder (default: $IMAGEFIT_DATA)")
     p.add_argument("--out", required=True, help="folder for the checkpoint and its sample grids")
     p.add_argument("--family", choices=("diffusion", "gan"), default="diffusion", help="generator family")
