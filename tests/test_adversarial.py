@@ -428,6 +428,11 @@ def test_sigterm_outside_the_training_loop_stops_with_a_line_and_143(capsys, cif
     assert len(err.splitlines()) == 1 and "stopped by SIGTERM before it finished" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing was written, so nothing is left
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    from imagefit.cli import stopped_line  # each command's line names its own way to continue
+    assert "'imagefit train --resume RUN_DIR'" in err
+    assert "same 'imagefit generate' command again" in stopped_line("generate", "SIGTERM")
+    assert "imagefit fine-tune --resume" in stopped_line("fine-tune", "SIGINT")
+    assert "resume" not in stopped_line("predict", "SIGINT")
 
 
 def test_a_tiny_pickle_that_would_expand_to_gigabytes_is_refused_before_numpy_sees_it(capsys, tmp_path):

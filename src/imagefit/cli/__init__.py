@@ -63,6 +63,22 @@ def _innermost(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
     return parser
 
 
+RESUME_HINTS = {  # how each command that keeps checkpoints continues after a stop
+    "train": "a run's last checkpoint too: continue it with 'imagefit train --resume RUN_DIR'",
+    "fine-tune": "finished stages and the last checkpoint too: continue with 'imagefit fine-tune --resume --out OUT' "
+                 "and the same options",
+    "generate": "the last checkpoint too: run the same 'imagefit generate' command again, it continues from --out",
+    "search": "finished trials too: run the same 'imagefit search' command again, the study continues",
+}
+
+
+def stopped_line(command: str, signal_name: str) -> str:
+    """The one line a run stopped by a signal ends with: what is kept, and how that command continues."""
+    hint = RESUME_HINTS.get(command)
+    return (f"imagefit {command}: stopped by {signal_name} before it finished; files written whole are kept"
+            + (f" ({hint})" if hint else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
     parser = Parser(prog="imagefit", description="From a folder of images to a tuned, reproducible, served ResNet "
@@ -98,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imagefit {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
-        name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
-        print(f"imagefit {args.command}: stopped by {name} before it finished; files written whole are kept (a "
-              f"run's last checkpoint too: continue it with 'imagefit train --resume RUN_DIR')", file=sys.stderr)
+        print(stopped_line(args.command, "SIGTERM" if isinstance(e, Terminated) else "SIGINT"), file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     except BrokenPipeError:  # `imagefit predict ... | head`: the reader left; no traceback, and none at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
