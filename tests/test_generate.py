@@ -74,6 +74,9 @@ def test_bad_generator_options(capsys, cifar_dir):
     assert "no diffusion or GAN checkpoint" in fails(capsys, "generate", "sample", "--model", "nowhere", "--out", "s")
     assert "resume it with the same data" in fails(capsys, *TRAIN[:4], "--classes", "cat,dog", "--steps", "2",
                                                    "--data", str(cifar_dir), "--out", "gen/g")
+    small = [a if a != "tiny" else "small" for a in TRAIN]  # the same data, another network: no raw traceback
+    assert "holds a --preset tiny network, not small" in fails(capsys, *small, "--data", str(cifar_dir), "--steps",
+                                                               "2", "--out", "gen/g")
 
 
 def test_synthetic_images_mix_into_training(capsys, cifar_dir, tmp_path):

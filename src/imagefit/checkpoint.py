@@ -34,13 +34,16 @@ def load_checkpoint(path: Path) -> dict:
                             f"restore it from a copy, or start the run again with a new --out") from None
 
 
-def load_generator_checkpoint(path: Path, classes, size: int) -> dict | None:
+def load_generator_checkpoint(path: Path, classes, size: int, preset: str) -> dict | None:
     """A generator's checkpoint (diffusion or GAN) to resume from, or None when there is none; refused when it was
-    trained on other classes or another image size."""
+    trained on other classes, another image size or another network (--preset)."""
     if not path.exists():
         return None
     state = load_checkpoint(path)
     if tuple(state["config"]["classes"]) != tuple(classes) or state["config"]["size"] != size:
         raise ImagefitError(f"{path} was trained on {state['config']['size']} px images of classes "
                             f"{', '.join(state['config']['classes'])}; resume it with the same data")
+    if state["config"].get("preset", preset) != preset:
+        raise ImagefitError(f"{path} holds a --preset {state['config']['preset']} network, not {preset}; resume it "
+                            f"with --preset {state['config']['preset']}, or pass a new --out")
     return state

@@ -111,7 +111,7 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, cfg: GanConfig, out: P
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     step, history, seconds = 0, [], 0.0
     ckpt = out / CHECKPOINT
-    state = load_generator_checkpoint(ckpt, cfg.classes, cfg.size)
+    state = load_generator_checkpoint(ckpt, cfg.classes, cfg.size, cfg.preset)
     if state is not None:
         for module, key in ((gen, "generator"), (disc, "discriminator"), (opt_g, "opt_g"), (opt_d, "opt_d")):
             module.load_state_dict(state[key])

@@ -126,7 +126,7 @@ def train_diffusion(images: torch.Tensor, labels: torch.Tensor, cfg: DiffusionCo
     scheduler = make_scheduler(cfg)
     step, history, seconds = 0, [], 0.0
     ckpt = out / CHECKPOINT
-    state = load_generator_checkpoint(ckpt, cfg.classes, cfg.size)
+    state = load_generator_checkpoint(ckpt, cfg.classes, cfg.size, cfg.preset)
     if state is not None:
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
