@@ -149,6 +149,8 @@ def write_subset(data: str, dst: Path, per_class: int, seed: int = 0) -> None:
     --seed SEED` chooses them, in five data batches; test_batch and batches.meta copied from DATA's."""
     import pickle
     import shutil
+
+    import numpy as np
     from imagefit.config import DataConfig
     from imagefit.data.sources import find_layout, load_splits
     kind, where = find_layout(Path(data))
@@ -159,14 +161,13 @@ def write_subset(data: str, dst: Path, per_class: int, seed: int = 0) -> None:
         raise SystemExit(f"{root} exists already; choose a new folder (nothing is overwritten)")
     train = load_splits(DataConfig(data=data, val_fraction=0.0, per_class=per_class), seed).train
     root.mkdir(parents=True)
-    pixels, labels = train.images.reshape(len(train.images), -1).numpy(), train.labels.tolist()
-    for i, part in enumerate(range(0, len(labels), -(-len(labels) // 5)), 1):
-        end = part + -(-len(labels) // 5)
+    pixels, labels = train.images.reshape(len(train.images), -1).numpy(), train.labels.numpy()
+    for i, part in enumerate(np.array_split(np.arange(len(labels)), 5), 1):
         with open(root / f"data_batch_{i}", "wb") as f:
-            pickle.dump({b"data": pixels[part:end], b"labels": labels[part:end]}, f)
+            pickle.dump({b"data": pixels[part], b"labels": labels[part].tolist()}, f)
     for name in ("test_batch", "batches.meta"):
-        shutil.copyfile(Path(where) / name, root / name)
-    counts = {c: labels.count(i) for i, c in enumerate(train.classes)}
+        shutil.copyfile(where / name, root / name)
+    counts = dict(zip(train.classes, np.bincount(labels, minlength=len(train.classes)).tolist()))
     print(f"{len(labels)} training images ({counts}) and {where}'s test split in {root}")
 
 

@@ -64,17 +64,16 @@ def main() -> None:
     p.add_argument("--source", help="a trained source run folder to reuse (default: train one)")
     p.add_argument("--keep-source", metavar="DIR", help="train the source into DIR and keep it")
     p.add_argument("--process-sizes", help="also the fine-tune process at these sizes (e.g. 16,32)")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)} (default: all; "
-                   "process only with --process-sizes)")
+    p.add_argument("--arms", help=f"comma-separated, of {', '.join(ARMS)} (default: all; process only with "
+                   "--process-sizes)")
     p.add_argument("--only-process", action="store_true", help="with --source and --process-sizes: run the process "
                    "arm alone (e.g. again after a change to it; the other arms of the seed do not depend on it)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
     if args.only_process and not (args.source and args.process_sizes):
         p.error("--only-process needs --source and --process-sizes")
-    arms = ["process"] if args.only_process else args.arms.split(",")
-    if not args.process_sizes and args.arms == p.get_default("arms"):
-        arms.remove("process")
+    arms = ["process"] if args.only_process else args.arms.split(",") if args.arms else \
+        [a for a in ARMS if a != "process" or args.process_sizes]
     if set(arms) - set(ARMS) or ("process" in arms and not args.process_sizes):
         p.error(f"--arms takes {', '.join(ARMS)} (process with --process-sizes); got {args.arms}")
     data = ["--data", args.data, "--model", args.model, "--val-fraction", "0", "--seed", str(args.seed)]

@@ -1,7 +1,8 @@
 """`imagefit COMMAND`: thin clients of the library, one module per command.
 
 Each command module has `NAME`, `add_arguments(sub)` (its parser) and `run(args)` (the call into the library and
-the printing). Every command takes `--json` and then prints one JSON object as the last line of standard output;
+the printing); one that keeps checkpoints also has `RESUME_HINT`, how it continues after a stop.
+Every command takes `--json` and then prints one JSON object as the last line of standard output;
 messages go to standard error. An `ImagefitError` prints as one line without a traceback and exits with status 1.
 """
 
@@ -63,18 +64,9 @@ def _innermost(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
     return parser
 
 
-RESUME_HINTS = {  # how each command that keeps checkpoints continues after a stop
-    "train": "a run's last checkpoint too: continue it with 'imagefit train --resume RUN_DIR'",
-    "fine-tune": "finished stages and the last checkpoint too: continue with 'imagefit fine-tune --resume --out OUT' "
-                 "and the same options",
-    "generate": "the last checkpoint too: run the same 'imagefit generate' command again, it continues from --out",
-    "search": "finished trials too: run the same 'imagefit search' command again, the study continues",
-}
-
-
 def stopped_line(command: str, signal_name: str) -> str:
     """The one line a run stopped by a signal ends with: what is kept, and how that command continues."""
-    hint = RESUME_HINTS.get(command)
+    hint = getattr(COMMANDS.get(command), "RESUME_HINT", None)
     return (f"imagefit {command}: stopped by {signal_name} before it finished; files written whole are kept"
             + (f" ({hint})" if hint else ""))
 

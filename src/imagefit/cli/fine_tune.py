@@ -6,6 +6,8 @@ from ..errors import ImagefitError
 from .common import config_from_args, out_dir, run_group, run_options
 
 NAME = "fine-tune"
+RESUME_HINT = ("finished stages and the last checkpoint too: continue with 'imagefit fine-tune --resume "
+               "--out OUT' and the same options")
 
 
 def add_arguments(sub) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 from .common import add_json, add_tracking, add_unet_amp
 
 NAME = "generate"
+RESUME_HINT = ("the last checkpoint too: run the same 'imagefit generate' command again, it continues from "
+               "--out")
 
 
 def add_arguments(sub) -> None:

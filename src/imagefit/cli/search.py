@@ -10,6 +10,7 @@ from ..errors import ImagefitError
 from .common import add_json
 
 NAME = "search"
+RESUME_HINT = "finished trials too: run the same 'imagefit search' command again, the study continues"
 
 
 def add_arguments(sub) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from .common import given_options, run_group
 
 NAME = "train"
+RESUME_HINT = "a run's last checkpoint too: continue it with 'imagefit train --resume RUN_DIR'"
 
 
 def add_arguments(sub) -> None:

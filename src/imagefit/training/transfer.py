@@ -139,15 +139,15 @@ def _later_head_rate(cfg: Config, opts: RunOptions, out: Path, name: str, first_
     1.29, 20x the first head's rate, and the head stage collapsed. The test still runs, for its plot and JSON, so
     what it would have said stays visible; the rule was chosen on seeds 0-2 and held out on seeds 3-5."""
     saved = out / f"{name}.lr_finder.json"
-    if resume and saved.exists():
-        return json.loads(saved.read_text())["chosen"]
-    probe = copy.deepcopy(cfg)
-    probe.optim.lr = first_head_lr
-    trainer, result, why = _range_test(probe, opts, out, name)
-    found = f"no rate ({why})" if result is None else f"{result.suggestion:.2e}"
-    trainer.log(f"{name}: the head arrives fitted, so it trains at the first head stage's rate {first_head_lr:.2e} "
-                f"(its own range test, not followed: {found})")
-    atomic_write_text(saved, json.dumps({**(result.to_dict() if result else {}), "chosen": first_head_lr}, indent=1))
+    if not (resume and saved.exists()):
+        probe = copy.deepcopy(cfg)
+        probe.optim.lr = first_head_lr
+        trainer, result, why = _range_test(probe, opts, out, name)
+        found = f"no rate ({why})" if result is None else f"{result.suggestion:.2e}"
+        trainer.log(f"{name}: the head arrives fitted, so it trains at the first head stage's rate "
+                    f"{first_head_lr:.2e} (its own range test, not followed: {found})")
+        atomic_write_text(saved, json.dumps({**(result.to_dict() if result else {}), "chosen": first_head_lr},
+                                            indent=1))
     return first_head_lr
 
 
