@@ -3,7 +3,7 @@ with a share of every batch drawn from each generator's images (equal training c
 pass over the real images).
 
     python benchmarks/generative.py --data DIR --synthetic diffusion=SYN1 --synthetic gan=SYN2 \
-        [--ratios 0.1,0.3,0.5] [--per-class 450] [--seeds 1] [--epochs N]
+        [--ratios 0.1,0.3,0.5] [--per-class 450] [--seeds 1] [--epochs N] [--jobs 2] [--resume RUNS.jsonl]
 
 DIR holds cifar-10-batches-py from ../shared/datasets/make-cifar10 (the held-out 5,000 are its test split).
 `--per-class 450` is the 10%-of-the-data run, where the literature expects synthetic images to help most; the
@@ -16,6 +16,8 @@ would do with the same classifier compute instead (real only, longer, with and w
 folder (seed 0's choice of 450 a class, the held-out 5,000 copied as its test split): the generators then train on
 `--data DIR` and the classifier runs take `--data DIR` too, so every seed and every generator sees the same 4,500
 real images and no others (`--per-class` here draws a new subset per seed).
+`--jobs 2` runs two classifiers at once on a core each; `--resume FILE` keeps every finished run, so a table of
+hours continues after an interruption and a larger table reuses the runs a smaller one already made.
 Every row: mean ± standard error over seeds, the gain over real only and whether it exceeds twice its standard
 error; a plot of accuracy against the synthetic share beside the JSON.
 """
@@ -23,17 +25,27 @@ error; a plot of accuracy against the synthetic share beside the JSON.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import date
 from pathlib import Path
 
 
-def _train(args, tmp: str, extra: list[str], seed: int) -> dict:
+def _run_key(args, extra: list[str], seed: int) -> str:
+    """What makes two classifier runs the same run: the data, the subset, the epochs, the variant's flags (folders
+    as absolute paths) and the seed. The thread count is not part of it (it changes the time, not the run)."""
+    flags = [str(Path(a).resolve()) if Path(a).is_dir() else a for a in extra]
+    return json.dumps([str(Path(args.data).resolve()), args.per_class, args.epochs, flags, seed])
+
+
+def _train(args, tmp: str, extra: list[str], seed: int, threads: int) -> dict:
     out = f"{tmp}/{time.monotonic_ns()}"
     argv = [sys.executable, "-m", "imagefit", "train", "--recipe", "fast-small", "--data", args.data,
             "--seed", str(seed), "--tracking-uri", "none", "--progress", "lines", "--out", out, *extra, "--json"]
@@ -41,12 +53,47 @@ def _train(args, tmp: str, extra: list[str], seed: int) -> dict:
         argv += ["--per-class", str(args.per_class)]
     if args.epochs:
         argv += ["--epochs", str(args.epochs)]
+    if threads:
+        argv += ["--threads", str(threads)]
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr[-2000:]}")
     r = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"accuracy": r["accuracy"], "wall_s": round(time.perf_counter() - start, 1)}
+    return {"accuracy": r["accuracy"], "wall_s": round(time.perf_counter() - start, 1), "threads": threads}
+
+
+def _run_all(args, tmp: str, jobs: list[tuple[list[str], int]]) -> dict[str, dict]:
+    """Every (variant flags, seed) run, `--jobs` at a time, each on its share of the cores. Runs already in the
+    `--resume` file are read back, not rerun, and each finished run is appended to it at once, so an interrupted
+    table continues where it stopped (a benchmark of hours must survive the end of a sitting)."""
+    done: dict[str, dict] = {}
+    log = Path(args.resume) if args.resume else None
+    if log and log.exists():
+        for line in log.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                done[entry["key"]] = entry["run"]
+    todo = [(extra, seed) for extra, seed in jobs if _run_key(args, extra, seed) not in done]
+    if len(todo) < len(jobs):
+        print(f"{len(jobs) - len(todo)} of {len(jobs)} runs read back from {log}", flush=True)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
+
+    def one(job):
+        extra, seed = job
+        run = _train(args, tmp, extra, seed, threads)
+        key = _run_key(args, extra, seed)
+        with lock:
+            done[key] = run
+            if log:
+                with log.open("a") as f:
+                    f.write(json.dumps({"key": key, "run": run}) + "\n")
+        return run
+
+    lock = threading.Lock()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(one, todo))
+    return done
 
 
 def _generator_facts(folder: Path) -> dict:
@@ -88,8 +135,14 @@ def main() -> None:
                         "with stronger classical augmentation (TrivialAugment; rotation 15 + cutout 8)")
     p.add_argument("--write-subset", metavar="DIR", help="write seed 0's --per-class subset of --data as a CIFAR-10 "
                    "folder (train: the subset; test: --data's) and stop")
+    p.add_argument("--jobs", type=int, default=1, help="classifier runs at once, each on cores / jobs threads "
+                   "(1: one at a time on torch's default threads); wall times then come from the shared machine")
+    p.add_argument("--resume", metavar="FILE", help="JSON lines of finished runs: runs already there are read back, "
+                   "each new one is appended (an interrupted table continues; tables sharing rows share runs)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: give 1 or more")
     if args.write_subset:
         if not args.per_class:
             p.error("--write-subset needs --per-class")
@@ -108,8 +161,9 @@ def main() -> None:
                 variants += [("real, longer", r, longer),
                              ("real, longer + trivial", r, [*longer, "--augment-policy", "trivial"]),
                              ("real, longer + rot/cutout", r, [*longer, "--rotation", "15", "--cutout", "8"])]
+        finished = _run_all(args, tmp, [(extra, seed) for _, _, extra in variants for seed in range(args.seeds)])
         for name, ratio, extra in variants:
-            runs = [_train(args, tmp, extra, seed) for seed in range(args.seeds)]
+            runs = [finished[_run_key(args, extra, seed)] for seed in range(args.seeds)]
             acc = [r["accuracy"] for r in runs]
             std = statistics.stdev(acc) if len(acc) > 1 else 0.0
             row = {"generator": name, "ratio": ratio, "accuracy": statistics.mean(acc), "std": std,
