@@ -111,8 +111,9 @@ def _generator_facts(folder: Path) -> dict:
                 state = torch.load(ckpt, map_location="cpu", weights_only=True)
                 facts.update(train_steps=state["step"], train_seconds=round(state.get("seconds", float("nan")), 1),
                              preset=state["config"]["preset"])
-        quality = gen / "quality.json"
-        if quality.exists():
+        # `generate eval --synthetic` writes its scores into the images' folder, `--model` into the generator's
+        quality = next((q for q in (folder / "quality.json", gen / "quality.json") if q.exists()), None)
+        if quality is not None:
             q = json.loads(quality.read_text())
             facts.update({k: q[k] for k in ("fid", "kid", "inception_score", "label_accuracy", "cas", "features")
                           if k in q})

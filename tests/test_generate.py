@@ -1,6 +1,7 @@
 """The diffusion generator: tiny preset trains, resumes bitwise, samples guided images into an ImageFolder tree
 that resumes without duplicates, and refuses out-of-range options."""
 
+import json
 import os
 
 import pytest
@@ -219,6 +220,7 @@ def test_quality_scores_and_cas(capsys, cifar_dir, tmp_path):
             "--cas", "--cas-epochs", "2", "--tracking-uri", "none")
     assert r["cas_n"] == 40  # CIFAR fixture's test split: 4 per class
     assert r["cas"] == pytest.approx(imagefit.evaluate(r["cas_bundle"], data=cifar_dir)["accuracy"])
+    assert json.loads((tmp_path / "syn" / "quality.json").read_text())["cas"] == r["cas"]  # kept beside the FID
 
     assert "give --model GEN" in fails(capsys, "generate", "eval", *data, "--classifier", "runs/clf")
     assert "need --classifier" in fails(capsys, "generate", "eval", "--synthetic", str(tmp_path / "syn"), *data)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -161,6 +162,9 @@ def _eval(args) -> dict:
         r.update(quality.classification_accuracy_score(synthetic, args.data, Path(synthetic) / "cas-run",
                                                        recipe=args.cas_recipe, tracking_uri=args.tracking_uri,
                                                        epochs=args.cas_epochs))
+        from ..files import atomic_write_text
+        where = Path(args.model if args.model is not None else args.synthetic)
+        atomic_write_text(where / "quality.json", json.dumps(r, indent=1))  # the CAS beside the scores it joins
     if not args.json:
         line = f"FID {r['fid']:.2f}  KID {r['kid']:.4f} ± {r['kid_std']:.4f}  IS {r['inception_score']:.2f}"
         if "label_accuracy" in r:
