@@ -103,13 +103,15 @@ def _generator_facts(folder: Path) -> dict:
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         facts.update({k: meta.get(k) for k in ("family", "steps", "guidance", "per_class", "images_per_s", "threads",
-                                               "strength")})
+                                               "strength", "snapshot")})
         gen = Path(meta["generator"])
         for ckpt in (gen / "diffusion.pt", gen / "gan.pt"):
             if ckpt.exists():
                 import torch
                 state = torch.load(ckpt, map_location="cpu", weights_only=True)
-                facts.update(train_steps=state["step"], train_seconds=round(state.get("seconds", float("nan")), 1),
+                snapshot = meta.get("snapshot")  # an earlier step's weights: the run's seconds are not theirs
+                facts.update(train_steps=snapshot or state["step"],
+                             train_seconds=None if snapshot else round(state.get("seconds", float("nan")), 1),
                              preset=state["config"]["preset"])
         # `generate eval --synthetic` writes its scores into the images' folder, `--model` into the generator's
         quality = next((q for q in (folder / "quality.json", gen / "quality.json") if q.exists()), None)

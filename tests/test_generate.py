@@ -129,12 +129,38 @@ def test_gan_trains_resumes_and_samples(capsys, cifar_dir):
     run(capsys, *GAN, *data, "--out", "gan/cut")
     a, b = torch.load(f"gan/full/{GAN_CKPT}"), torch.load(f"gan/cut/{GAN_CKPT}")
     assert all(a["generator"][k].equal(b["generator"][k]) for k in a["generator"]) and a["history"] == b["history"]
+    # the collapse monitor ran at each checkpoint, and a resume measures exactly what an unbroken run does
+    assert [s["step"] for s in a["spread"]] == [2, 4] and a["spread"] == b["spread"]
+    assert all(s["lowest"] > 0 and s["class"] in ("cat", "dog", "frog") for s in a["spread"])
     r = run(capsys, "generate", "sample", "--model", "gan/full", "--out", "gsyn", "--per-class", "3")
     assert r["written"] == 9 and r["family"] == "gan" and sorted(os.listdir("gsyn/train/cat")) == ["0.png", "1.png",
                                                                                                     "2.png"]
+    r = run(capsys, "generate", "sample", "--model", "gan/full", "--out", "gsyn2", "--per-class", "2",
+            "--snapshot", "2")
+    assert r["written"] == 6 and json.loads(open("gsyn2/synthetic.json").read())["snapshot"] == 2
+    assert "--snapshot 3: gan/full has no weights of step 3 (kept: 2 to 4, every 2)" in fails(
+        capsys, "generate", "sample", "--model", "gan/full", "--out", "gsyn3", "--snapshot", "3")
     assert "holds a GAN run" in fails(capsys, *TRAIN, *data, "--out", "gan/full")
     assert "need a diffusion model" in fails(capsys, "generate", "vary", "--model", "gan/full", *data,
                                              "--out", "v", "--classes", "cat")
+
+
+def test_gan_collapse_is_measured_and_named():
+    from imagefit.generative.gan import class_spread, collapse_warning
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.tensor([0] * 6 + [1] * 6)
+    copies = images.clone()
+    copies[6:] = images[6]  # class 1: six copies of one image
+    spread = class_spread(copies, labels, 2) / class_spread(images, labels, 2)
+    assert spread[0] == 1 and spread[1] == 0
+    history = [{"step": 500, "mean": 0.98, "lowest": 0.9, "class": "cat"},
+               {"step": 1000, "mean": 0.9, "lowest": 0.7, "class": "dog"}]
+    assert collapse_warning(history) is None
+    said = collapse_warning(history + [{"step": 1500, "mean": 0.6, "lowest": 0.3, "class": "dog"}])
+    assert "dog samples are 0.30 as varied" in said and "--snapshot 1000" in said
+    assert "no checkpoint was above it" in collapse_warning([{"step": 500, "mean": 0.2, "lowest": 0.1,
+                                                              "class": "cat"}])
 
 
 def test_diffuse_and_denoise_variations(capsys, cifar_dir):

@@ -28,6 +28,7 @@ class Stream(IntEnum):
     REAL_SUBSET = 19  # `generate eval`: the real images a generator is scored against
     FOLDS = 23  # --folds: the order in which each class is dealt into folds
     QUANTIZE = 29  # export --quantize int8: the training images its activation ranges come from
+    GAN_SPREAD = 31  # the GAN's collapse monitor: the real images and the noise it compares at each checkpoint
 
 
 def choice_generator(*parts: int) -> torch.Generator:

@@ -50,6 +50,8 @@ def add_arguments(sub) -> None:
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (default: 2)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--snapshot", type=int, metavar="STEP", help="sample from the weights kept at this training step "
+                   "(the run's snapshots/, e.g. the last before a GAN collapsed) (default: the last)")
     add_unet_amp(p)
     add_json(p)
     p = gsub.add_parser("vary", help="diffuse-and-denoise variations of the real training images (resumable); "
@@ -122,6 +124,8 @@ def _train(args) -> dict:
                         size=args.size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         schedule=args.schedule, checkpoint_every=args.checkpoint_every, seed=args.seed,
                         stop_after_steps=args.stop_after_steps, amp=args.amp, log=_log)
+    if r.get("warning"):
+        _log(f"warning: {r['warning']}")  # said again at the end: a collapse mid-run scrolls away
     if not args.json:
         print(f"{r['stopped']} at step {r['step']}; checkpoint in {r['out']}")
     return r
@@ -130,7 +134,8 @@ def _train(args) -> dict:
 def _sample(args) -> dict:
     from ..generative.generate import sample_folder
     r = sample_folder(args.model, args.out, args.per_class, steps=args.steps, guidance=args.guidance,
-                      sampler=args.sampler, batch=args.batch_size, seed=args.seed, amp=args.amp, log=_log)
+                      sampler=args.sampler, batch=args.batch_size, seed=args.seed, amp=args.amp,
+                      snapshot=args.snapshot, log=_log)
     if not args.json:
         print(f"{r['written']} images in {r['seconds']} s ({r['images_per_s']:.2f}/s) under {r['out']}")
     return r

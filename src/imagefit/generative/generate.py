@@ -217,6 +217,16 @@ def snapshots(folder: str | Path) -> list[tuple[int, Path]]:
     return [(int(p.stem.rsplit("step", 1)[1]), p) for p in found]
 
 
+def snapshot_path(folder: str | Path, step: int) -> Path:
+    """The kept weights of training step `step`, or a one-line error naming the steps that were kept."""
+    kept = dict(snapshots(folder))
+    if step not in kept:
+        have = f"kept: {min(kept)} to {max(kept)}, every {sorted(kept)[1] - sorted(kept)[0]}" if len(kept) > 1 else \
+            (f"kept: {', '.join(map(str, kept))}" if kept else "it kept none")
+        raise ImagefitError(f"--snapshot {step}: {folder} has no weights of step {step} ({have}); pick a kept step")
+    return kept[step]
+
+
 def check_options(cfg, steps: int, guidance: float) -> None:
     if not hasattr(cfg, "train_timesteps"):
         return  # a GAN: one forward per image, no steps or guidance
@@ -283,10 +293,12 @@ def vary(unet, cfg: DiffusionConfig, images: torch.Tensor, labels: torch.Tensor,
 
 
 def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps: int = 50, guidance: float = 2.0,
-                  sampler: str = "ddim", batch: int = 100, seed: int = 0, amp: str = "auto", log=print) -> dict:
+                  sampler: str = "ddim", batch: int = 100, seed: int = 0, amp: str = "auto", snapshot: int | None = None,
+                  log=print) -> dict:
     """Write per_class images of every class as OUT/train/<class>/<i>.png (an ImageFolder tree). Batches are
-    seeded by (seed, class, first index), so a stopped run resumes where it stopped without duplicating images."""
-    unet, cfg = load_generator(folder)
+    seeded by (seed, class, first index), so a stopped run resumes where it stopped without duplicating images.
+    `snapshot`: the training step whose kept weights to sample (default: the last)."""
+    unet, cfg = load_generator(folder, snapshot_path(folder, snapshot) if snapshot is not None else None)
     out = Path(out)
     if per_class < 1:
         raise ImagefitError(f"--per-class must be 1 or more (got {per_class})")
@@ -308,7 +320,7 @@ def sample_folder(folder: str | Path, out: str | Path, per_class: int, *, steps:
             log(f"{name}: {first + n}/{per_class}  ({rate:.2f} images/s)")
     meta = {"generator": str(folder), "family": getattr(cfg, "family", "diffusion"), "per_class": per_class,
             "steps": steps, "guidance": guidance, "sampler": sampler, "seed": seed, "classes": list(cfg.classes),
-            "precision": precision}
+            "precision": precision, **({"snapshot": snapshot} if snapshot is not None else {})}
     seconds = time.perf_counter() - start
     meta["gflop_per_image"] = round(flops_per_image(unet, cfg, steps) / 1e9, 2)
     if written:  # this run's sampling speed (a resumed run that had nothing to do keeps the earlier figure)
