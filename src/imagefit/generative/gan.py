@@ -10,8 +10,9 @@ Like the diffusion loop, every step's batch and noise come from a generator seed
 run resumes bitwise.
 
 A GAN can collapse: its samples of a class turn into near-copies of one image while its losses look ordinary (on
-the 4,500-image CIFAR-10 subset of issue 31, `small` kept the real images' spread to step 7,000, one class fell to
-0.46 of it at 7,500, and by 20,000 every class was under 0.1). So every checkpoint measures each class's spread (the
+the 4,500-image CIFAR-10 subset of issue 31, `small` kept its lowest class at 0.68 of the real images' spread at
+step 7,000, one class fell to
+0.43 of it at 7,500, and by 20,000 the mean over classes was 0.07). So every checkpoint measures each class's spread (the
 mean pixel distance between two of its samples, over the same for real images of that class), logs the lowest, and
 warns, naming the last snapshot before it, once a class falls under `SPREAD_WARN`.
 """
@@ -31,7 +32,7 @@ from ..seeds import Stream, choice_generator
 from ..errors import ImagefitError
 
 CHECKPOINT = "gan.pt"
-SPREAD_WARN = 0.5  # a class's samples half as varied as its real images: collapsing (issue 31's run: 0.76 -> 0.46)
+SPREAD_WARN = 0.5  # a class's samples half as varied as its real images: collapsing (issue 31's run: 0.68 -> 0.43)
 SPREAD_IMAGES = 32  # per class, real and generated, for the spread (a few milliseconds per checkpoint)
 PRESETS = {"tiny": 16, "small": 64, "base": 128}  # width of the generator's last block (×2, ×4 before it)
 
@@ -185,10 +186,7 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, cfg: GanConfig, out: P
         history.append((loss_d.item(), loss_g.item()))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after:
             seconds += time.perf_counter() - start  # training time over all sessions, grids excluded
-            ratio = monitor(gen)
-            lowest = int(torch.nan_to_num(ratio, nan=float("inf")).argmin())
-            spread.append({"step": step, "mean": round(float(ratio.nanmean()), 4),
-                           "lowest": round(float(ratio[lowest]), 4), "class": cfg.classes[lowest]})
+            newly_collapsed = record_spread(spread, step, monitor(gen), cfg.classes)
             save_checkpoint(ckpt, {"config": asdict(cfg), "generator": gen.state_dict(),
                                    "discriminator": disc.state_dict(), "opt_g": opt_g.state_dict(),
                                    "opt_d": opt_d.state_dict(), "step": step, "history": history,
@@ -200,9 +198,8 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, cfg: GanConfig, out: P
             ld, lg = (sum(v) / len(recent) for v in zip(*recent))
             log(f"step {step}/{cfg.steps}  loss D {ld:.4f}  G {lg:.4f}  spread {spread[-1]['mean']:.2f} (lowest "
                 f"{spread[-1]['lowest']:.2f}, {spread[-1]['class']})  {seconds:.0f} s")
-            warned = collapse_warning(spread)
-            if warned and (len(spread) < 2 or spread[-2]["lowest"] >= SPREAD_WARN):
-                log(f"warning: {warned}")  # once, when it first happens
+            if newly_collapsed:
+                log(f"warning: {newly_collapsed}")
             start = time.perf_counter()
         if stop_after and step >= stop_after and step < cfg.steps:
             return {"stopped": "interrupted", "step": step, "out": str(out)}
@@ -210,6 +207,16 @@ def train_gan(images: torch.Tensor, labels: torch.Tensor, cfg: GanConfig, out: P
     return {"stopped": "completed", "step": step, "loss_d": sum(v[0] for v in recent) / len(recent),
             "loss_g": sum(v[1] for v in recent) / len(recent), "train_seconds": round(seconds, 1), "out": str(out),
             "spread": spread[-1] if spread else None, "warning": collapse_warning(spread)}
+
+
+def record_spread(spread: list[dict], step: int, ratio: torch.Tensor, classes: tuple) -> str | None:
+    """Append a checkpoint's spread (`SpreadMonitor`'s ratios) to `spread`; the collapse warning when this
+    checkpoint is the one that crossed under `SPREAD_WARN` (so it is said once, not at every checkpoint after)."""
+    lowest = int(torch.nan_to_num(ratio, nan=float("inf")).argmin())
+    was_healthy = not spread or spread[-1]["lowest"] >= SPREAD_WARN
+    spread.append({"step": step, "mean": round(float(ratio.nanmean()), 4), "lowest": round(float(ratio[lowest]), 4),
+                   "class": classes[lowest]})
+    return collapse_warning(spread) if was_healthy else None
 
 
 def collapse_warning(spread: list[dict]) -> str | None:
