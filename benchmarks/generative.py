@@ -48,11 +48,12 @@ def _run_key(args, extra: list[str], seed: int) -> str:
 def _train(args, tmp: str, extra: list[str], seed: int, threads: int) -> dict:
     out = f"{tmp}/{time.monotonic_ns()}"
     argv = [sys.executable, "-m", "imagefit", "train", "--recipe", "fast-small", "--data", args.data,
-            "--seed", str(seed), "--tracking-uri", "none", "--progress", "lines", "--out", out, *extra, "--json"]
+            "--seed", str(seed), "--tracking-uri", "none", "--progress", "lines", "--out", out, "--json"]
     if args.per_class:
         argv += ["--per-class", str(args.per_class)]
     if args.epochs:
         argv += ["--epochs", str(args.epochs)]
+    argv += extra  # last: an alternative's own --epochs must win over the table's --epochs (the last flag wins)
     if threads:
         argv += ["--threads", str(threads)]
     start = time.perf_counter()
