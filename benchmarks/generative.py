@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -79,21 +78,14 @@ def _run_all(args, tmp: str, jobs: list[tuple[list[str], int]]) -> dict[str, dic
     if len(todo) < len(jobs):
         print(f"{len(jobs) - len(todo)} of {len(jobs)} runs read back from {log}", flush=True)
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
-
-    def one(job):
-        extra, seed = job
-        run = _train(args, tmp, extra, seed, threads)
-        key = _run_key(args, extra, seed)
-        with lock:
-            done[key] = run
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        running = {pool.submit(_train, args, tmp, extra, seed, threads): _run_key(args, extra, seed)
+                   for extra, seed in todo}
+        for finished in concurrent.futures.as_completed(running):  # kept as each ends, not in submission order
+            done[running[finished]] = run = finished.result()
             if log:
                 with log.open("a") as f:
-                    f.write(json.dumps({"key": key, "run": run}) + "\n")
-        return run
-
-    lock = threading.Lock()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(one, todo))
+                    f.write(json.dumps({"key": running[finished], "run": run}) + "\n")
     return done
 
 

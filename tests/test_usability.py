@@ -119,6 +119,7 @@ def test_every_help_example_is_a_command_line_the_parser_takes():
             args, extra = parser.parse_known_args(argv)
             assert not extra, f"{line}: {extra}"
 
+
 def test_models_prints_a_table_with_a_header(capsys):
     r = run(capsys, "models")
     assert r["models"]["resnet18"]["pretrained"] == ["imagenet"] and "blocks" in r["models"]["resnet"]["options"]

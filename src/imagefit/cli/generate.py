@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -156,20 +155,8 @@ def _eval(args) -> dict:
     r = quality.evaluate_generator(model=args.model, synthetic=args.synthetic, data=args.data,
                                    classifier=args.classifier, features=args.features, per_class=args.per_class,
                                    steps=args.steps, guidance=args.guidance, per_checkpoint=args.per_checkpoint,
-                                   seed=args.seed, log=_log)
-    if args.cas:
-        synthetic = args.synthetic
-        if synthetic is None:
-            from ..generative.generate import sample_folder
-            synthetic = str(Path(args.model) / "cas-samples")
-            sample_folder(args.model, synthetic, args.per_class, steps=args.steps, guidance=args.guidance,
-                          seed=args.seed, log=_log)
-        r.update(quality.classification_accuracy_score(synthetic, args.data, Path(synthetic) / "cas-run",
-                                                       recipe=args.cas_recipe, tracking_uri=args.tracking_uri,
-                                                       epochs=args.cas_epochs))
-        from ..files import atomic_write_text
-        where = Path(args.model if args.model is not None else args.synthetic)
-        atomic_write_text(where / "quality.json", json.dumps(r, indent=1))  # the CAS beside the scores it joins
+                                   seed=args.seed, cas=args.cas, cas_recipe=args.cas_recipe,
+                                   cas_epochs=args.cas_epochs, tracking_uri=args.tracking_uri, log=_log)
     if not args.json:
         line = f"FID {r['fid']:.2f}  KID {r['kid']:.4f} ± {r['kid_std']:.4f}  IS {r['inception_score']:.2f}"
         if "label_accuracy" in r:

@@ -221,8 +221,9 @@ def snapshot_path(folder: str | Path, step: int) -> Path:
     """The kept weights of training step `step`, or a one-line error naming the steps that were kept."""
     kept = dict(snapshots(folder))
     if step not in kept:
-        have = f"kept: {min(kept)} to {max(kept)}, every {sorted(kept)[1] - sorted(kept)[0]}" if len(kept) > 1 else \
-            (f"kept: {', '.join(map(str, kept))}" if kept else "it kept none")
+        steps = list(kept)  # in step order
+        have = ("it kept none" if not steps else f"kept: {steps[0]}" if len(steps) == 1 else
+                f"kept: {steps[0]} to {steps[-1]}, every {steps[1] - steps[0]}")
         raise ImagefitError(f"--snapshot {step}: {folder} has no weights of step {step} ({have}); pick a kept step")
     return kept[step]
 

@@ -154,10 +154,14 @@ def _draw_set(model, cfg, per_class: int, steps: int, guidance: float, seed: int
 
 def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | None, classifier: str | None,
                        features: str = "classifier", per_class: int = 100, steps: int = 50, guidance: float = 2.0,
-                       per_checkpoint: bool = False, real_limit: int = 10000, seed: int = 0, log=print) -> dict:
+                       per_checkpoint: bool = False, real_limit: int = 10000, seed: int = 0, cas: bool = False,
+                       cas_recipe: str | None = None, cas_epochs: int = 0, tracking_uri: str | None = None,
+                       log=print) -> dict:
     """Scores of a generator (`model`, sampled here) or of a folder of its images (`synthetic`) against the real
     training images (at most `real_limit` of them, a seeded choice). With `per_checkpoint`, the FID of every
-    snapshot the run kept, plotted beside the run (`fid-per-step.png`)."""
+    snapshot the run kept, plotted beside the run (`fid-per-step.png`). With `cas`, also the Classification
+    Accuracy Score of the images (a `model` is sampled into MODEL/cas-samples for it). The scores are written to
+    quality.json beside the model or the images."""
     import json
     from pathlib import Path
 
@@ -165,7 +169,7 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
     from ..bundle import load_bundle
     from ..seeds import Stream, choice_generator
     from ..files import atomic_write_text
-    from .generate import check_options, load_generator, snapshots
+    from .generate import check_options, load_generator, sample_folder, snapshots
 
     if (model is None) == (synthetic is None):
         raise ImagefitError("give --model GEN (sample from it) or --synthetic SYN (score its images), not both")
@@ -222,6 +226,12 @@ def evaluate_generator(*, model: str | None, synthetic: str | None, data: str | 
         result["per_checkpoint"] = rows
         if rows:
             result["plot"] = str(plots.fid_per_step(rows, Path(model) / "fid-per-step.png"))
+    if cas:
+        if synthetic is None:
+            synthetic = str(Path(model) / "cas-samples")
+            sample_folder(model, synthetic, per_class, steps=steps, guidance=guidance, seed=seed, log=log)
+        result.update(classification_accuracy_score(synthetic, data, Path(synthetic) / "cas-run", recipe=cas_recipe,
+                                                    tracking_uri=tracking_uri, epochs=cas_epochs))
     where = Path(model if model is not None else synthetic)
     atomic_write_text(where / "quality.json", json.dumps(result, indent=1))
     return result
