@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -168,7 +169,7 @@ def summary(runs: list[dict], peak: dict | None = None) -> list[dict]:
     return rows
 
 
-def plot(runs: list[dict], path: Path, curve_tta: str | None) -> None:
+def plot(runs: list[dict], path: Path, curve_tta: str | None, logx: bool = False) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -184,6 +185,8 @@ def plot(runs: list[dict], path: Path, curve_tta: str | None) -> None:
     if curve_tta:
         ax.set_title(f"curve points with TTA '{curve_tta}', ★ with each run's own", fontsize=9)
     ax.set_ylabel("held-out accuracy, %")
+    if logx:
+        ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -192,7 +195,7 @@ def plot(runs: list[dict], path: Path, curve_tta: str | None) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", help="the folder holding cifar-10-batches-py (required unless --plot)")
     p.add_argument("--recipes", nargs="*", default=["fast"], help="recipe names or paths, each optionally with "
                    "overrides after @ ('fast@progressive_sizes=16,20;epochs=3'); none given: none")
     p.add_argument("--anchors", default="airbench94-small", help=f"comma-separated: {', '.join(ANCHORS)} ('' for none)")
@@ -202,7 +205,13 @@ def main() -> None:
                    "each run's own TTA; 'none' makes them 6x cheaper on the real clock, the final point keeps it)")
     p.add_argument("--peak", action="store_true", help="measure the machine's 3x3-convolution ceilings first "
                    "(probes/peak.py) and print each row's training GFLOP/s as a share of the one in its precision")
+    p.add_argument("--plot", nargs="+", metavar="JSON", help="train nothing: draw the runs of earlier speed.py JSON "
+                   "files in one plot under --out and print their rows (curves of runs made at different times)")
     args = p.parse_args()
+    if args.plot:
+        return replot([Path(f) for f in args.plot], Path(args.out))
+    if not args.data:
+        p.error("--data DIR is required to train (or --plot JSON ... to draw earlier runs)")
     peak = None
     if args.peak:
         sys.path.insert(0, str(Path(__file__).parent / "probes"))
@@ -229,13 +238,31 @@ def main() -> None:
                       "peak": peak}
             stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
     plot(runs, stem.with_suffix(".png"), args.curve_tta)
+    print_rows(runs, peak)
+    print(f"runs and curves: {stem}.json, {stem}.png")
+
+
+def replot(files: list[Path], out: Path) -> None:
+    """The runs of several earlier JSON files in one plot; their curve points' TTA must agree to share its title."""
+    records = [json.loads(f.read_text()) for f in files]
+    runs = [r for record in records for r in record["runs"]]
+    curve_tta = {record.get("curve_tta") for record in records}
+    out.mkdir(parents=True, exist_ok=True)
+    rows = re.sub(r"[^\w.-]+", "_", "-".join(dict.fromkeys(r["row"] for r in runs)))[:120]
+    path = out / f"speed-{date.today()}-curves-{rows}.png"
+    walls = [r["wall_s"] for r in runs]
+    plot(runs, path, curve_tta.pop() if len(curve_tta) == 1 else None, logx=max(walls) > 5 * min(walls))
+    print_rows(runs, None)
+    print(f"curves: {path}")
+
+
+def print_rows(runs: list[dict], peak: dict | None) -> None:
     print(f"\n{'row':>18} {'seeds':>5} {'held-out acc':>16} {'wall s':>8} {'PFLOP':>7} {'train GFLOP/s':>13}"
           + (f" {'of ceiling':>10}" if peak else ""))
     for r in summary(runs, peak):
         print(f"{r['row']:>18} {r['seeds']:>5} {100 * r['accuracy_mean']:9.2f} ± {100 * r['accuracy_std']:.2f} "
               f"{r['wall_s_mean']:8.1f} {r['pflop']:7.3f} {r['train_gflops_per_s']:13.1f}"
               + (f" {100 * r['share_of_ceiling']:9.1f}%" if peak else ""))
-    print(f"runs and curves: {stem}.json, {stem}.png")
 
 
 if __name__ == "__main__":

@@ -27,3 +27,18 @@ def test_lines_say_the_whole_runs_time_left_and_the_final_test(monkeypatch):
         p.step(8, math.nan, math.nan)
     p.end_epoch({"train_loss": 1.0, "lr": 0.1})
     assert "left" not in out.getvalue().splitlines()[-1]  # the last epoch: nothing left to estimate
+
+
+def test_time_left_weighs_the_small_epochs_of_progressive_resizing(monkeypatch):
+    clock = iter(range(0, 1000))
+    monkeypatch.setattr(P.time, "perf_counter", lambda: float(next(clock)))
+    out = io.StringIO()
+    p = P.Progress("lines", out)
+    # epoch 1 of 3 at half size (a quarter of the cost), then two full-size epochs of 4 steps each
+    p.start_epoch(0, 3, 4, costs=[0.25, 1.0, 1.0])
+    for _ in range(4):
+        p.step(8, math.nan, math.nan)
+    p.end_epoch({"train_loss": 1.0, "lr": 0.1})
+    # the clock reads 2 s by the estimate: 2 s for 4 quarter-cost steps is 2 s a full step, and 8 full steps are
+    # left; counting steps alone (0.5 s each) would say 4 s
+    assert out.getvalue().splitlines()[-1].endswith("run 0m16s left")

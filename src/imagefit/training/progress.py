@@ -14,20 +14,27 @@ class Progress:
         self.quiet = mode == "off"  # the other ranks of a torchrun job: rank 0 reports
         self.live = not self.quiet and (mode == "bar" or (mode == "auto" and self.stream.isatty()))
         self.bar = None
-        self.run_t0, self.run_steps = None, 0  # this process's clock and steps, for the whole run's time left
+        # this process's clock, and its steps weighted by their cost, for the whole run's time left
+        self.run_t0, self.run_steps, self.run_work = None, 0, 0.0
 
     def run_left(self) -> str:
-        """The whole run's time left at this process's pace so far ('' before the first step). Early epochs at
-        smaller progressive sizes run faster, so the estimate starts low and settles as the run goes."""
+        """The whole run's time left at this process's pace so far ('' before the first step): seconds per unit of
+        work done here, times the work left, where a step's work is its epoch's cost (`start_epoch`'s `costs`)."""
         if not self.run_steps:
             return ""
-        per_step = (time.perf_counter() - self.run_t0) / self.run_steps
-        left = per_step * max(self.total_steps - self.global_step, 0)
+        step_in_epoch = self.global_step - self.epoch * self.steps
+        work_left = (self.steps - step_in_epoch) * self.costs[self.epoch] + self.steps * sum(
+            self.costs[self.epoch + 1:])
+        left = (time.perf_counter() - self.run_t0) / self.run_work * max(work_left, 0.0)
         return f"run {int(left // 60)}m{int(left % 60):02d}s left"
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int, start: int = 0) -> None:
-        self.epoch, self.epochs, self.t0, self.images = epoch, epochs, time.perf_counter(), 0
-        self.total_steps, self.global_step = epochs * steps, epoch * steps + start
+    def start_epoch(self, epoch: int, epochs: int, steps: int, start: int = 0,
+                    costs: list[float] | None = None) -> None:
+        """`costs`: a step's relative cost in each epoch (progressive resizing's small epochs cost less; 1 each if
+        not given), so the run's time left does not start low while they run."""
+        self.epoch, self.epochs, self.steps, self.t0, self.images = epoch, epochs, steps, time.perf_counter(), 0
+        self.global_step = epoch * steps + start
+        self.costs = costs or [1.0] * epochs
         if self.run_t0 is None:
             self.run_t0 = self.t0
         if self.live:
@@ -42,6 +49,7 @@ class Progress:
     def step(self, images: int, loss: float, accuracy: float) -> None:
         self.images += images
         self.run_steps += 1
+        self.run_work += self.costs[self.epoch]
         self.global_step += 1
         if self.bar is not None:
             rate = self.images / max(time.perf_counter() - self.t0, 1e-9)
