@@ -120,9 +120,8 @@ def run_recipe(recipe: str, data: str, seed: int, startup: float, curve_tta: str
     # printed before anything else can fail: a ResNet18 run once lost 1.7 hours to the FLOP count below
     print(f"{recipe} seed {seed}: held-out {100 * result['accuracy']:.2f}%, wall {wall:.1f} s, "
           f"training {result['seconds']:.1f} s", flush=True)
-    sizes = [*cfg.augment.progressive_sizes, *[cfg.data.size] * cfg.train.epochs][: cfg.train.epochs]
     model = create_model(10, cfg.model)
-    flops = training_flops(model, cfg.train.batch_size, steps[0], sizes, cfg.model.whiten_bias_epochs)
+    flops = training_flops(model, cfg.train.batch_size, steps[0], cfg.epoch_sizes(), cfg.model.whiten_bias_epochs)
     precision = "bfloat16" if resolve_amp(torch.device("cpu"), cfg.train.amp) == "bf16" else "float32"
     return {"row": recipe, "seed": seed, "accuracy": result["accuracy"], "wall_s": round(wall, 1),
             "ece": result.get("ece"), "temperature": result.get("temperature"), "precision": precision, "train_s": result["seconds"], "train_flops": flops,

@@ -33,9 +33,9 @@ def test_time_left_weighs_the_small_epochs_of_progressive_resizing(monkeypatch):
     clock = iter(range(0, 1000))
     monkeypatch.setattr(P.time, "perf_counter", lambda: float(next(clock)))
     out = io.StringIO()
-    p = P.Progress("lines", out)
     # epoch 1 of 3 at half size (a quarter of the cost), then two full-size epochs of 4 steps each
-    p.start_epoch(0, 3, 4, costs=[0.25, 1.0, 1.0])
+    p = P.Progress("lines", out, costs=[0.25, 1.0, 1.0])
+    p.start_epoch(0, 3, 4)
     for _ in range(4):
         p.step(8, math.nan, math.nan)
     p.end_epoch({"train_loss": 1.0, "lr": 0.1})

@@ -220,6 +220,11 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def epoch_sizes(self) -> list[int]:
+        """The training image side of each epoch: the progressive sizes first, then --size."""
+        sizes = self.augment.progressive_sizes
+        return [sizes[e] if e < len(sizes) else self.data.size for e in range(self.train.epochs)]
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 

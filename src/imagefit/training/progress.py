@@ -9,32 +9,32 @@ import time
 
 
 class Progress:
-    def __init__(self, mode: str = "auto", stream=None):
+    def __init__(self, mode: str = "auto", stream=None, costs: list[float] | None = None):
+        """`costs`: a step's relative cost in each epoch (progressive resizing's small epochs cost less; 1 each if
+        not given), so the run's time left does not start low while they run."""
         self.stream = stream or sys.stderr
         self.quiet = mode == "off"  # the other ranks of a torchrun job: rank 0 reports
         self.live = not self.quiet and (mode == "bar" or (mode == "auto" and self.stream.isatty()))
         self.bar = None
-        # this process's clock, and its steps weighted by their cost, for the whole run's time left
-        self.run_t0, self.run_steps, self.run_work = None, 0, 0.0
+        self.costs = costs
+        self.run_t0, self.run_work = None, 0.0  # this process's clock and its steps weighted by cost, for time left
 
     def run_left(self) -> str:
         """The whole run's time left at this process's pace so far ('' before the first step): seconds per unit of
-        work done here, times the work left, where a step's work is its epoch's cost (`start_epoch`'s `costs`)."""
-        if not self.run_steps:
+        work done here, times the work left, where a step's work is its epoch's cost (`costs`)."""
+        if not self.run_work:
             return ""
-        step_in_epoch = self.global_step - self.epoch * self.steps
-        work_left = (self.steps - step_in_epoch) * self.costs[self.epoch] + self.steps * sum(
-            self.costs[self.epoch + 1:])
+        work_left = (self.steps - self.step_in_epoch) * self.cost(self.epoch) + self.steps * sum(
+            map(self.cost, range(self.epoch + 1, self.epochs)))
         left = (time.perf_counter() - self.run_t0) / self.run_work * max(work_left, 0.0)
         return f"run {int(left // 60)}m{int(left % 60):02d}s left"
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int, start: int = 0,
-                    costs: list[float] | None = None) -> None:
-        """`costs`: a step's relative cost in each epoch (progressive resizing's small epochs cost less; 1 each if
-        not given), so the run's time left does not start low while they run."""
+    def cost(self, epoch: int) -> float:
+        return self.costs[epoch] if self.costs else 1.0
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int, start: int = 0) -> None:
         self.epoch, self.epochs, self.steps, self.t0, self.images = epoch, epochs, steps, time.perf_counter(), 0
-        self.global_step = epoch * steps + start
-        self.costs = costs or [1.0] * epochs
+        self.step_in_epoch = start
         if self.run_t0 is None:
             self.run_t0 = self.t0
         if self.live:
@@ -48,9 +48,8 @@ class Progress:
 
     def step(self, images: int, loss: float, accuracy: float) -> None:
         self.images += images
-        self.run_steps += 1
-        self.run_work += self.costs[self.epoch]
-        self.global_step += 1
+        self.run_work += self.cost(self.epoch)
+        self.step_in_epoch += 1
         if self.bar is not None:
             rate = self.images / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.update(self.task, advance=1, stats=f"loss {loss:.3f} acc {accuracy:.3f} {rate:,.0f} img/s",
@@ -64,7 +63,7 @@ class Progress:
         parts = [f"epoch {self.epoch + 1}/{self.epochs}"]
         parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("train_", "val_")) and v is not None]
         parts += [f"lr {metrics['lr']:.3g}", f"{self.images / max(seconds, 1e-9):,.0f} img/s", f"{seconds:.1f}s"]
-        if self.epoch + 1 < self.epochs and self.run_steps:
+        if self.epoch + 1 < self.epochs and self.run_work:
             parts.append(self.run_left())
         if not self.quiet:
             print("  ".join(parts), file=self.stream, flush=True)

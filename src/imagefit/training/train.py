@@ -446,7 +446,10 @@ class Trainer:
                      f"evaluate --bundle {self.out} --data DIR'")
         for warning in self.warnings:
             self.log(f"warning: {warning}")
-        progress = Progress(self.opts.progress if self.world.main else "off")
+        # a step's cost by its image area: ResNet18 here takes 0.36x / 0.61x a 32-px step at 16 / 24 px (0.25 / 0.56
+        # by area), so the time left is a little low while the small epochs run, and far closer than counting steps
+        progress = Progress(self.opts.progress if self.world.main else "off",
+                            costs=[(s / self.cfg.data.size) ** 2 for s in self.cfg.epoch_sizes()])
         stopped = "completed"
         try:
             with _StopSignal() as stop:
@@ -483,11 +486,7 @@ class Trainer:
         model, t0 = self.net.train(), time.perf_counter()
         if isinstance(model, EpochAware):  # the model itself; under torchrun its DDP wrapper is not
             model.set_epoch(self.epoch)
-        sizes, epochs = self.cfg.augment.progressive_sizes, self.cfg.train.epochs
-        # a step's cost by its image area: ResNet18 here takes 0.36x / 0.61x a 32-px step at 16 / 24 px (0.25 / 0.56
-        # by area), so the time left is a little low while the small epochs run, and far closer than counting steps
-        costs = [(sizes[e] / self.cfg.data.size) ** 2 if e < len(sizes) else 1.0 for e in range(epochs)]
-        progress.start_epoch(self.epoch, epochs, len(self.train_loader), self.step, costs)
+        progress.start_epoch(self.epoch, self.cfg.train.epochs, len(self.train_loader), self.step)
         per_step = self.schedule is not None and not isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau)
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         # the first step whose loss was not finite, counted on the device (no host sync per step)
