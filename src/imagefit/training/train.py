@@ -447,7 +447,7 @@ class Trainer:
         for warning in self.warnings:
             self.log(f"warning: {warning}")
         # a step's cost by its image area: ResNet18 here takes 0.36x / 0.61x a 32-px step at 16 / 24 px (0.25 / 0.56
-        # by area), so the time left is a little low while the small epochs run, and far closer than counting steps
+        # by area), so the time left is somewhat high while the small epochs run, and far closer than counting steps
         progress = Progress(self.opts.progress if self.world.main else "off",
                             costs=[(s / self.cfg.data.size) ** 2 for s in self.cfg.epoch_sizes()])
         stopped = "completed"
