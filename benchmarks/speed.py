@@ -10,6 +10,12 @@ store, training, the final TTA test, plots and bundle: everything `imagefit trai
 return; the interpreter start and imports are timed once and added. An anchor's clock covers its training and
 final TTA test only (it has no loading or bundling to do here).
 
+With --keep DIR a run longer than one sitting survives it: each run's folder, MLflow store and curve points live
+under DIR, a run stopped mid-way resumes from its last epoch (`imagefit train --resume`) when the same command runs
+again, and a finished run is read back, not trained again. A resumed run's wall is the sum of its sittings up to
+the last epoch each kept: every sitting's start, imports and data loading count, the part-epoch a kill threw away
+does not.
+
 Prints one row per recipe/anchor: held-out accuracy mean ± std over seeds, wall seconds, FLOPs counted with
 torch.utils.flop_counter (training steps at their image sizes, plus the test views) and the training GFLOP/s
 achieved; writes the runs as JSON and the curves as a PNG beside it (--out).
@@ -21,6 +27,7 @@ import argparse
 import json
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,9 +42,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from anchor import ANCHORS, AnchorNet, anchor_accuracy, count_flops, train_anchor  # noqa: E402
 
 from imagefit.allocator import keep_freed_memory  # noqa: E402
+from imagefit.checkpoint import load_checkpoint  # noqa: E402
 from imagefit.config import Config, DataConfig, all_fields, coerce, load_recipe  # noqa: E402
 from imagefit.data.sources import load_splits  # noqa: E402
 from imagefit.evaluation.evaluate import gather_logits  # noqa: E402
+from imagefit.files import atomic_write_text  # noqa: E402
 from imagefit.models import EpochAware, create_model  # noqa: E402
 from imagefit.runtime import resolve_amp  # noqa: E402
 from imagefit.training.train import RunOptions, train  # noqa: E402
@@ -98,25 +107,48 @@ def recipe_config(spec: str) -> Config:
     return cfg
 
 
-def run_recipe(recipe: str, data: str, seed: int, startup: float, curve_tta: str | None) -> dict:
+def run_name(row: str, seed: int) -> str:
+    """The folder (and record) name of one run under --keep."""
+    return re.sub(r"[^\w.-]+", "_", row) + f"-seed{seed}"
+
+
+def run_recipe(recipe: str, data: str, seed: int, startup: float, curve_tta: str | None,
+               keep: Path | None = None) -> dict:
     cfg = recipe_config(recipe)
     cfg.data.data, cfg.train.seed = data, seed
     cfg.validate()
     curve, off_clock, steps = [], [0.0], []
-
-    def held_out(trainer, row):
-        t = time.perf_counter()
-        steps.append(len(trainer.train_loader))
-        logits, labels = gather_logits(trainer.eval_model, trainer.test_loader, tta=curve_tta or cfg.train.tta)
-        seconds = t - start - off_clock[0] + startup
-        curve.append([round(seconds, 1), (logits.argmax(1) == labels).float().mean().item()])
-        off_clock[0] += time.perf_counter() - t
-
     with tempfile.TemporaryDirectory() as tmp:
+        home = keep / run_name(recipe, seed) if keep else Path(tmp)
+        run_dir, curve_file = home / "run", home / "curve.json"
+        resume = (run_dir / "checkpoints" / "last.pt").exists()
+        if resume:  # the curve points of the epochs the checkpoint kept, and the wall they had taken
+            saved = json.loads(curve_file.read_text())
+            curve += saved["curve"][:load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"]]
+            steps.append(saved["steps_per_epoch"])
+            print(f"{recipe} seed {seed}: resuming {run_dir} after epoch {len(curve)}", flush=True)
+        elif run_dir.exists():  # killed in its first epoch: nothing to resume, and train wants an empty folder
+            shutil.rmtree(run_dir)
+        before = curve[-1][0] if curve else 0.0
+
+        def held_out(trainer, row):
+            t = time.perf_counter()
+            steps[:] = [len(trainer.train_loader)]
+            logits, labels = gather_logits(trainer.eval_model, trainer.test_loader, tta=curve_tta or cfg.train.tta)
+            seconds = before + t - start - off_clock[0] + startup
+            curve.append([round(seconds, 1), (logits.argmax(1) == labels).float().mean().item()])
+            if keep:
+                atomic_write_text(curve_file, json.dumps({"steps_per_epoch": steps[0], "curve": curve}))
+            off_clock[0] += time.perf_counter() - t
+
+        home.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        result = train(cfg, RunOptions(out=Path(tmp) / "run", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+        result = train(cfg, RunOptions(out=run_dir, resume=resume, tracking_uri=f"sqlite:///{home.resolve()}/mlflow.db",
                                        progress="lines", on_epoch_end=held_out))
-        wall = time.perf_counter() - start - off_clock[0] + startup
+        wall = before + time.perf_counter() - start - off_clock[0] + startup
+    if result.get("stopped") == "interrupted":
+        raise SystemExit(f"{recipe} seed {seed} stopped after epoch {result['epoch']}"
+                         + ("; run the same command again to resume it" if keep else " (resumable with --keep DIR)"))
     # printed before anything else can fail: a ResNet18 run once lost 1.7 hours to the FLOP count below
     print(f"{recipe} seed {seed}: held-out {100 * result['accuracy']:.2f}%, wall {wall:.1f} s, "
           f"training {result['seconds']:.1f} s", flush=True)
@@ -208,6 +240,8 @@ def main() -> None:
                    "each run's own TTA; 'none' makes them 6x cheaper on the real clock, the final point keeps it)")
     p.add_argument("--peak", action="store_true", help="measure the machine's 3x3-convolution ceilings first "
                    "(probes/peak.py) and print each row's training GFLOP/s as a share of the one in its precision")
+    p.add_argument("--keep", metavar="DIR", help="keep each run under DIR: run the same command again and a run "
+                   "stopped mid-way resumes from its last epoch, a finished one is read back (runs longer than a sitting)")
     p.add_argument("--plot", nargs="+", metavar="JSON", help="train nothing: draw the runs of earlier speed.py JSON "
                    "files in one plot under --out and print their rows (curves of runs made at different times)")
     args = p.parse_args()
@@ -231,11 +265,21 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     tag = "-".join(Path(r.partition("@")[0]).stem + ("-variant" if "@" in r else "") for r in recipes + anchors)
     stem = out / f"speed-{date.today()}-{tag}"
+    keep = Path(args.keep) if args.keep else None
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in range(args.seeds):  # seeds outermost: rows interleave, so machine drift hits all alike
         for kind, name in [("recipe", r) for r in recipes] + [("anchor", a) for a in anchors]:
-            runs.append(run_recipe(name, args.data, seed, startup, args.curve_tta) if kind == "recipe" else
-                        run_anchor(name, args.data, seed, args.curve_tta))
+            done = keep / f"{run_name(name, seed)}.json" if keep else None
+            if done and done.exists():
+                runs.append(json.loads(done.read_text()))
+                print(f"{name} seed {seed}: finished in an earlier sitting ({done})", flush=True)
+            else:
+                runs.append(run_recipe(name, args.data, seed, startup, args.curve_tta, keep) if kind == "recipe"
+                            else run_anchor(name, args.data, seed, args.curve_tta))
+                if done:
+                    atomic_write_text(done, json.dumps(runs[-1]))
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
             record = {"runs": runs, "summary": summary(runs, peak), "curve_tta": args.curve_tta, "cpu": cpu,
                       "peak": peak}
