@@ -29,16 +29,23 @@ def test_lines_say_the_whole_runs_time_left_and_the_final_test(monkeypatch):
     assert "left" not in out.getvalue().splitlines()[-1]  # the last epoch: nothing left to estimate
 
 
-def test_time_left_weighs_the_small_epochs_of_progressive_resizing(monkeypatch):
-    clock = iter(range(0, 1000))
-    monkeypatch.setattr(P.time, "perf_counter", lambda: float(next(clock)))
+def test_time_left_weighs_the_small_epochs_then_uses_each_sizes_measured_pace(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(P.time, "perf_counter", lambda: now[0])
     out = io.StringIO()
-    # epoch 1 of 3 at half size (a quarter of the cost), then two full-size epochs of 4 steps each
+    # epoch 1 of 3 at half size (a quarter of the expected cost), then two full-size epochs of 4 steps each
     p = P.Progress("lines", out, costs=[0.25, 1.0, 1.0])
-    p.start_epoch(0, 3, 4)
-    for _ in range(4):
-        p.step(8, math.nan, math.nan)
-    p.end_epoch({"train_loss": 1.0, "lr": 0.1})
-    # the clock reads 2 s by the estimate: 2 s for 4 quarter-cost steps is 2 s a full step, and 8 full steps are
-    # left; counting steps alone (0.5 s each) would say 4 s
-    assert out.getvalue().splitlines()[-1].endswith("run 0m16s left")
+
+    def epoch(e, seconds_a_step):
+        p.start_epoch(e, 3, 4)
+        for _ in range(4):
+            now[0] += seconds_a_step
+            p.step(8, math.nan, math.nan)
+        p.end_epoch({"train_loss": 1.0, "lr": 0.1})
+        return out.getvalue().splitlines()[-1]
+
+    # 1 s a quarter-cost step: 4 s a full step expected, and 8 full steps left; counting steps alone would say 8 s
+    assert epoch(0, 1.0).endswith("run 0m32s left")
+    # the full steps measured at 2 s (small steps cost more than their area, as on a CPU): 4 left take 8 s, where
+    # the pace of all steps by cost (12 s for 5 units) would say 9.6 s
+    assert epoch(1, 2.0).endswith("run 0m08s left")

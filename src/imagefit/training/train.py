@@ -446,8 +446,8 @@ class Trainer:
                      f"evaluate --bundle {self.out} --data DIR'")
         for warning in self.warnings:
             self.log(f"warning: {warning}")
-        # a step's cost by its image area: ResNet18 here takes 0.36x / 0.61x a 32-px step at 16 / 24 px (0.25 / 0.56
-        # by area), so the time left is somewhat high while the small epochs run, and far closer than counting steps
+        # a step's expected cost by its image area (ResNet18 here takes 0.36x / 0.61x a 32-px step at 16 / 24 px, 0.25 /
+        # 0.56 by area); Progress replaces it with each size's measured pace once that size has run
         progress = Progress(self.opts.progress if self.world.main else "off",
                             costs=[(s / self.cfg.data.size) ** 2 for s in self.cfg.epoch_sizes()])
         stopped = "completed"
