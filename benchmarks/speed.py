@@ -13,8 +13,8 @@ final TTA test only (it has no loading or bundling to do here).
 With --keep DIR a run longer than one sitting survives it: each run's folder, MLflow store and curve points live
 under DIR, a run stopped mid-way resumes from its last epoch (`imagefit train --resume`) when the same command runs
 again, and a finished run is read back, not trained again. A resumed run's wall is the sum of its sittings up to
-the last epoch each kept: every sitting's start, imports and data loading count, the part-epoch a kill threw away
-does not.
+the checkpoint each left: every sitting's start, imports and data loading count; a stop by a signal (Ctrl-C, SIGTERM)
+checkpoints mid-epoch and keeps its part-epoch, while the part-epoch a kill threw away is neither kept nor counted.
 
 Prints one row per recipe/anchor: held-out accuracy mean ± std over seeds, wall seconds, FLOPs counted with
 torch.utils.flop_counter (training steps at their image sizes, plus the test views) and the training GFLOP/s
@@ -122,14 +122,17 @@ def run_recipe(recipe: str, data: str, seed: int, startup: float, curve_tta: str
         home = keep / run_name(recipe, seed) if keep else Path(tmp)
         run_dir, curve_file = home / "run", home / "curve.json"
         resume = (run_dir / "checkpoints" / "last.pt").exists()
+        before = 0.0  # the wall of the earlier sittings, up to the checkpoint this one resumes from
         if resume:  # the curve points of the epochs the checkpoint kept, and the wall they had taken
-            saved = json.loads(curve_file.read_text())
-            curve += saved["curve"][:load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"]]
+            saved, at = json.loads(curve_file.read_text()), load_checkpoint(run_dir / "checkpoints" / "last.pt")
+            curve += saved["curve"][:at["epoch"]]
             steps.append(saved["steps_per_epoch"])
-            print(f"{recipe} seed {seed}: resuming {run_dir} after epoch {len(curve)}", flush=True)
+            stopped = saved.get("stopped_at")  # [epoch, step, wall] of a sitting stopped mid-epoch by a signal
+            before = stopped[2] if stopped and stopped[:2] == [at["epoch"], at["step"]] else (
+                curve[-1][0] if curve else 0.0)  # killed: the part-epoch after the last epoch's checkpoint is lost
+            print(f"{recipe} seed {seed}: resuming {run_dir} at epoch {at['epoch'] + 1}, step {at['step']}", flush=True)
         elif run_dir.exists():  # killed in its first epoch: nothing to resume, and train wants an empty folder
             shutil.rmtree(run_dir)
-        before = curve[-1][0] if curve else 0.0
 
         def held_out(trainer, row):
             t = time.perf_counter()
@@ -147,6 +150,9 @@ def run_recipe(recipe: str, data: str, seed: int, startup: float, curve_tta: str
                                        progress="lines", on_epoch_end=held_out))
         wall = before + time.perf_counter() - start - off_clock[0] + startup
     if result.get("stopped") == "interrupted":
+        if keep:
+            atomic_write_text(curve_file, json.dumps({"steps_per_epoch": steps[0] if steps else None, "curve": curve,
+                                                      "stopped_at": [result["epoch"], result["step"], round(wall, 1)]}))
         raise SystemExit(f"{recipe} seed {seed} stopped after epoch {result['epoch']}"
                          + ("; run the same command again to resume it" if keep else " (resumable with --keep DIR)"))
     # printed before anything else can fail: a ResNet18 run once lost 1.7 hours to the FLOP count below
