@@ -49,3 +49,19 @@ def test_time_left_weighs_the_small_epochs_then_uses_each_sizes_measured_pace(mo
     # the full steps measured at 2 s (small steps cost more than their area, as on a CPU): 4 left take 8 s, where
     # the pace of all steps by cost (12 s for 5 units) would say 9.6 s
     assert epoch(1, 2.0).endswith("run 0m08s left")
+
+
+def test_a_size_not_yet_run_is_expected_at_the_pace_of_the_largest_run_so_far(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(P.time, "perf_counter", lambda: now[0])
+    out = io.StringIO()
+    p = P.Progress("lines", out, costs=[0.25, 0.5, 1.0])
+    for e, seconds_a_step in enumerate([1.0, 1.5]):
+        p.start_epoch(e, 3, 4)
+        for _ in range(4):
+            now[0] += seconds_a_step
+            p.step(8, math.nan, math.nan)
+        p.end_epoch({"train_loss": 1.0, "lr": 0.1})
+    # half-cost steps at 1.5 s: 3 s a unit, so the 4 full steps left take 12 s; all steps so far (10 s for 3 units)
+    # would say 13.3 s
+    assert out.getvalue().splitlines()[-1].endswith("run 0m12s left")

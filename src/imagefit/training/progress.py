@@ -25,13 +25,14 @@ class Progress:
 
     def run_left(self) -> str:
         """The whole run's time left at this process's pace so far ('' before the first step): a step of a cost
-        already run here takes its measured seconds; one of a cost not yet run, the seconds per unit of cost of all
-        steps so far times its cost. (Progressive resizing's small steps cost more than their area on a CPU, so by
-        area alone a run's time left reads up to 1.4x high while they run; measured, only the first epoch of each
-        size leans on the expectation.)"""
+        already run here takes its measured seconds; one of a cost not yet run, its cost times the seconds per unit
+        of cost of the costliest steps run so far. (Progressive resizing's small steps cost more than their area on a
+        CPU, and the larger the steps the nearer they come to it: by area alone a run's time left reads up to 1.4x
+        high while the small ones run; measured, only the first epoch of each size leans on the expectation.)"""
         if not self.pace:
             return ""
-        per_cost = sum(s for s, _ in self.pace.values()) / sum(c * n for c, (_, n) in self.pace.items())
+        largest = max(self.pace)
+        per_cost = self.pace[largest][0] / self.pace[largest][1] / largest
 
         def per_step(cost: float) -> float:
             seconds, n = self.pace.get(cost, (0.0, 0))
