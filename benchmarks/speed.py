@@ -134,14 +134,18 @@ def run_recipe(recipe: str, data: str, seed: int, startup: float, curve_tta: str
         elif run_dir.exists():  # killed in its first epoch: nothing to resume, and train wants an empty folder
             shutil.rmtree(run_dir)
 
+        def save_curve(**extra) -> None:  # the run's state under --keep: after each epoch, and at a signal's stop
+            if keep:
+                atomic_write_text(curve_file, json.dumps({"steps_per_epoch": steps[0] if steps else None,
+                                                          "curve": curve, **extra}))
+
         def held_out(trainer, row):
             t = time.perf_counter()
             steps[:] = [len(trainer.train_loader)]
             logits, labels = gather_logits(trainer.eval_model, trainer.test_loader, tta=curve_tta or cfg.train.tta)
             seconds = before + t - start - off_clock[0] + startup
             curve.append([round(seconds, 1), (logits.argmax(1) == labels).float().mean().item()])
-            if keep:
-                atomic_write_text(curve_file, json.dumps({"steps_per_epoch": steps[0], "curve": curve}))
+            save_curve()
             off_clock[0] += time.perf_counter() - t
 
         home.mkdir(parents=True, exist_ok=True)
@@ -150,9 +154,7 @@ def run_recipe(recipe: str, data: str, seed: int, startup: float, curve_tta: str
                                        progress="lines", on_epoch_end=held_out))
         wall = before + time.perf_counter() - start - off_clock[0] + startup
     if result.get("stopped") == "interrupted":
-        if keep:
-            atomic_write_text(curve_file, json.dumps({"steps_per_epoch": steps[0] if steps else None, "curve": curve,
-                                                      "stopped_at": [result["epoch"], result["step"], round(wall, 1)]}))
+        save_curve(stopped_at=[result["epoch"], result["step"], round(wall, 1)])
         raise SystemExit(f"{recipe} seed {seed} stopped after epoch {result['epoch']}"
                          + ("; run the same command again to resume it" if keep else " (resumable with --keep DIR)"))
     # printed before anything else can fail: a ResNet18 run once lost 1.7 hours to the FLOP count below
