@@ -3,7 +3,7 @@ import torch
 
 from imagefit.config import ModelConfig
 from imagefit.errors import ImagefitError
-from imagefit.models import check_options, count_params, create_model, input_stats
+from imagefit.models import REGISTRY, GlobalMaxPool, check_options, count_params, create_model, input_stats
 
 
 def test_he_cifar_resnets_have_the_papers_parameter_counts():
@@ -98,3 +98,30 @@ def test_registry_entries_state_the_statistics_of_their_pretrained_weights():
     assert input_stats(ModelConfig(model="resnet18")) is None  # from scratch: the training set's own statistics
     with pytest.raises(ImagefitError, match="has weights for resnet18, resnet34 and resnet50, not --model resnet20"):
         check_options(ModelConfig(model="resnet20", pretrained="imagenet"))
+
+
+# modules whose CUDA backward has no deterministic kernel: with --deterministic, PyTorch refuses them at the first
+# backward on a GPU (AdaptiveMaxPool2d did so in the fast nets on an H200), while the CPU runs them silently
+_NOT_DETERMINISTIC_ON_CUDA = (torch.nn.AdaptiveMaxPool1d, torch.nn.AdaptiveMaxPool2d, torch.nn.AdaptiveMaxPool3d,
+                              torch.nn.MaxPool3d, torch.nn.FractionalMaxPool2d, torch.nn.FractionalMaxPool3d,
+                              torch.nn.ReflectionPad1d, torch.nn.ReflectionPad2d, torch.nn.ReplicationPad1d,
+                              torch.nn.ReplicationPad2d, torch.nn.Upsample, torch.nn.EmbeddingBag)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_model_can_train_deterministically_on_cuda(name):
+    extra = {"widths": [8, 16], "blocks": [1, 1]} if name == "resnet" else {}
+    model = create_model(10, ModelConfig(model=name, **extra))
+    refused = [type(m).__name__ for m in model.modules() if isinstance(m, _NOT_DETERMINISTIC_ON_CUDA)]
+    # an average-pool to 1×1 runs as a mean, whose backward is deterministic; to any other size it is not
+    refused += [f"AdaptiveAvgPool2d({m.output_size})" for m in model.modules()
+                if isinstance(m, torch.nn.AdaptiveAvgPool2d) and m.output_size not in (1, (1, 1))]
+    assert not refused
+
+
+def test_global_max_pool_is_adaptive_max_pool_forward_and_backward():
+    x = torch.randn(4, 8, 3, 3, requires_grad=True)  # continuous values: no ties, where the two share differently
+    ours, theirs = GlobalMaxPool()(x), torch.nn.AdaptiveMaxPool2d(1)(x)
+    assert torch.equal(ours, theirs)
+    w = torch.randn_like(ours)
+    assert torch.equal(*(torch.autograd.grad((y * w).sum(), x)[0] for y in (ours, theirs)))

@@ -321,6 +321,15 @@ def _frozen_scale_bn(channels: int) -> nn.BatchNorm2d:
     return bn
 
 
+class GlobalMaxPool(nn.Module):
+    """The maximum over all positions, N×C×1×1: what AdaptiveMaxPool2d(1) computes, through `amax`, whose backward
+    is deterministic on CUDA (adaptive_max_pool2d's is not, and refuses --deterministic there: seen on an H200).
+    Gradients differ only on exact ties, where amax shares the gradient among the tied positions."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3), keepdim=True)
+
+
 class FastNet(nn.Module):
     """A small, fast CIFAR net after airbench (Keller Jordan's cifar10-airbench), from its published description:
 
@@ -344,7 +353,7 @@ class FastNet(nn.Module):
         self.act = nn.GELU()
         cins = (24, *widths[:2])
         groups = [ConvGroup(cin, cout, n) for cin, cout, n in zip(cins, widths, residual_blocks)]
-        self.layers = nn.Sequential(*groups, nn.AdaptiveMaxPool2d(1))  # 3×3 at 32 px
+        self.layers = nn.Sequential(*groups, GlobalMaxPool())  # 3×3 at 32 px
         self.fc = nn.Linear(widths[2], num_classes, bias=False)
         if dropout > 0:
             self.fc = nn.Sequential(nn.Dropout(dropout), self.fc)

@@ -1,0 +1,15 @@
+set -u; export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+python3 .gpu/datasets/make-cifar10 /tmp/cifar > /dev/null
+for m in "fast-small --epochs 1" "resnet18 --epochs 1 --per-class 500"; do
+  for r in a b; do timeout 60 python3 -m imagefit train --recipe $m --data /tmp/cifar --device cuda --tracking-uri none --progress lines --json --deterministic --seed 3 --out /tmp/runs/${m%% *}-$r > /tmp/${m%% *}-$r.log 2>&1; echo "${m%% *}-$r rc=$?"; tail -1 /tmp/${m%% *}-$r.log | cut -c1-300; done
+done
+python3 - <<'PY'
+import hashlib, os
+from safetensors.torch import load_file
+def digest(run):
+    p = f"{run}/bundle.safetensors"
+    if not os.path.exists(p): return None
+    w = load_file(p); return hashlib.sha256(b"".join(w[k].float().numpy().tobytes() for k in sorted(w))).hexdigest()[:16]
+for m in ("fast-small", "resnet18"):
+    a, b = digest(f"/tmp/runs/{m}-a"), digest(f"/tmp/runs/{m}-b"); print(m, a, b, "bitwise-equal", a is not None and a == b)
+PY
