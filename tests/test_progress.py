@@ -51,17 +51,34 @@ def test_time_left_weighs_the_small_epochs_then_uses_each_sizes_measured_pace(mo
     assert epoch(1, 2.0).endswith("run 0m08s left")
 
 
-def test_a_size_not_yet_run_is_expected_at_the_pace_of_the_largest_run_so_far(monkeypatch):
+def _run(monkeypatch, costs, paces):
+    """A run of len(costs) epochs of 4 steps; the epochs in `paces` take those seconds a step. The last line."""
     now = [0.0]
     monkeypatch.setattr(P.time, "perf_counter", lambda: now[0])
     out = io.StringIO()
-    p = P.Progress("lines", out, costs=[0.25, 0.5, 1.0])
-    for e, seconds_a_step in enumerate([1.0, 1.5]):
-        p.start_epoch(e, 3, 4)
+    p = P.Progress("lines", out, costs=costs)
+    for e, seconds_a_step in enumerate(paces):
+        p.start_epoch(e, len(costs), 4)
         for _ in range(4):
             now[0] += seconds_a_step
             p.step(8, math.nan, math.nan)
         p.end_epoch({"train_loss": 1.0, "lr": 0.1})
-    # half-cost steps at 1.5 s: 3 s a unit, so the 4 full steps left take 12 s; all steps so far (10 s for 3 units)
-    # would say 13.3 s
-    assert out.getvalue().splitlines()[-1].endswith("run 0m12s left")
+    return out.getvalue().splitlines()[-1]
+
+
+def test_a_size_not_yet_run_is_expected_on_the_line_through_the_two_largest_run(monkeypatch):
+    # quarter-cost steps at 1 s, half-cost at 1.5 s: 0.5 s fixed + 2 s a unit of cost, so the 4 full steps left take
+    # 10 s; by area from the half-cost steps alone they would take 12 s, by all steps so far 13.3 s
+    assert _run(monkeypatch, [0.25, 0.5, 1.0], [1.0, 1.5]).endswith("run 0m10s left")
+
+
+def test_steps_that_cost_the_same_at_every_size_are_expected_to_go_on_so(monkeypatch):
+    # a GPU at a small batch: launches, not arithmetic, so 16- and 24-px steps take the same 1 s, and so will the
+    # 32-px ones (by area: 4 / 0.5625 = 7.1 s for the 4 left)
+    assert _run(monkeypatch, [0.25, 0.5625, 1.0], [1.0, 1.0]).endswith("run 0m04s left")
+
+
+def test_steps_costlier_than_their_share_fall_back_to_proportion(monkeypatch):
+    # 1 s at a quarter, 4 s at a half: the line through them would start below zero, so proportion to cost from
+    # the largest run: 8 s a full step, 32 s for the 4 left
+    assert _run(monkeypatch, [0.25, 0.5, 1.0], [1.0, 4.0]).endswith("run 0m32s left")

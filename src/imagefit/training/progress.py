@@ -25,21 +25,33 @@ class Progress:
 
     def run_left(self) -> str:
         """The whole run's time left at this process's pace so far ('' before the first step): a step of a cost
-        already run here takes its measured seconds; one of a cost not yet run, its cost times the seconds per unit
-        of cost of the costliest steps run so far. (Progressive resizing's small steps cost more than their area on a
-        CPU, and the larger the steps the nearer they come to it: by area alone a run's time left reads up to 1.4x
-        high while the small ones run; measured, only the first epoch of each size leans on the expectation.)"""
+        already run here takes its measured seconds. One of a cost not yet run takes a fixed part plus a part in
+        proportion to its cost, the line through the two costliest sizes run so far (while one size has run: in
+        proportion to its cost alone). A step costs its launches and bookkeeping besides its arithmetic: on a 2-core
+        CPU ResNet18's 16/24-px steps take 0.36x/0.61x a 32-px step (0.25x/0.56x by area), and this line puts the
+        32-px step at 0.96x of its measured time, where area alone from 24 px says 1.08x; on a GPU at batch 128 the
+        steps of every size take the same time, which area alone overstated 5x."""
         if not self.pace:
             return ""
-        largest = max(self.pace)
-        per_cost = self.pace[largest][0] / self.pace[largest][1] / largest
+        seen = sorted(self.pace)
+        largest = seen[-1]
+        fixed, per_cost = 0.0, self._measured(largest) / largest
+        if len(seen) > 1:
+            smaller = seen[-2]
+            per_cost = max((self._measured(largest) - self._measured(smaller)) / (largest - smaller), 0.0)
+            fixed = self._measured(largest) - per_cost * largest
+            if fixed < 0:  # steps costlier than their cost's share: no fixed part
+                fixed, per_cost = 0.0, self._measured(largest) / largest
 
         def per_step(cost: float) -> float:
-            seconds, n = self.pace.get(cost, (0.0, 0))
-            return seconds / n if n else per_cost * cost
+            return self._measured(cost) if cost in self.pace else fixed + per_cost * cost
         left = max(self.steps - self.step_in_epoch, 0) * per_step(self.cost(self.epoch)) + self.steps * sum(
             per_step(self.cost(e)) for e in range(self.epoch + 1, self.epochs))
         return f"run {int(left // 60)}m{int(left % 60):02d}s left"
+
+    def _measured(self, cost: float) -> float:
+        seconds, n = self.pace[cost]
+        return seconds / n
 
     def cost(self, epoch: int) -> float:
         return self.costs[epoch] if self.costs else 1.0
