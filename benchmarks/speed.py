@@ -48,14 +48,15 @@ from imagefit.data.sources import load_splits  # noqa: E402
 from imagefit.evaluation.evaluate import gather_logits  # noqa: E402
 from imagefit.files import atomic_write_text  # noqa: E402
 from imagefit.models import EpochAware, create_model  # noqa: E402
-from imagefit.runtime import resolve_amp  # noqa: E402
+from imagefit.runtime import resolve_amp, resolve_device  # noqa: E402
 from imagefit.training.train import RunOptions, train  # noqa: E402
 
 TTA_VIEWS = {"none": 1, "flip": 2, "crops": 3, "flip+crops": 6}
 
 
 def cpu_description() -> str:
-    """The CPU this ran on, as the figures depend on it: model, family (26 = Zen 5), cores, native bfloat16."""
+    """The CPU this ran on, as the figures depend on it: model, family (26 = Zen 5), cores, native bfloat16; and the
+    GPU, where there is one."""
     from imagefit.runtime import cpu_has_native_bf16
     info = {}
     try:
@@ -64,8 +65,10 @@ def cpu_description() -> str:
             info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    gpu = f"; GPU {torch.cuda.get_device_name()} (rows run there unless they say device=cpu)" if (
+        torch.cuda.is_available()) else ""
     return (f"{info.get('model name', platform.processor() or platform.machine())} family {info.get('cpu family', '?')}"
-            f", {torch.get_num_threads()} threads, native bf16 {'yes' if cpu_has_native_bf16() else 'no'}")
+            f", {torch.get_num_threads()} threads, native bf16 {'yes' if cpu_has_native_bf16() else 'no'}{gpu}")
 
 
 def import_seconds() -> float:
@@ -113,7 +116,7 @@ def run_name(row: str, seed: int) -> str:
 
 
 def run_recipe(recipe: str, data: str, seed: int, startup: float, curve_tta: str | None,
-               keep: Path | None = None) -> dict:
+               keep: Path | None = None, tracking_uri: str | None = None) -> dict:
     cfg = recipe_config(recipe)
     cfg.data.data, cfg.train.seed = data, seed
     cfg.validate()
@@ -150,8 +153,8 @@ def run_recipe(recipe: str, data: str, seed: int, startup: float, curve_tta: str
 
         home.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        result = train(cfg, RunOptions(out=run_dir, resume=resume, tracking_uri=f"sqlite:///{home.resolve()}/mlflow.db",
-                                       progress="lines", on_epoch_end=held_out))
+        result = train(cfg, RunOptions(out=run_dir, resume=resume, progress="lines", on_epoch_end=held_out,
+                                       tracking_uri=tracking_uri or f"sqlite:///{home.resolve()}/mlflow.db"))
         wall = before + time.perf_counter() - start - off_clock[0] + startup
     if result.get("stopped") == "interrupted":
         save_curve(stopped_at=[result["epoch"], result["step"], round(wall, 1)])
@@ -162,7 +165,8 @@ def run_recipe(recipe: str, data: str, seed: int, startup: float, curve_tta: str
           f"training {result['seconds']:.1f} s", flush=True)
     model = create_model(10, cfg.model)
     flops = training_flops(model, cfg.train.batch_size, steps[0], cfg.epoch_sizes(), cfg.model.whiten_bias_epochs)
-    precision = "bfloat16" if resolve_amp(torch.device("cpu"), cfg.train.amp) == "bf16" else "float32"
+    precision = {"bf16": "bfloat16", "fp16": "float16"}.get(
+        resolve_amp(resolve_device(cfg.train.device), cfg.train.amp), "float32")
     return {"row": recipe, "seed": seed, "accuracy": result["accuracy"], "wall_s": round(wall, 1),
             "ece": result.get("ece"), "temperature": result.get("temperature"), "precision": precision, "train_s": result["seconds"], "train_flops": flops,
             "eval_flops": eval_flops(model, result["n"], cfg.data.size, cfg.train.tta), "curve": curve}
@@ -250,6 +254,8 @@ def main() -> None:
                    "(probes/peak.py) and print each row's training GFLOP/s as a share of the one in its precision")
     p.add_argument("--keep", metavar="DIR", help="keep each run under DIR: run the same command again and a run "
                    "stopped mid-way resumes from its last epoch, a finished one is read back (runs longer than a sitting)")
+    p.add_argument("--tracking-uri", help="MLflow store for the recipes' runs (default: one SQLite store per run, "
+                   "under --keep or a temporary folder; 'none': untracked, as on a machine without MLflow)")
     p.add_argument("--plot", nargs="+", metavar="JSON", help="train nothing: draw the runs of earlier speed.py JSON "
                    "files in one plot under --out and print their rows (curves of runs made at different times)")
     args = p.parse_args()
@@ -284,7 +290,8 @@ def main() -> None:
                 runs.append(json.loads(done.read_text()))
                 print(f"{name} seed {seed}: finished in an earlier sitting ({done})", flush=True)
             else:
-                runs.append(run_recipe(name, args.data, seed, startup, args.curve_tta, keep) if kind == "recipe"
+                runs.append(run_recipe(name, args.data, seed, startup, args.curve_tta, keep, args.tracking_uri)
+                            if kind == "recipe"
                             else run_anchor(name, args.data, seed, args.curve_tta))
                 if done:
                     atomic_write_text(done, json.dumps(runs[-1]))
