@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The CUDA path checked and timed in one lent-GPU sitting (issue 29): every step under a shared deadline, each
-# step's log and --json line written to $OUT, so a step cut short still leaves what it printed.
+# The CUDA path checked and timed in one lent-GPU sitting (issue 29): every step under a shared deadline; each
+# step's rc, wall and --json line go to $OUT/summary.txt as it ends, its whole log into $OUT/logs.tar.gz at the end.
 #   DEVICE=cuda DATA_TAR_DIR=.gpu/datasets OUT=... bash benchmarks/device/cuda_check.sh
 # Dry run on a CPU (tiny settings): DEVICE=cpu QUICK=1 OUT=/tmp/o bash benchmarks/device/cuda_check.sh
 # The lent machine has PyTorch but not MLflow/FastAPI/diffusers, so runs are untracked (--tracking-uri none) and
@@ -20,6 +20,7 @@ step() {  # step NAME CAP -- command...
     local w; w=$(python3 -c "import time; print(f'{time.time() - $s:.1f}')")
     echo "== $name: rc=$rc wall=${w}s (cap ${t}s)" | tee -a "$OUT/summary.txt"
     grep '^{' "$LOG/$name.log" | tail -1 | cut -c1-1500 >> "$OUT/summary.txt"
+    grep '^== ' "$LOG/$name.log" >> "$OUT/summary.txt"
 }
 { date -u; nvidia-smi -L 2>/dev/null; python3 -c "import torch, torchvision; print(torch.__version__, torchvision.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"; nproc; } > "$OUT/summary.txt" 2>&1
 if [ -n "${DATA_TAR_DIR:-}" ]; then python3 "$DATA_TAR_DIR/make-cifar10" /tmp/cifar > "$LOG/data.log" 2>&1 || { echo "data failed"; cat "$LOG/data.log"; exit 1; }; fi
@@ -28,21 +29,7 @@ run=(python3 -m imagefit train --data "$DATA" --device "$DEVICE" --tracking-uri 
 if [ "$QUICK" = 1 ]; then quickc=(--rounds 1); few=(--per-class 40); small=(--per-class 40 --epochs 1); long=(--per-class 40 --epochs 2 --progressive-sizes 16,24); else quickc=(); few=(); small=(); long=(); fi
 step fast 150 -- "${run[@]}" --recipe fast --out /tmp/runs/fast "${small[@]}"
 step fast-fp16 60 -- "${run[@]}" --recipe fast --amp fp16 --epochs 2 --out /tmp/runs/fp16 "${few[@]}"
-step det-a 45 -- "${run[@]}" --recipe fast-small --epochs 1 --deterministic --seed 3 --out /tmp/runs/det-a "${few[@]}"
-step det-b 45 -- "${run[@]}" --recipe fast-small --epochs 1 --deterministic --seed 3 --out /tmp/runs/det-b "${few[@]}"
-python3 - >> "$OUT/summary.txt" 2>&1 <<'PY'
-import hashlib, os
-import torch
-from safetensors.torch import load_file
-def digest(run):  # the weights alone: the bundle's metadata names its own run folder
-    path = f"{run}/bundle.safetensors"
-    if not os.path.exists(path):
-        return None
-    w = load_file(path)
-    return hashlib.sha256(b"".join(w[k].float().numpy().tobytes() for k in sorted(w))).hexdigest()[:16]
-a, b = digest("/tmp/runs/det-a"), digest("/tmp/runs/det-b")
-print(f"== deterministic twice: {a} {b} bitwise-equal={a is not None and a == b}")
-PY
+step deterministic 120 -- bash benchmarks/device/deterministic_check.sh
 step resnet18 240 -- "${run[@]}" --recipe resnet18 --out /tmp/runs/r18 "${long[@]}"
 step resnet34 400 -- "${run[@]}" --recipe resnet34 --out /tmp/runs/r34 "${long[@]}"
 step compile 150 -- python3 benchmarks/probes/compile_step.py --device "$DEVICE" --model resnet18 --batch 128 "${quickc[@]}"
