@@ -54,7 +54,7 @@ from imagefit.training.train import RunOptions, train  # noqa: E402
 TTA_VIEWS = {"none": 1, "flip": 2, "crops": 3, "flip+crops": 6}
 
 
-def cpu_description() -> str:
+def machine_description() -> str:
     """The CPU this ran on, as the figures depend on it: model, family (26 = Zen 5), cores, native bfloat16; and the
     GPU, where there is one."""
     from imagefit.runtime import cpu_has_native_bf16
@@ -272,7 +272,7 @@ def main() -> None:
               f"{peak['conv3x3_bf16_gflops']:.0f} GFLOP/s", flush=True)
     keep_freed_memory()  # as `imagefit` does at start: every row, anchors included, on the same allocator
     startup = import_seconds()
-    cpu = cpu_description()
+    cpu = machine_description()
     print(f"interpreter start + imports: {startup:.1f} s; {cpu}, torch {torch.__version__}", flush=True)
     recipes, anchors = args.recipes, list(filter(None, args.anchors.split(",")))
     out = Path(args.out)

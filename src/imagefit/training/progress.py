@@ -34,14 +34,12 @@ class Progress:
         if not self.pace:
             return ""
         seen = sorted(self.pace)
-        largest = seen[-1]
-        fixed, per_cost = 0.0, self._measured(largest) / largest
+        largest, top = seen[-1], self._measured(seen[-1])
+        fixed, per_cost = 0.0, top / largest  # in proportion to cost: all one size can tell
         if len(seen) > 1:
-            smaller = seen[-2]
-            per_cost = max((self._measured(largest) - self._measured(smaller)) / (largest - smaller), 0.0)
-            fixed = self._measured(largest) - per_cost * largest
-            if fixed < 0:  # steps costlier than their cost's share: no fixed part
-                fixed, per_cost = 0.0, self._measured(largest) / largest
+            slope = max((top - self._measured(seen[-2])) / (largest - seen[-2]), 0.0)
+            if top >= slope * largest:  # else steps costlier than their share: no fixed part, keep the proportion
+                fixed, per_cost = top - slope * largest, slope
 
         def per_step(cost: float) -> float:
             return self._measured(cost) if cost in self.pace else fixed + per_cost * cost
