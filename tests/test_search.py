@@ -256,3 +256,27 @@ def test_the_best_trial_is_weighed_against_the_base_config():
         assert ("within noise" in describe_margin(r)) is noise
     s = study(4500)
     assert _margin_over_base(s, s.trials[:1], s.trials[0]) == {}  # the base is the best: nothing to weigh
+
+
+@pytest.mark.parametrize("suggested", [False, True])
+def test_a_dead_workers_trial_is_queued_again_with_its_values(suggested):
+    """Killed after it claimed the base config's queued trial but before it suggested a value (its params still
+    empty), or after: either way the retry carries the base config's values, not a random draw (CI failed once on
+    the first timing)."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from imagefit.experiments.search import _worker, retry_dead_trials
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({"optim.lr": 0.1})
+    trial = study.ask()
+    trial.set_user_attr("worker", f"{_worker().split(':')[0]}:{gone.pid}")
+    if suggested:
+        trial.suggest_float("optim.lr", 0.01, 0.5, log=True)
+    assert retry_dead_trials(study, log=lambda line: None) == [0]
+    retry = study.ask()
+    assert retry.user_attrs["retry_of"] == 0
+    assert retry.suggest_float("optim.lr", 0.01, 0.5, log=True) == 0.1
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL

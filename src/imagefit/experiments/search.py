@@ -232,7 +232,10 @@ def retry_dead_trials(study, log=print) -> list[int]:
         if name != host or not pid.isdigit() or _alive(int(pid)):
             continue
         study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        # A trial killed after it was claimed but before it suggested its values has no params yet: what it was
+        # queued with (the base config, or an earlier retry) is still in its fixed_params, so that is queued again.
+        values = {**t.system_attrs.get("fixed_params", {}), **t.params}
+        study.enqueue_trial(values, user_attrs={"retry_of": t.number})
         retried.append(t.number)
         log(f"trial {t.number} was left running by a process that is gone ({worker}); its parameters are queued "
             f"again")
