@@ -264,7 +264,6 @@ def test_a_dead_workers_trial_is_queued_again_with_its_values(suggested):
     empty), or after: either way the retry carries the base config's values, not a random draw (CI failed once on
     the first timing)."""
     import optuna
-    from optuna.distributions import FloatDistribution
 
     from imagefit.experiments.search import _worker, retry_dead_trials
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
