@@ -7,7 +7,6 @@
 # imagefit runs from src/ (its pyproject pins a torch the machine does not have).
 set -u
 DEVICE=${DEVICE:-cuda}; QUICK=${QUICK:-0}; BUDGET=${BUDGET:-540}
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 START=$(date +%s)
 LOG=/tmp/devlogs; mkdir -p "$LOG"
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
@@ -23,8 +22,7 @@ step() {  # step NAME CAP -- command...
     grep '^== ' "$LOG/$name.log" >> "$OUT/summary.txt"
 }
 { date -u; nvidia-smi -L 2>/dev/null; python3 -c "import torch, torchvision; print(torch.__version__, torchvision.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"; nproc; } > "$OUT/summary.txt" 2>&1
-if [ -n "${DATA_TAR_DIR:-}" ]; then python3 "$DATA_TAR_DIR/make-cifar10" /tmp/cifar > "$LOG/data.log" 2>&1 || { echo "data failed"; cat "$LOG/data.log"; exit 1; }; fi
-DATA=${DATA:-/tmp/cifar}
+source benchmarks/device/env.sh
 run=(python3 -m imagefit train --data "$DATA" --device "$DEVICE" --tracking-uri none --progress lines --json)
 if [ "$QUICK" = 1 ]; then quickc=(--rounds 1); few=(--per-class 40); small=(--per-class 40 --epochs 1); long=(--per-class 40 --epochs 2 --progressive-sizes 16,24); else quickc=(); few=(); small=(); long=(); fi
 step fast 150 -- "${run[@]}" --recipe fast --out /tmp/runs/fast "${small[@]}"

@@ -1,10 +1,9 @@
 # --deterministic on a lent GPU: two runs each of a fast net and ResNet18 with the same seed must give bitwise-equal
 # weights (the fast nets' max-pool once refused to run so there). Run from the repo root, carrying .gpu:
 #   bash benchmarks/device/deterministic_check.sh        (DEVICE=cpu for a dry run)
-set -u; export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-[ -d /tmp/cifar/cifar-10-batches-py ] || python3 .gpu/datasets/make-cifar10 /tmp/cifar > /dev/null
+set -u; source benchmarks/device/env.sh
 for m in "fast-small --epochs 1" "resnet18 --epochs 1 --per-class 500"; do
-  for r in a b; do timeout 60 python3 -m imagefit train --recipe $m --data /tmp/cifar --device ${DEVICE:-cuda} --tracking-uri none --progress lines --json --deterministic --seed 3 --out /tmp/runs/${m%% *}-$r > /tmp/${m%% *}-$r.log 2>&1; echo "${m%% *}-$r rc=$?"; tail -1 /tmp/${m%% *}-$r.log | cut -c1-300; done
+  for r in a b; do timeout 60 python3 -m imagefit train --recipe $m --data "$DATA" --device ${DEVICE:-cuda} --tracking-uri none --progress lines --json --deterministic --seed 3 --out /tmp/runs/${m%% *}-$r > /tmp/${m%% *}-$r.log 2>&1; echo "${m%% *}-$r rc=$?"; tail -1 /tmp/${m%% *}-$r.log | cut -c1-300; done
 done
 python3 - <<'PY'
 import hashlib, os

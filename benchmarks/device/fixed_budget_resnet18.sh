@@ -5,9 +5,8 @@
 # still brings back the runs it finished.
 #   run: DATA_TAR_DIR=.gpu/datasets bash benchmarks/device/fixed_budget_resnet18.sh   (carry .gpu)
 set -u
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-python3 "${DATA_TAR_DIR:-.gpu/datasets}/make-cifar10" /tmp/cifar > /dev/null || exit 1
+source benchmarks/device/env.sh
 base="resnet18@epochs=8;progressive_sizes=16,16,24,24"
-timeout -k 5 "${LIMIT:-540}" python3 benchmarks/speed.py --data /tmp/cifar --anchors '' --seeds 2 --curve-tta none \
+timeout -k 5 "${LIMIT:-540}" python3 benchmarks/speed.py --data "$DATA" --anchors '' --seeds 2 --curve-tta none \
     --tracking-uri none --out "$OUT" --recipes "$base" "$base;ema=0.99" "$base;augment_policy=trivial" \
     "$base;cutmix=1.0" "$base;random_erasing=0.25" 2>&1 | grep -v "^epoch" | tee "$OUT/log.txt"

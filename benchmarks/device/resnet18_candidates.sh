@@ -9,10 +9,8 @@
 # Dry run on a CPU (tiny settings, a tiny data folder): DEVICE=cpu QUICK=1 DATA=/tmp/tiny OUT=/tmp/o bash ...
 set -u
 DEVICE=${DEVICE:-cuda}; QUICK=${QUICK:-0}; BUDGET=${BUDGET:-560}; SEEDS=${SEEDS:-"0 1"}
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 START=$(date +%s)
-DATA=${DATA:-/tmp/cifar}
-[ -d "$DATA/cifar-10-batches-py" ] || python3 "${DATA_TAR_DIR:-.gpu/datasets}/make-cifar10" "$DATA" > /dev/null || exit 1
+source benchmarks/device/env.sh
 declare -A ARMS=(
   [control]=""
   [cutout8]="--cutout 8"
