@@ -216,6 +216,29 @@ def summary(runs: list[dict], peak: dict | None = None) -> list[dict]:
     return rows
 
 
+def against_control(runs: list[dict], control: str) -> list[dict]:
+    """Issue 30's rule, for each row beside `control`: a row pays when its mean accuracy beats the control's by more
+    than the larger of the two rows' seed-to-seed ranges (max - min). One seed has no range, so a row or control
+    with fewer than two seeds gets no verdict (`pays` None) rather than a bar of zero."""
+    rows = {r["row"]: r for r in summary(runs)}
+
+    def spread(name: str) -> float | None:
+        acc = [r["accuracy"] for r in runs if r["row"] == name]
+        return max(acc) - min(acc) if len(acc) > 1 else None
+
+    base, base_spread = rows[control], spread(control)
+    verdicts = []
+    for name, row in rows.items():
+        if name == control:
+            continue
+        ranges = [base_spread, spread(name)]
+        bar = None if None in ranges else max(ranges)
+        diff = row["accuracy_mean"] - base["accuracy_mean"]
+        verdicts.append({"row": name, "diff": diff, "bar": bar, "pays": None if bar is None else diff > bar,
+                         "wall_ratio": row["wall_s_mean"] / base["wall_s_mean"]})
+    return verdicts
+
+
 def plot(runs: list[dict], path: Path, curve_tta: str | None, logx: bool = False) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -258,11 +281,16 @@ def main() -> None:
                    "under --keep or a temporary folder; 'none': untracked, as on a machine without MLflow)")
     p.add_argument("--plot", nargs="+", metavar="JSON", help="train nothing: draw the runs of earlier speed.py JSON "
                    "files in one plot under --out and print their rows (curves of runs made at different times)")
+    p.add_argument("--control", metavar="ROW", help="also print each other row against this one: its mean's "
+                   "difference, the bar (the larger seed range of the two) and whether it pays (beats the bar)")
     args = p.parse_args()
     if args.plot:
-        return replot([Path(f) for f in args.plot], Path(args.out))
+        return replot([Path(f) for f in args.plot], Path(args.out), args.control)
     if not args.data:
         p.error("--data DIR is required to train (or --plot JSON ... to draw earlier runs)")
+    recipes, anchors = args.recipes, list(filter(None, args.anchors.split(",")))
+    if args.control and args.control not in recipes + anchors:  # before hours of training, not after
+        p.error(f"--control {args.control!r} is none of the rows ({', '.join(recipes + anchors)}): name one of them")
     peak = None
     if args.peak:
         sys.path.insert(0, str(Path(__file__).parent / "probes"))
@@ -274,7 +302,6 @@ def main() -> None:
     startup = import_seconds()
     cpu = machine_description()
     print(f"interpreter start + imports: {startup:.1f} s; {cpu}, torch {torch.__version__}", flush=True)
-    recipes, anchors = args.recipes, list(filter(None, args.anchors.split(",")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "-".join(Path(r.partition("@")[0]).stem + ("-variant" if "@" in r else "") for r in recipes + anchors)
@@ -300,31 +327,39 @@ def main() -> None:
                       "peak": peak}
             stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
     plot(runs, stem.with_suffix(".png"), args.curve_tta)
-    print_rows(runs, peak)
+    print_rows(runs, peak, args.control)
     print(f"runs and curves: {stem}.json, {stem}.png")
 
 
-def replot(files: list[Path], out: Path) -> None:
+def replot(files: list[Path], out: Path, control: str | None = None) -> None:
     """The runs of several earlier JSON files in one plot; their curve points' TTA must agree to share its title."""
     records = [json.loads(f.read_text()) for f in files]
     runs = [r for record in records for r in record["runs"]]
+    if control and control not in {r["row"] for r in runs}:
+        raise SystemExit(f"--control {control!r} is none of the rows in {', '.join(map(str, files))}: name one of them")
     curve_tta = {record.get("curve_tta") for record in records}
     out.mkdir(parents=True, exist_ok=True)
     rows = re.sub(r"[^\w.-]+", "_", "-".join(dict.fromkeys(r["row"] for r in runs)))[:120]
     path = out / f"speed-{date.today()}-curves-{rows}.png"
     walls = [r["wall_s"] for r in runs]
     plot(runs, path, curve_tta.pop() if len(curve_tta) == 1 else None, logx=max(walls) > 5 * min(walls))
-    print_rows(runs, None)
+    print_rows(runs, None, control)
     print(f"curves: {path}")
 
 
-def print_rows(runs: list[dict], peak: dict | None) -> None:
+def print_rows(runs: list[dict], peak: dict | None, control: str | None = None) -> None:
     print(f"\n{'row':>18} {'seeds':>5} {'held-out acc':>16} {'wall s':>8} {'PFLOP':>7} {'train GFLOP/s':>13}"
           + (f" {'of ceiling':>10}" if peak else ""))
     for r in summary(runs, peak):
         print(f"{r['row']:>18} {r['seeds']:>5} {100 * r['accuracy_mean']:9.2f} ± {100 * r['accuracy_std']:.2f} "
               f"{r['wall_s_mean']:8.1f} {r['pflop']:7.3f} {r['train_gflops_per_s']:13.1f}"
               + (f" {100 * r['share_of_ceiling']:9.1f}%" if peak else ""))
+    if control:
+        print(f"\nagainst {control} (a row pays when its mean beats the control's by more than the larger seed range):")
+        for v in against_control(runs, control):
+            verdict = "needs 2 seeds" if v["pays"] is None else ("pays" if v["pays"] else "does not pay")
+            bar = "-" if v["bar"] is None else f"{100 * v['bar']:.2f}"
+            print(f"{v['row']:>18} {100 * v['diff']:+7.2f} points (bar {bar})  {verdict}; wall {v['wall_ratio']:.3f}x")
 
 
 if __name__ == "__main__":
