@@ -4,5 +4,5 @@
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 DATA=${DATA:-/tmp/cifar}
 if [ ! -d "$DATA/cifar-10-batches-py" ]; then
-  python3 "${DATA_TAR_DIR:-.gpu/datasets}/make-cifar10" "$DATA" > /dev/null || { echo "no data in $DATA"; exit 1; }
+  made=$(python3 "${DATA_TAR_DIR:-.gpu/datasets}/make-cifar10" "$DATA" 2>&1) || { echo "$made"; echo "no data in $DATA"; exit 1; }
 fi
