@@ -13,14 +13,14 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def speed():
-    sys.path.insert(0, str(BENCHMARKS))
+    saved = list(sys.path)  # speed.py puts benchmarks/ on the path to import its anchor: undone after the module
     try:
         spec = importlib.util.spec_from_file_location("speed", BENCHMARKS / "speed.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         yield module
     finally:
-        sys.path.remove(str(BENCHMARKS))
+        sys.path[:] = saved
 
 
 def run(row: str, accuracy: float, wall: float) -> dict:
