@@ -216,6 +216,13 @@ def summary(runs: list[dict], peak: dict | None = None) -> list[dict]:
     return rows
 
 
+def unknown_control(control: str | None, rows: list[str]) -> str | None:
+    """The one-line error for a --control that names none of the rows (None when it is fine or not given)."""
+    if control and control not in rows:
+        return f"--control {control!r} is none of the rows ({', '.join(dict.fromkeys(rows))}): name one of them"
+    return None
+
+
 def against_control(runs: list[dict], control: str) -> list[dict]:
     """Issue 30's rule, for each row beside `control`: a row pays when its mean accuracy beats the control's by more
     than the larger of the two rows' seed-to-seed ranges (max - min). One seed has no range, so a row or control
@@ -289,8 +296,8 @@ def main() -> None:
     if not args.data:
         p.error("--data DIR is required to train (or --plot JSON ... to draw earlier runs)")
     recipes, anchors = args.recipes, list(filter(None, args.anchors.split(",")))
-    if args.control and args.control not in recipes + anchors:  # before hours of training, not after
-        p.error(f"--control {args.control!r} is none of the rows ({', '.join(recipes + anchors)}): name one of them")
+    if error := unknown_control(args.control, recipes + anchors):  # before hours of training, not after
+        p.error(error)
     peak = None
     if args.peak:
         sys.path.insert(0, str(Path(__file__).parent / "probes"))
@@ -335,8 +342,8 @@ def replot(files: list[Path], out: Path, control: str | None = None) -> None:
     """The runs of several earlier JSON files in one plot; their curve points' TTA must agree to share its title."""
     records = [json.loads(f.read_text()) for f in files]
     runs = [r for record in records for r in record["runs"]]
-    if control and control not in {r["row"] for r in runs}:
-        raise SystemExit(f"--control {control!r} is none of the rows in {', '.join(map(str, files))}: name one of them")
+    if error := unknown_control(control, [r["row"] for r in runs]):
+        raise SystemExit(error)
     curve_tta = {record.get("curve_tta") for record in records}
     out.mkdir(parents=True, exist_ok=True)
     rows = re.sub(r"[^\w.-]+", "_", "-".join(dict.fromkeys(r["row"] for r in runs)))[:120]
